@@ -1,0 +1,60 @@
+//! [`ApiError`]: the one place that knows HTTP status codes. The match below has no wildcard,
+//! so a new error cause forces a decision about its status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::runtime::RuntimeError;
+use crate::store::{PodError, PodKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    InvalidPod(#[from] PodError),
+    #[error("pod {0} not found")]
+    PodNotFound(PodKey),
+    #[error("container {container:?} not found in pod {key}")]
+    ContainerNotFound { key: PodKey, container: String },
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("no such endpoint: {0}")]
+    NoRoute(String),
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> ApiError {
+        match e {
+            RuntimeError::InvalidPod(e) => ApiError::InvalidPod(e),
+            RuntimeError::PodNotFound(key) => ApiError::PodNotFound(key),
+            RuntimeError::ContainerNotFound { key, container } => {
+                ApiError::ContainerNotFound { key, container }
+            }
+        }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::InvalidPod(_) => StatusCode::BAD_REQUEST,
+            // The broker maps exactly "404 Not Found" to "pod does not exist".
+            ApiError::PodNotFound(_) | ApiError::ContainerNotFound { .. } | ApiError::NoRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = serde_json::json!({
+            "error": self.to_string(),
+            "status": status.as_u16(),
+        });
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,258 @@
+//! Handlers: parse the request, call the runtime or the node snapshot, shape the response.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::extract::{Body, Query};
+use super::{ApiError, AppState};
+use crate::logs::{LogQuery, Stream, StreamFilter};
+use crate::runtime::Created;
+use crate::store::PodKey;
+
+fn json(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.into()).into_response()
+}
+
+fn required(value: Option<String>, name: &str) -> Result<String, ApiError> {
+    value
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::BadRequest(format!("query parameter `{name}` is required")))
+}
+
+#[derive(Deserialize)]
+pub struct PodRef {
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+impl PodRef {
+    fn key(self) -> Result<PodKey, ApiError> {
+        Ok(PodKey {
+            namespace: required(self.namespace, "namespace")?,
+            name: required(self.name, "name")?,
+        })
+    }
+}
+
+pub async fn create_pod(State(s): State<AppState>, Body(body): Body) -> Result<Response, ApiError> {
+    Ok(match s.runtime.create(&body).await? {
+        Created::New(entry) => json(StatusCode::CREATED, entry.pod_json()),
+        Created::Existing(entry) => json(StatusCode::OK, entry.pod_json()),
+    })
+}
+
+pub async fn update_pod(State(s): State<AppState>, Body(body): Body) -> Result<Response, ApiError> {
+    let entry = s.runtime.update(&body)?;
+    Ok(json(StatusCode::OK, entry.pod_json()))
+}
+
+/// The part of a pod body that a delete needs.
+#[derive(Deserialize, Default)]
+struct DeleteBody {
+    #[serde(default)]
+    metadata: DeleteMeta,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct DeleteMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    deletion_grace_period_seconds: Option<i64>,
+}
+
+/// Stops the pod's processes (TERM, grace period, KILL) and forgets it. Answers once no process
+/// of the pod is left. Unknown pods are fine (2xx): the caller wanted them gone.
+pub async fn delete_pod(
+    State(s): State<AppState>,
+    Query(q): Query<PodRef>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let parsed: DeleteBody = if body.iter().all(u8::is_ascii_whitespace) {
+        DeleteBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("request body is not valid pod JSON: {e}")))?
+    };
+    let key = PodRef {
+        namespace: parsed.metadata.namespace.or(q.namespace).or(Some("default".into())),
+        name: parsed.metadata.name.or(q.name),
+    }
+    .key()?;
+    let grace = parsed
+        .metadata
+        .deletion_grace_period_seconds
+        .map(|s| Duration::from_secs(s.max(0) as u64));
+    Ok(match s.runtime.delete(&key, grace).await {
+        Some(entry) => json(StatusCode::OK, entry.pod_json()),
+        None => json(StatusCode::OK, "{}"),
+    })
+}
+
+pub async fn get_pod(State(s): State<AppState>, Query(q): Query<PodRef>) -> Result<Response, ApiError> {
+    let entry = s.runtime.get(&q.key()?)?;
+    Ok(json(StatusCode::OK, entry.pod_json()))
+}
+
+pub async fn get_pod_status(
+    State(s): State<AppState>,
+    Query(q): Query<PodRef>,
+) -> Result<Response, ApiError> {
+    let entry = s.runtime.get(&q.key()?)?;
+    Ok(json(StatusCode::OK, entry.status_json()))
+}
+
+pub async fn get_pods(State(s): State<AppState>) -> Response {
+    let pods = s.runtime.list();
+    let mut out = String::with_capacity(pods.len() * 2048 + 2);
+    out.push('[');
+    for (i, entry) in pods.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&entry.pod_json());
+    }
+    out.push(']');
+    json(StatusCode::OK, out)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogParams {
+    namespace: Option<String>,
+    pod_name: Option<String>,
+    container_name: Option<String>,
+    tail: Option<String>,
+    limit_bytes: Option<String>,
+    since_seconds: Option<String>,
+    since_time: Option<String>,
+    timestamps: Option<String>,
+    stream: Option<String>,
+}
+
+fn parse_bool(name: &str, v: Option<&str>) -> Result<bool, ApiError> {
+    match v {
+        None | Some("") | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "query parameter `{name}` must be true or false, not {other:?}"
+        ))),
+    }
+}
+
+fn parse_count(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match v {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse::<i64>().map(Some).map_err(|_| {
+            ApiError::BadRequest(format!("query parameter `{name}` must be an integer, not {s:?}"))
+        }),
+    }
+}
+
+impl LogParams {
+    fn into_query(self) -> Result<(PodKey, String, LogQuery), ApiError> {
+        let key = PodKey {
+            namespace: required(self.namespace, "namespace")?,
+            name: required(self.pod_name, "podName")?,
+        };
+        let container = required(self.container_name, "containerName")?;
+        // A negative tail means "all lines", as `kubectl logs --tail=-1` does.
+        let tail = parse_count("tail", self.tail.as_deref())?
+            .filter(|n| *n >= 0)
+            .map(|n| n as usize);
+        let limit_bytes = match parse_count("limitBytes", self.limit_bytes.as_deref())? {
+            Some(n) if n <= 0 => {
+                return Err(ApiError::BadRequest("query parameter `limitBytes` must be positive".into()))
+            }
+            n => n.map(|n| n as usize),
+        };
+        let since_seconds = match parse_count("sinceSeconds", self.since_seconds.as_deref())? {
+            Some(n) if n <= 0 => {
+                return Err(ApiError::BadRequest("query parameter `sinceSeconds` must be positive".into()))
+            }
+            n => n,
+        };
+        let since_time = match self.since_time.as_deref() {
+            None | Some("") => None,
+            Some(t) => Some(t.parse::<k8s_openapi::jiff::Timestamp>().map_err(|_| {
+                ApiError::BadRequest(format!("query parameter `sinceTime` must be an RFC 3339 time, not {t:?}"))
+            })?),
+        };
+        let since_ns = match (since_seconds, since_time) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "at most one of `sinceSeconds` or `sinceTime` may be specified".into(),
+                ))
+            }
+            (Some(secs), None) => Some(crate::logs::now_ns() - secs.saturating_mul(1_000_000_000)),
+            (None, Some(t)) => Some(t.as_nanosecond() as i64),
+            (None, None) => None,
+        };
+        let stream = match self.stream.as_deref() {
+            None | Some("") | Some("all") => StreamFilter::All,
+            Some("stdout") => StreamFilter::Only(Stream::Stdout),
+            Some("stderr") => StreamFilter::Only(Stream::Stderr),
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter `stream` must be stdout, stderr or all, not {other:?}"
+                )))
+            }
+        };
+        let query = LogQuery {
+            tail,
+            since_ns,
+            limit_bytes,
+            timestamps: parse_bool("timestamps", self.timestamps.as_deref())?,
+            stream,
+        };
+        Ok((key, container, query))
+    }
+}
+
+/// Plain text, exactly the bytes the container wrote (what `kubectl logs` prints).
+pub async fn get_container_logs(
+    State(s): State<AppState>,
+    Query(params): Query<LogParams>,
+) -> Result<Response, ApiError> {
+    let (key, container, query) = params.into_query()?;
+    let bytes = s.runtime.logs(&key, &container, &query)?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        bytes,
+    )
+        .into_response())
+}
+
+pub async fn capacity(State(s): State<AppState>) -> Response {
+    json(StatusCode::OK, s.node.snapshot().capacity.to_string())
+}
+
+pub async fn node_conditions(State(s): State<AppState>) -> Response {
+    json(StatusCode::OK, s.node.snapshot().conditions.to_string())
+}
+
+pub async fn node_addresses(State(s): State<AppState>) -> Response {
+    json(StatusCode::OK, s.node.snapshot().addresses.to_string())
+}
+
+/// The kubelet port Virtual Kubelet serves (`KUBELET_PORT`, default 10250).
+pub async fn node_daemon_endpoints() -> Response {
+    json(StatusCode::OK, r#"{"kubeletEndpoint":{"Port":10250}}"#)
+}
+
+pub async fn operating_system() -> &'static str {
+    "linux"
+}
+
+pub async fn health() -> &'static str {
+    "ok"
+}
+
+pub async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_string())
+}

@@ -1,0 +1,234 @@
+//! Configuration: one [`Config`] built from command-line flags and environment variables.
+//!
+//! Precedence is flag > environment variable > built-in default. Every default is a named
+//! `DEFAULT_*` constant so that the README, `--help` and the code cannot drift apart.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::quantity::Quantity;
+
+/// Port served when neither `--listen`, `PROCNODE_LISTEN` nor `PORT` says otherwise.
+pub const DEFAULT_PORT: u16 = 3000;
+/// Pods advertised in the node's capacity (the kubelet's default `maxPods`).
+pub const DEFAULT_MAX_PODS: u32 = 110;
+/// Upper bound on any pod's `terminationGracePeriodSeconds`.
+pub const DEFAULT_MAX_GRACE: Duration = Duration::from_secs(300);
+/// Grace period of a pod that does not set one (Kubernetes' default).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Bytes of output kept per container run (stdout and stderr together).
+pub const DEFAULT_LOG_BUFFER_BYTES: usize = 1024 * 1024;
+/// Largest request body accepted; larger ones get 413.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// First CrashLoopBackOff delay (the kubelet's).
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+/// CrashLoopBackOff cap (the kubelet's).
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How often host metrics (memory, disk, pids) are sampled.
+pub const DEFAULT_HOST_REFRESH: Duration = Duration::from_secs(5);
+/// MemoryPressure when available memory falls below this (the kubelet's hard eviction default).
+pub const DEFAULT_MEMORY_PRESSURE_BELOW: &str = "100Mi";
+/// DiskPressure when the state dir's file system has less than this percentage free.
+pub const DEFAULT_DISK_PRESSURE_PERCENT: u8 = 10;
+/// PIDPressure when more than this percentage of `kernel.pid_max` is in use.
+pub const DEFAULT_PID_PRESSURE_PERCENT: u8 = 90;
+
+/// procnode: runs Kubernetes pods as plain supervised processes behind a Virtual Kubelet web broker.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "procnode", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on, `HOST:PORT` or just `PORT` (127.0.0.1 is used then).
+    /// Default: 127.0.0.1 and the port from `PORT`, else 3000.
+    #[arg(long, env = "PROCNODE_LISTEN", value_parser = parse_listen)]
+    pub listen: Option<SocketAddr>,
+
+    /// Port used when no --listen is given.
+    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// Directory for procnode's files (per-pod working directories).
+    /// Default: /var/lib/procnode as root, else $XDG_STATE_HOME/procnode or ~/.local/state/procnode.
+    #[arg(long, env = "PROCNODE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Node name, used for `spec.nodeName` in the downward API and the Hostname address. Default: the host name.
+    #[arg(long, env = "PROCNODE_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// InternalIP reported for the node and as every pod's hostIP/podIP. Default: the address of the
+    /// interface holding the default route, else the first non-loopback IPv4, else 127.0.0.1.
+    #[arg(long, env = "PROCNODE_NODE_IP")]
+    pub node_ip: Option<std::net::IpAddr>,
+
+    /// Pods advertised in capacity.
+    #[arg(long, env = "PROCNODE_MAX_PODS", default_value_t = DEFAULT_MAX_PODS)]
+    pub max_pods: u32,
+
+    /// CPU held back from allocatable (a quantity such as `500m`).
+    #[arg(long, env = "PROCNODE_RESERVED_CPU", default_value = "0")]
+    pub reserved_cpu: Quantity,
+
+    /// Memory held back from allocatable (a quantity such as `512Mi`).
+    #[arg(long, env = "PROCNODE_RESERVED_MEMORY", default_value = "0")]
+    pub reserved_memory: Quantity,
+
+    /// Upper bound on a pod's termination grace period.
+    #[arg(long, env = "PROCNODE_MAX_GRACE_PERIOD", default_value = "300s", value_parser = parse_duration)]
+    pub max_grace_period: Duration,
+
+    /// Output bytes kept in memory per container run; the oldest output is dropped first.
+    #[arg(long, env = "PROCNODE_LOG_BUFFER_BYTES", default_value_t = DEFAULT_LOG_BUFFER_BYTES)]
+    pub log_buffer_bytes: usize,
+
+    /// Largest request body accepted (413 above it).
+    #[arg(long, env = "PROCNODE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// First restart delay of a crashing container; doubles on each crash up to --backoff-max.
+    #[arg(long, env = "PROCNODE_BACKOFF_INITIAL", default_value = "10s", value_parser = parse_duration)]
+    pub backoff_initial: Duration,
+
+    /// Longest restart delay of a crashing container.
+    #[arg(long, env = "PROCNODE_BACKOFF_MAX", default_value = "300s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
+    /// How often host metrics are sampled for capacity and node conditions.
+    #[arg(long, env = "PROCNODE_HOST_REFRESH", default_value = "5s", value_parser = parse_duration)]
+    pub host_refresh: Duration,
+
+    /// MemoryPressure when available memory is below this quantity.
+    #[arg(long, env = "PROCNODE_MEMORY_PRESSURE_BELOW", default_value = DEFAULT_MEMORY_PRESSURE_BELOW)]
+    pub memory_pressure_below: Quantity,
+
+    /// DiskPressure when the state dir's file system has less than this percent free.
+    #[arg(long, env = "PROCNODE_DISK_PRESSURE_PERCENT", default_value_t = DEFAULT_DISK_PRESSURE_PERCENT,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub disk_pressure_percent: u8,
+
+    /// PIDPressure when more than this percent of kernel.pid_max is in use.
+    #[arg(long, env = "PROCNODE_PID_PRESSURE_PERCENT", default_value_t = DEFAULT_PID_PRESSURE_PERCENT,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub pid_pressure_percent: u8,
+
+    /// Log format of procnode's own logs on stderr.
+    #[arg(long, env = "PROCNODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The configuration with every default, as if started with no flags and an empty environment.
+    pub fn defaults() -> Config {
+        Config::parse_from_env_free(["procnode"])
+    }
+
+    /// Parses flags only, ignoring the environment (tests use it to stay hermetic).
+    pub fn parse_from_env_free<I, T>(args: I) -> Config
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = <Config as clap::CommandFactory>::command();
+        // Detach every env var so that only flags and defaults apply.
+        let ids: Vec<_> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
+        for id in ids {
+            cmd = cmd.mut_arg(id, |a| a.env(None::<&str>));
+        }
+        let matches = cmd.get_matches_from(args);
+        <Config as clap::FromArgMatches>::from_arg_matches(&matches).expect("valid defaults")
+    }
+
+    /// The socket address to bind.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.port)))
+    }
+
+    /// The state directory, resolved to its default when not configured.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/procnode");
+        }
+        if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(xdg).join("procnode");
+        }
+        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".local/state/procnode"),
+            None => std::env::temp_dir().join("procnode"),
+        }
+    }
+
+    /// The node name, resolved to the host name when not configured.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "procnode".to_string())
+        })
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("`{s}` is not HOST:PORT or PORT (for example 127.0.0.1:3000)"))
+}
+
+/// Parses durations such as `10s`, `250ms`, `5m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 10s or 250ms: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_listen_on_loopback_3000() {
+        let c = Config::defaults();
+        assert_eq!(c.listen_addr(), "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.max_pods, DEFAULT_MAX_PODS);
+        assert_eq!(c.max_grace_period, DEFAULT_MAX_GRACE);
+        assert_eq!(c.backoff_initial, DEFAULT_BACKOFF_INITIAL);
+        assert_eq!(c.backoff_max, DEFAULT_BACKOFF_MAX);
+        assert_eq!(c.host_refresh, DEFAULT_HOST_REFRESH);
+    }
+
+    #[test]
+    fn listen_flag_beats_port_and_accepts_a_bare_port() {
+        let c = Config::parse_from_env_free(["procnode", "--port", "4000", "--listen", "0.0.0.0:5000"]);
+        assert_eq!(c.listen_addr(), "0.0.0.0:5000".parse().unwrap());
+        let c = Config::parse_from_env_free(["procnode", "--listen", "7000"]);
+        assert_eq!(c.listen_addr(), "127.0.0.1:7000".parse().unwrap());
+        let c = Config::parse_from_env_free(["procnode", "--port", "4000"]);
+        assert_eq!(c.listen_addr(), "127.0.0.1:4000".parse().unwrap());
+    }
+
+    #[test]
+    fn durations_and_quantities_parse() {
+        let c = Config::parse_from_env_free([
+            "procnode",
+            "--backoff-initial",
+            "250ms",
+            "--reserved-memory",
+            "1Gi",
+        ]);
+        assert_eq!(c.backoff_initial, Duration::from_millis(250));
+        assert_eq!(c.reserved_memory.to_bytes(), Some(1 << 30));
+    }
+}

@@ -1,0 +1,65 @@
+//! procnode runs Kubernetes pods as plain supervised processes. It is the HTTP endpoint behind
+//! a Virtual Kubelet "web" broker (`WEB_ENDPOINT_URL`).
+//!
+//! Layout:
+//! - [`config`]: one [`Config`] from flags and environment, with its `DEFAULT_*` constants.
+//! - [`api`]: HTTP only. The route table mirrors the wire contract; `ApiError` is the only
+//!   place that knows status codes. Calls `runtime` and `node`; nothing calls `api`.
+//! - [`store`]: pods by `PodKey` (namespace/name): the JSON as received, the observed state,
+//!   the logs.
+//! - [`runtime`]: child processes. One pod worker per pod, one task per container process;
+//!   `runtime::process` is the only code that spawns, signals or reaps.
+//! - [`logs`]: bounded per-container output buffers.
+//! - [`node`]: capacity, conditions and addresses from live host metrics.
+//!
+//! [`run`] takes its listener and shutdown signal from the caller, so tests drive the real
+//! server on port 0.
+
+pub mod api;
+pub mod config;
+pub mod logs;
+pub mod node;
+pub mod quantity;
+pub mod runtime;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use config::Config;
+
+/// Builds the node monitor and the runtime for `config`.
+pub fn build(config: &Config) -> (Arc<runtime::Runtime>, Arc<node::Node>) {
+    let node = node::Node::new(config);
+    let settings = runtime::Settings::from_config(config, node.facts());
+    (Arc::new(runtime::Runtime::new(settings)), node)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops every pod with its
+/// grace period and returns once no pod process is left.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state_dir = config.state_dir();
+    std::fs::create_dir_all(&state_dir).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot create state dir {}: {e}", state_dir.display()))
+    })?;
+    let (runtime, node) = build(&config);
+    let refresher = tokio::spawn(node.clone().refresh_every(config.host_refresh));
+    let app = api::router(api::AppState {
+        runtime: runtime.clone(),
+        node,
+        max_body_bytes: config.max_body_bytes,
+    });
+    tracing::info!(addr = %listener.local_addr()?, state_dir = %state_dir.display(), "procnode serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("stopping every pod");
+    runtime.shutdown().await;
+    refresher.abort();
+    tracing::info!("all pods stopped");
+    Ok(())
+}

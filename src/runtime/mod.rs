@@ -1,0 +1,311 @@
+//! The process runtime: turns stored pods into supervised processes.
+//!
+//! Tasks: one *pod worker* per pod runs its init containers one at a time, in order, each to
+//! success, then starts one *container task* per app container ([`container::supervise`]) and
+//! waits for them. A container task is the only owner of its process. Stopping a pod is one
+//! message: [`PodEntry::request_stop`] with a grace period, seen by every container task of the
+//! pod; the worker marks the pod done once every task has returned, i.e. once no process of the
+//! pod is left.
+//!
+//! This module never imports axum: the HTTP layer calls it, never the other way round.
+
+mod backoff;
+mod container;
+mod env;
+pub mod process;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use tokio::task::JoinSet;
+
+pub use env::{image_executable, NodeFacts};
+use status::{reason, ContainerStatus, PodState, RestartPolicy};
+
+use crate::config::{Config, DEFAULT_GRACE};
+use crate::logs::LogQuery;
+use crate::store::{NewPod, PodEntry, PodError, PodKey, Store};
+
+/// Runtime settings, fixed at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state_dir: PathBuf,
+    pub log_buffer_bytes: usize,
+    pub max_grace: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_pods: u32,
+    pub node: NodeFacts,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config, node: NodeFacts) -> Settings {
+        Settings {
+            state_dir: config.state_dir(),
+            log_buffer_bytes: config.log_buffer_bytes,
+            max_grace: config.max_grace_period,
+            backoff_initial: config.backoff_initial,
+            backoff_max: config.backoff_max,
+            max_pods: config.max_pods,
+            node,
+        }
+    }
+
+    /// The pod's own directory, its processes' working directory unless `workingDir` says otherwise.
+    pub fn pod_dir(&self, entry: &PodEntry) -> PathBuf {
+        let uid = if entry.uid.is_empty() { "no-uid" } else { &entry.uid };
+        self.state_dir
+            .join("pods")
+            .join(format!("{}_{}_{}", entry.key.namespace, entry.key.name, uid))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    InvalidPod(#[from] PodError),
+    #[error("pod {0} not found")]
+    PodNotFound(PodKey),
+    #[error("container {container:?} not found in pod {key}")]
+    ContainerNotFound { key: PodKey, container: String },
+}
+
+/// The result of a create: a new pod, or the same pod (same uid) already there.
+pub enum Created {
+    New(Arc<PodEntry>),
+    Existing(Arc<PodEntry>),
+}
+
+pub struct Runtime {
+    store: Store,
+    settings: Arc<Settings>,
+}
+
+impl Runtime {
+    pub fn new(settings: Settings) -> Runtime {
+        Runtime {
+            store: Store::default(),
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn get(&self, key: &PodKey) -> Result<Arc<PodEntry>, RuntimeError> {
+        self.store
+            .get(key)
+            .ok_or_else(|| RuntimeError::PodNotFound(key.clone()))
+    }
+
+    pub fn list(&self) -> Vec<Arc<PodEntry>> {
+        self.store.list()
+    }
+
+    /// Stores and starts a pod. Idempotent: the same namespace/name/uid again is the same pod.
+    /// A different uid under the same name replaces the old pod (stopped with its grace period
+    /// first), as happens when a pod is deleted and re-created faster than the delete arrives.
+    pub async fn create(&self, body: &[u8]) -> Result<Created, RuntimeError> {
+        let new = NewPod::parse(body)?;
+        loop {
+            if let Some(existing) = self.store.get(&new.key) {
+                if existing.uid == new.uid {
+                    return Ok(Created::Existing(existing));
+                }
+                self.stop_and_forget(&existing, None).await;
+                continue;
+            }
+            let admitted = self.store.len() < self.settings.max_pods as usize;
+            let entry = Arc::new(self.new_entry(&new, admitted));
+            match self.store.insert_new(entry.clone()) {
+                Ok(()) => {
+                    if admitted {
+                        tokio::spawn(run_pod(entry.clone(), self.settings.clone()));
+                    } else {
+                        entry.mark_done();
+                    }
+                    return Ok(Created::New(entry));
+                }
+                Err(_) => continue, // a concurrent create won; look again
+            }
+        }
+    }
+
+    fn new_entry(&self, new: &NewPod, admitted: bool) -> PodEntry {
+        let spec = new.pod.spec.as_ref().expect("validated");
+        let init: Vec<ContainerStatus> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| ContainerStatus::new(&c.name, c.image.as_deref().unwrap_or_default(), reason::POD_INITIALIZING))
+            .collect();
+        let app_reason = if init.is_empty() {
+            reason::CONTAINER_CREATING
+        } else {
+            reason::POD_INITIALIZING
+        };
+        let containers = spec
+            .containers
+            .iter()
+            .map(|c| ContainerStatus::new(&c.name, c.image.as_deref().unwrap_or_default(), app_reason))
+            .collect();
+        let now = Timestamp::now();
+        let mut state = PodState::new(
+            new.restart_policy,
+            init,
+            containers,
+            self.settings.node.host_ip.clone(),
+            status::qos_class(spec),
+            now,
+        );
+        if !admitted {
+            // The kubelet's admission failure when the node is full.
+            state.failure = Some((
+                "OutOfpods".into(),
+                format!(
+                    "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}",
+                    self.store.len(),
+                    self.settings.max_pods
+                ),
+            ));
+            state.refresh(now);
+        }
+        let new = NewPod {
+            key: new.key.clone(),
+            uid: new.uid.clone(),
+            pod: new.pod.clone(),
+            restart_policy: new.restart_policy,
+            raw: new.raw.clone(),
+        };
+        PodEntry::new(new, state, self.settings.log_buffer_bytes)
+    }
+
+    /// Records a new version of a pod's JSON (returned by getPod from now on). Running
+    /// processes are not restarted.
+    pub fn update(&self, body: &[u8]) -> Result<Arc<PodEntry>, RuntimeError> {
+        let new = NewPod::parse(body)?;
+        let entry = self.get(&new.key)?;
+        if entry.uid != new.uid {
+            return Err(RuntimeError::PodNotFound(new.key));
+        }
+        entry.set_raw(new.raw);
+        Ok(entry)
+    }
+
+    /// Stops every process of the pod (TERM, grace period, KILL) and forgets the pod.
+    /// Returns the pod as it was last seen, or `None` if there was no such pod.
+    pub async fn delete(&self, key: &PodKey, grace: Option<Duration>) -> Option<Arc<PodEntry>> {
+        let entry = self.store.get(key)?;
+        self.stop_and_forget(&entry, grace).await;
+        Some(entry)
+    }
+
+    async fn stop_and_forget(&self, entry: &Arc<PodEntry>, grace: Option<Duration>) {
+        entry.request_stop(self.grace_for(entry, grace));
+        entry.wait_done().await;
+        self.store.remove_if_same(entry);
+        let dir = self.settings.pod_dir(entry);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(pod = %entry.key, dir = %dir.display(), error = %e, "could not remove pod directory");
+            }
+        }
+    }
+
+    /// The grace period: the delete's own, else the pod's, else 30 s; never above the cap.
+    fn grace_for(&self, entry: &PodEntry, requested: Option<Duration>) -> Duration {
+        let from_spec = entry
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .map(|s| Duration::from_secs(s.max(0) as u64));
+        requested
+            .or(from_spec)
+            .unwrap_or(DEFAULT_GRACE)
+            .min(self.settings.max_grace)
+    }
+
+    /// The output of one container, as `query` selects it.
+    pub fn logs(
+        &self,
+        key: &PodKey,
+        container: &str,
+        query: &LogQuery,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        let entry = self.get(key)?;
+        let idx = entry
+            .container_index(container)
+            .ok_or_else(|| RuntimeError::ContainerNotFound {
+                key: key.clone(),
+                container: container.to_string(),
+            })?;
+        let logs = entry.logs[idx].lock().expect("logs lock");
+        Ok(logs.current.read(query))
+    }
+
+    /// Stops every pod with its grace period and waits until no pod process is left.
+    pub async fn shutdown(&self) {
+        let mut stops = JoinSet::new();
+        for entry in self.store.list() {
+            entry.request_stop(self.grace_for(&entry, None));
+            stops.spawn(async move { entry.wait_done().await });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+}
+
+/// The pod worker: init containers in order, then every app container concurrently.
+async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
+    let dir = settings.pod_dir(&entry);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        let mut st = entry.state.lock().expect("state lock");
+        st.failure = Some((
+            "PodDirectoryError".into(),
+            format!("cannot create pod directory {}: {e}", dir.display()),
+        ));
+        st.refresh(Timestamp::now());
+        drop(st);
+        entry.mark_done();
+        return;
+    }
+    let (n_init, n_app, policy) = {
+        let mut st = entry.state.lock().expect("state lock");
+        st.start_time = Some(Timestamp::now());
+        (st.init.len(), st.containers.len(), st.restart_policy)
+    };
+    // Init containers are retried on failure unless the pod never restarts anything.
+    let init_policy = match policy {
+        RestartPolicy::Never => RestartPolicy::Never,
+        _ => RestartPolicy::OnFailure,
+    };
+    for idx in 0..n_init {
+        match container::supervise(entry.clone(), idx, init_policy, settings.clone()).await {
+            container::Outcome::Exited(0) => {}
+            _ => {
+                entry.mark_done();
+                return;
+            }
+        }
+    }
+    if n_init > 0 {
+        let mut st = entry.state.lock().expect("state lock");
+        for c in st.containers.iter_mut() {
+            c.state = status::ContainerState::Waiting {
+                reason: reason::CONTAINER_CREATING,
+                message: None,
+            };
+        }
+        st.refresh(Timestamp::now());
+    }
+    let mut tasks = JoinSet::new();
+    for idx in n_init..n_init + n_app {
+        tasks.spawn(container::supervise(entry.clone(), idx, policy, settings.clone()));
+    }
+    while tasks.join_next().await.is_some() {}
+    entry.mark_done();
+}

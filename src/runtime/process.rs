@@ -1,0 +1,354 @@
+//! Everything that touches OS processes: resolving and spawning a command in a new process
+//! group, its output pipes, signals to a whole group, and the one reaper that collects the exit
+//! status of every child procnode has.
+//!
+//! Why a reaper of our own instead of `tokio::process`: procnode makes itself a *child
+//! subreaper*, so that a container's grandchildren, orphaned when the container's main process
+//! exits, are re-parented to procnode rather than to PID 1 (which, in a container or a sandbox,
+//! often reaps nothing and leaves zombies). Someone must then reap processes procnode never
+//! spawned. One thread blocking in `waitpid(-1)` does that for everybody: exits of registered
+//! pids are delivered on a oneshot channel, anything else is an orphan and is just collected.
+//! It is also O(1) per exit, where a SIGCHLD-driven scheme polls every live child on each signal.
+//! Consequence: nothing else in procnode may `wait` for a child (no `tokio::process`, no
+//! `std::process::Command::output`); every spawn goes through [`spawn`].
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+
+/// PATH used to find a command when the container's env does not set one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The exit code a container runtime reports: the code, or 128 + the signal number.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(sig) => 128 + sig,
+        }
+    }
+
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            ExitStatus::Exited(_) => None,
+            ExitStatus::Signaled(sig) => Some(sig),
+        }
+    }
+}
+
+/// What to run: argv, environment (the complete environment; nothing is inherited) and working dir.
+#[derive(Debug, Clone)]
+pub struct SpawnRequest {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+}
+
+/// Why a command could not be started. The messages follow the wording users know from
+/// container runtimes, since they end up in the container's status.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("no command to run: the container has neither command nor image")]
+    NoCommand,
+    #[error("exec: \"{0}\": executable file not found in $PATH")]
+    NotFound(String),
+    #[error("exec: \"{0}\": permission denied (not an executable file)")]
+    NotExecutable(String),
+    #[error("chdir to working directory \"{0}\": {1}")]
+    WorkingDir(PathBuf, io::Error),
+    #[error("creating output pipes: {0}")]
+    Pipe(Errno),
+    #[error("starting \"{0}\": {1}")]
+    Exec(String, io::Error),
+}
+
+/// A started process: its pid (also its process group id), its exit, and its output pipes.
+pub struct Spawned {
+    pub pid: i32,
+    pub exit: oneshot::Receiver<ExitStatus>,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+}
+
+/// Starts `req` in a new process group with stdin from /dev/null and stdout/stderr on pipes.
+/// Blocks for the duration of fork/exec (well under a millisecond); call it from a blocking context.
+pub fn spawn(req: &SpawnRequest) -> Result<SpawnedPipes, SpawnError> {
+    let first = req.argv.first().ok_or(SpawnError::NoCommand)?;
+    match std::fs::metadata(&req.cwd) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(SpawnError::WorkingDir(
+                req.cwd.clone(),
+                io::Error::other("not a directory"),
+            ))
+        }
+        Err(e) => return Err(SpawnError::WorkingDir(req.cwd.clone(), e)),
+    }
+    let path_var = req
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH);
+    // Resolving here (rather than letting exec search) gives a clear error and lets the
+    // standard library use posix_spawn instead of fork.
+    let program = resolve_program(first, path_var, &req.cwd)?;
+
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let mut cmd = std::process::Command::new(&program);
+    cmd.arg0(first)
+        .args(&req.argv[1..])
+        .env_clear()
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&req.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .process_group(0);
+
+    let reaper = Reaper::get();
+    let ticket = reaper.begin_spawn();
+    let child = cmd
+        .spawn()
+        .map_err(|e| SpawnError::Exec(first.clone(), e))?;
+    // Dropping `cmd` closes our copies of the write ends, so EOF arrives when the group exits.
+    drop(cmd);
+    let pid = child.id() as i32;
+    // A std Child does not wait on drop; the reaper owns the exit from here on.
+    drop(child);
+    let exit = reaper.register(pid, ticket);
+    Ok(SpawnedPipes {
+        pid,
+        exit,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+/// A spawned process whose pipes are not yet registered with the async reactor (so that
+/// [`spawn`] can run on a blocking thread). [`SpawnedPipes::into_async`] finishes the job.
+pub struct SpawnedPipes {
+    pub pid: i32,
+    exit: oneshot::Receiver<ExitStatus>,
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
+}
+
+impl SpawnedPipes {
+    /// Registers the output pipes with the tokio reactor; must run inside the runtime.
+    pub fn into_async(self) -> io::Result<Spawned> {
+        Ok(Spawned {
+            pid: self.pid,
+            exit: self.exit,
+            stdout: pipe::Receiver::from_owned_fd(self.stdout)?,
+            stderr: pipe::Receiver::from_owned_fd(self.stderr)?,
+        })
+    }
+}
+
+fn resolve_program(name: &str, path_var: &str, cwd: &Path) -> Result<PathBuf, SpawnError> {
+    let check = |p: &Path| -> Result<(), SpawnError> {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+            Ok(_) => Err(SpawnError::NotExecutable(name.to_string())),
+            Err(_) => Err(SpawnError::NotFound(name.to_string())),
+        }
+    };
+    if name.contains('/') {
+        let p = cwd.join(name);
+        check(&p)?;
+        return Ok(p);
+    }
+    if name.is_empty() {
+        return Err(SpawnError::NotFound(name.to_string()));
+    }
+    let mut not_executable = false;
+    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+        let candidate = cwd.join(dir).join(name);
+        match check(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(SpawnError::NotExecutable(_)) => not_executable = true,
+            Err(_) => {}
+        }
+    }
+    if not_executable {
+        Err(SpawnError::NotExecutable(name.to_string()))
+    } else {
+        Err(SpawnError::NotFound(name.to_string()))
+    }
+}
+
+/// Sends `sig` to every process of the group `pgid`. Returns false when the group is gone
+/// (ESRCH: nothing left to signal, which is what a caller stopping it wanted).
+pub fn signal_group(pgid: i32, sig: Signal) -> bool {
+    match killpg(Pid::from_raw(pgid), sig) {
+        Ok(()) => true,
+        Err(Errno::ESRCH) => false,
+        Err(e) => {
+            tracing::warn!(pgid, ?sig, error = %e, "signal to process group failed");
+            false
+        }
+    }
+}
+
+/// Makes procnode the reaper of orphaned descendants (see the module docs).
+pub fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// The one place that waits for children.
+struct Reaper {
+    state: Mutex<ReaperState>,
+    wake: Condvar,
+    /// Incremented before each spawn; see [`Reaper::register`].
+    spawns_started: AtomicU64,
+}
+
+struct ReaperState {
+    waiting: HashMap<i32, oneshot::Sender<ExitStatus>>,
+    /// Exits of pids nobody had registered yet: either a child whose spawner has not yet called
+    /// `register` (a race of microseconds), or an orphan. Tagged with the spawn counter at reap
+    /// time, and dropped after a while.
+    unclaimed: HashMap<i32, (ExitStatus, u64, Instant)>,
+}
+
+/// How long an unregistered exit is kept for a spawner that has not registered yet.
+const UNCLAIMED_TTL: Duration = Duration::from_secs(10);
+
+/// Proof that a spawn began at a given point of the spawn counter.
+struct SpawnTicket(u64);
+
+impl Reaper {
+    fn get() -> &'static Reaper {
+        static REAPER: OnceLock<&'static Reaper> = OnceLock::new();
+        REAPER.get_or_init(|| {
+            let reaper: &'static Reaper = Box::leak(Box::new(Reaper {
+                state: Mutex::new(ReaperState {
+                    waiting: HashMap::new(),
+                    unclaimed: HashMap::new(),
+                }),
+                wake: Condvar::new(),
+                spawns_started: AtomicU64::new(0),
+            }));
+            std::thread::Builder::new()
+                .name("procnode-reaper".into())
+                .spawn(move || reaper.run())
+                .expect("start reaper thread");
+            reaper
+        })
+    }
+
+    fn begin_spawn(&self) -> SpawnTicket {
+        let n = self.spawns_started.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
+        SpawnTicket(n)
+    }
+
+    fn register(&self, pid: i32, ticket: SpawnTicket) -> oneshot::Receiver<ExitStatus> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.state.lock().expect("reaper lock");
+        // An exit reaped before we got here counts only if it was reaped after our spawn began:
+        // an older entry with the same pid is an orphan whose pid was reused.
+        match st.unclaimed.remove(&pid) {
+            Some((status, seen, _)) if seen > ticket.0 => {
+                let _ = tx.send(status);
+            }
+            _ => {
+                st.waiting.insert(pid, tx);
+            }
+        }
+        rx
+    }
+
+    fn run(&self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), None) {
+                Ok(ws) => {
+                    let (pid, status) = match ws {
+                        WaitStatus::Exited(pid, code) => (pid, ExitStatus::Exited(code)),
+                        WaitStatus::Signaled(pid, sig, _) => (pid, ExitStatus::Signaled(sig as i32)),
+                        _ => continue,
+                    };
+                    self.deliver(pid.as_raw(), status);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    // ECHILD: no children right now. Sleep until a spawn begins (with a timeout,
+                    // in case an orphan is re-parented to us meanwhile).
+                    let st = self.state.lock().expect("reaper lock");
+                    let _ = self.wake.wait_timeout(st, Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, pid: i32, status: ExitStatus) {
+        let mut st = self.state.lock().expect("reaper lock");
+        if let Some(tx) = st.waiting.remove(&pid) {
+            let _ = tx.send(status);
+            return;
+        }
+        let now = Instant::now();
+        st.unclaimed
+            .retain(|_, (_, _, at)| now.duration_since(*at) < UNCLAIMED_TTL);
+        let seen = self.spawns_started.load(Ordering::SeqCst);
+        st.unclaimed.insert(pid, (status, seen, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_commands_like_exec_does() {
+        let cwd = Path::new("/");
+        assert!(resolve_program("sh", DEFAULT_PATH, cwd).is_ok());
+        assert!(matches!(
+            resolve_program("definitely-not-a-command-xyz", DEFAULT_PATH, cwd),
+            Err(SpawnError::NotFound(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("data.txt");
+        std::fs::write(&plain, "not a program").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            resolve_program(plain.to_str().unwrap(), DEFAULT_PATH, cwd),
+            Err(SpawnError::NotExecutable(_))
+        ));
+        assert_eq!(
+            resolve_program("bin/sh", DEFAULT_PATH, Path::new("/usr")).unwrap(),
+            PathBuf::from("/usr/bin/sh")
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_container_runtimes() {
+        assert_eq!(ExitStatus::Exited(3).exit_code(), 3);
+        assert_eq!(ExitStatus::Signaled(9).exit_code(), 137);
+        assert_eq!(ExitStatus::Signaled(15).signal(), Some(15));
+    }
+}

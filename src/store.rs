@@ -1,0 +1,376 @@
+//! The pod store: every pod by [`PodKey`] (namespace/name), with the JSON exactly as received
+//! (unknown fields kept, `status` removed), the typed spec the runtime runs, the observed
+//! [`PodState`] and each container's logs.
+//!
+//! Locks are `std::sync` ones: every critical section is a few map operations or a status
+//! serialisation, never an `.await`, so an async mutex would only add cost.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::watch;
+
+use crate::logs::ContainerLogs;
+use crate::runtime::status::{PodState, RestartPolicy};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Why a pod body was rejected. Nothing is stored when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("request body is not valid pod JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("request body must be a JSON object (a v1.Pod)")]
+    NotAnObject,
+    #[error("metadata.name is required")]
+    MissingName,
+    #[error("{field} {value:?} is invalid: {rule}")]
+    InvalidName {
+        field: &'static str,
+        value: String,
+        rule: &'static str,
+    },
+    #[error("spec.containers must name at least one container")]
+    NoContainers,
+    #[error("container name {0:?} is used more than once")]
+    DuplicateContainer(String),
+    #[error("spec.restartPolicy {0:?} is invalid: must be Always, OnFailure or Never")]
+    RestartPolicy(String),
+    #[error("container {0:?} has neither command nor image: nothing to run")]
+    NothingToRun(String),
+}
+
+/// A validated pod body, ready to be stored.
+#[derive(Clone)]
+pub struct NewPod {
+    pub key: PodKey,
+    pub uid: String,
+    pub pod: Pod,
+    pub restart_policy: RestartPolicy,
+    /// The body as received, compact, without `status`.
+    pub raw: String,
+}
+
+const DNS_LABEL_RULE: &str =
+    "must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
+const DNS_SUBDOMAIN_RULE: &str =
+    "must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters";
+const UID_RULE: &str = "may hold only letters, digits and '-', at most 128 characters";
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+impl NewPod {
+    /// Parses and validates a pod body. Names that end up in paths are checked here, so that
+    /// nothing later can escape the state directory.
+    pub fn parse(body: &[u8]) -> Result<NewPod, PodError> {
+        let mut value: serde_json::Value = serde_json::from_slice(body).map_err(PodError::Json)?;
+        let obj = value.as_object_mut().ok_or(PodError::NotAnObject)?;
+        obj.remove("status");
+        let pod: Pod = serde_json::from_value(value.clone()).map_err(PodError::Json)?;
+        let raw = serde_json::to_string(&value).map_err(PodError::Json)?;
+
+        let name = pod.metadata.name.clone().filter(|n| !n.is_empty()).ok_or(PodError::MissingName)?;
+        if !is_dns_subdomain(&name) {
+            return Err(PodError::InvalidName {
+                field: "metadata.name",
+                value: name,
+                rule: DNS_SUBDOMAIN_RULE,
+            });
+        }
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        if !is_dns_label(&namespace) {
+            return Err(PodError::InvalidName {
+                field: "metadata.namespace",
+                value: namespace,
+                rule: DNS_LABEL_RULE,
+            });
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if uid.len() > 128 || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(PodError::InvalidName {
+                field: "metadata.uid",
+                value: uid,
+                rule: UID_RULE,
+            });
+        }
+        let spec = pod.spec.as_ref().ok_or(PodError::NoContainers)?;
+        if spec.containers.is_empty() {
+            return Err(PodError::NoContainers);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+            if !is_dns_label(&c.name) {
+                return Err(PodError::InvalidName {
+                    field: "container name",
+                    value: c.name.clone(),
+                    rule: DNS_LABEL_RULE,
+                });
+            }
+            if !seen.insert(c.name.as_str()) {
+                return Err(PodError::DuplicateContainer(c.name.clone()));
+            }
+            let has_command = c.command.as_ref().is_some_and(|v| !v.is_empty());
+            let has_image = c.image.as_deref().and_then(crate::runtime::image_executable).is_some();
+            if !has_command && !has_image {
+                return Err(PodError::NothingToRun(c.name.clone()));
+            }
+        }
+        let restart_policy = RestartPolicy::parse(spec.restart_policy.as_deref())
+            .ok_or_else(|| PodError::RestartPolicy(spec.restart_policy.clone().unwrap_or_default()))?;
+        Ok(NewPod {
+            key: PodKey { namespace, name },
+            uid,
+            pod,
+            restart_policy,
+            raw,
+        })
+    }
+}
+
+/// One stored pod.
+pub struct PodEntry {
+    pub key: PodKey,
+    pub uid: String,
+    /// The spec the runtime runs (as created).
+    pub pod: Arc<Pod>,
+    /// The JSON as last received (create or update), without status.
+    raw: Mutex<Arc<str>>,
+    pub state: Mutex<PodState>,
+    /// Logs of init containers, then app containers, in spec order.
+    pub logs: Box<[Mutex<ContainerLogs>]>,
+    stop: watch::Sender<Option<Duration>>,
+    done: watch::Sender<bool>,
+}
+
+impl PodEntry {
+    pub fn new(new: NewPod, state: PodState, log_bytes: usize) -> PodEntry {
+        let n = state.init.len() + state.containers.len();
+        PodEntry {
+            key: new.key,
+            uid: new.uid,
+            pod: Arc::new(new.pod),
+            raw: Mutex::new(Arc::from(new.raw)),
+            state: Mutex::new(state),
+            logs: (0..n).map(|_| Mutex::new(ContainerLogs::new(log_bytes))).collect(),
+            stop: watch::channel(None).0,
+            done: watch::channel(false).0,
+        }
+    }
+
+    /// The spec of container `idx` (init containers first, then app containers).
+    pub fn container_spec(&self, idx: usize) -> &k8s_openapi::api::core::v1::Container {
+        let spec = self.pod.spec.as_ref().expect("validated pods have a spec");
+        let init = spec.init_containers.as_deref().unwrap_or_default();
+        init.get(idx).unwrap_or_else(|| &spec.containers[idx - init.len()])
+    }
+
+    /// Applies `f` to the status of container `idx` and recomputes the pod's phase and conditions.
+    pub fn update_container<R>(
+        &self,
+        idx: usize,
+        f: impl FnOnce(&mut crate::runtime::status::ContainerStatus) -> R,
+    ) -> R {
+        let mut st = self.state.lock().expect("state lock");
+        let n_init = st.init.len();
+        let c = if idx < n_init {
+            &mut st.init[idx]
+        } else {
+            &mut st.containers[idx - n_init]
+        };
+        let r = f(c);
+        st.refresh(k8s_openapi::jiff::Timestamp::now());
+        r
+    }
+
+    pub fn set_raw(&self, raw: String) {
+        *self.raw.lock().expect("raw lock") = Arc::from(raw);
+    }
+
+    /// Index into `logs` of the container called `name`.
+    pub fn container_index(&self, name: &str) -> Option<usize> {
+        let st = self.state.lock().expect("state lock");
+        st.init
+            .iter()
+            .chain(st.containers.iter())
+            .position(|c| c.name == name)
+    }
+
+    /// The status as the `v1.PodStatus` JSON sent over the wire.
+    pub fn status_json(&self) -> String {
+        let status = self.state.lock().expect("state lock").to_k8s();
+        serde_json::to_string(&status).expect("PodStatus serialises")
+    }
+
+    /// The pod as received, with procnode's live status in place of the one it came with.
+    pub fn pod_json(&self) -> String {
+        let raw = self.raw.lock().expect("raw lock").clone();
+        let status = self.status_json();
+        let body = raw.trim_end();
+        let body = body.strip_suffix('}').unwrap_or(body);
+        let sep = if body.trim_end().ends_with('{') { "" } else { "," };
+        let mut out = String::with_capacity(body.len() + status.len() + 16);
+        out.push_str(body);
+        out.push_str(sep);
+        out.push_str("\"status\":");
+        out.push_str(&status);
+        out.push('}');
+        out
+    }
+
+    /// Asks the pod's worker to stop every container within `grace`. The first request wins.
+    pub fn request_stop(&self, grace: Duration) {
+        self.stop.send_if_modified(|slot| {
+            if slot.is_none() {
+                *slot = Some(grace);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn stop_receiver(&self) -> watch::Receiver<Option<Duration>> {
+        self.stop.subscribe()
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop.borrow().is_some()
+    }
+
+    /// Marks the worker finished: no process of this pod is left.
+    pub fn mark_done(&self) {
+        self.done.send_replace(true);
+    }
+
+    /// Waits until the worker has finished.
+    pub async fn wait_done(&self) {
+        let mut rx = self.done.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+}
+
+/// All pods, by key.
+#[derive(Default)]
+pub struct Store {
+    pods: RwLock<BTreeMap<PodKey, Arc<PodEntry>>>,
+}
+
+impl Store {
+    pub fn get(&self, key: &PodKey) -> Option<Arc<PodEntry>> {
+        self.pods.read().expect("store lock").get(key).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.read().expect("store lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Inserts `entry` unless a pod with its key is stored; returns the stored one then.
+    pub fn insert_new(&self, entry: Arc<PodEntry>) -> Result<(), Arc<PodEntry>> {
+        let mut pods = self.pods.write().expect("store lock");
+        if let Some(existing) = pods.get(&entry.key) {
+            return Err(existing.clone());
+        }
+        pods.insert(entry.key.clone(), entry);
+        Ok(())
+    }
+
+    /// Removes the pod under `key` if it is still `entry` (not a newer pod of the same name).
+    pub fn remove_if_same(&self, entry: &Arc<PodEntry>) {
+        let mut pods = self.pods.write().expect("store lock");
+        if pods.get(&entry.key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            pods.remove(&entry.key);
+        }
+    }
+
+    pub fn list(&self) -> Vec<Arc<PodEntry>> {
+        self.pods.read().expect("store lock").values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<NewPod, PodError> {
+        NewPod::parse(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn keeps_unknown_fields_and_drops_status() {
+        let p = parse(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "ns", "creationTimestamp": null, "x-unknown": 1},
+            "spec": {"containers": [{"name": "c", "image": "busybox",
+                      "ports": [{"containerPort": 80, "name": "http"}],
+                      "readinessProbe": {"httpGet": {"port": "http"}},
+                      "livenessProbe": {"tcpSocket": {"port": 8080}}}], "futureField": {"k": "v"}},
+            "status": {"phase": "Pending"}
+        }))
+        .unwrap();
+        assert_eq!(p.key.to_string(), "ns/a");
+        assert!(p.raw.contains("\"x-unknown\":1"));
+        assert!(p.raw.contains("\"futureField\":{\"k\":\"v\"}"));
+        assert!(!p.raw.contains("status"));
+    }
+
+    #[test]
+    fn rejects_what_cannot_run() {
+        let c = |name: &str| serde_json::json!({"name": name, "command": ["true"]});
+        let cases = [
+            serde_json::json!([]),
+            serde_json::json!({"spec": {"containers": [c("a")]}}),
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": []}}),
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [c("x"), c("x")]}}),
+            serde_json::json!({"metadata": {"name": "../etc"}, "spec": {"containers": [c("a")]}}),
+            serde_json::json!({"metadata": {"name": "a", "namespace": "a/b"}, "spec": {"containers": [c("a")]}}),
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [c("Bad_Name")]}}),
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"restartPolicy": "Sometimes", "containers": [c("a")]}}),
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "a"}]}}),
+            serde_json::json!({"metadata": {"name": "a", "uid": "../x"}, "spec": {"containers": [c("a")]}}),
+        ];
+        for case in cases {
+            assert!(parse(case.clone()).is_err(), "accepted {case}");
+        }
+    }
+
+    #[test]
+    fn names_are_checked_like_kubernetes_does() {
+        assert!(is_dns_label("web-1"));
+        assert!(!is_dns_label("-web"));
+        assert!(!is_dns_label("Web"));
+        assert!(is_dns_subdomain("web.example-1"));
+        assert!(!is_dns_subdomain("web..x"));
+        assert!(!is_dns_subdomain(".."));
+    }
+}
