@@ -1,0 +1,246 @@
+//! Shared test support: a real procnode server on 127.0.0.1:0, pod builders shaped like the
+//! API-server pods in `tests/fixtures/`, polling with a deadline, and /proc checks for leaks.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// A pod as a Kubernetes API server stores it (the sleeper fixture), with `name`, `uid`,
+/// `command` and `restartPolicy` replaced.
+pub fn pod(name: &str, command: &[&str], restart_policy: &str) -> Value {
+    let mut p: Value =
+        serde_json::from_str(include_str!("../fixtures/pod-sleeper.json")).expect("fixture");
+    p["metadata"]["name"] = json!(name);
+    p["metadata"]["uid"] = json!(format!("uid-{name}"));
+    p["metadata"]["labels"] = json!({ "app": name });
+    p["spec"]["restartPolicy"] = json!(restart_policy);
+    p["spec"]["terminationGracePeriodSeconds"] = json!(5);
+    p["spec"]["containers"][0]["name"] = json!("main");
+    p["spec"]["containers"][0]["command"] = json!(command);
+    p
+}
+
+pub fn sh(script: &str) -> Vec<&str> {
+    vec!["sh", "-c", script]
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `limit`.
+pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pids of every live (non-zombie) process in process group `pgid`, and of zombies in it.
+pub fn group_members(pgid: i32) -> (Vec<i32>, Vec<i32>) {
+    let mut live = Vec::new();
+    let mut zombies = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[2].parse::<i32>().ok() == Some(pgid) {
+            if f[0] == "Z" {
+                zombies.push(pid);
+            } else {
+                live.push(pid);
+            }
+        }
+    }
+    (live, zombies)
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Asserts that no process (live or zombie) is left in any of `pgids`, allowing a moment for
+/// the kernel to finish tearing them down.
+pub async fn assert_groups_gone(pgids: &[i32]) {
+    for &pgid in pgids {
+        wait_until(&format!("process group {pgid} to be gone"), Duration::from_secs(5), || async move {
+            let (live, zombies) = group_members(pgid);
+            (live.is_empty() && zombies.is_empty()).then_some(())
+        })
+        .await;
+    }
+}
+
+/// The pid in a `procnode://PID` container ID.
+pub fn container_pid(status: &Value, container: &str) -> Option<i32> {
+    let statuses = status["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(status["initContainerStatuses"].as_array().into_iter().flatten());
+    for s in statuses {
+        if s["name"] == container {
+            return s["containerID"].as_str()?.strip_prefix("procnode://")?.parse().ok();
+        }
+    }
+    None
+}
+
+/// A procnode server running in this process on 127.0.0.1:0 with its own state dir.
+pub struct Server {
+    pub base: String,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pub state_dir: tempfile::TempDir,
+    /// Process groups seen by this test; all must be gone when the test ends.
+    pub pgids: std::sync::Mutex<Vec<i32>>,
+}
+
+impl Server {
+    pub async fn start(extra_args: &[&str]) -> Server {
+        // Orphaned grandchildren of pods must come back to this process to be reaped.
+        procnode::runtime::process::become_subreaper().expect("subreaper");
+        let state_dir = tempfile::tempdir().expect("tempdir");
+        let mut args = vec![
+            "procnode".to_string(),
+            "--state-dir".into(),
+            state_dir.path().display().to_string(),
+            "--backoff-initial".into(),
+            "100ms".into(),
+            "--backoff-max".into(),
+            "400ms".into(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let config = procnode::Config::parse_from_env_free(args);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(procnode::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        Server {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+            state_dir,
+            pgids: Default::default(),
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.base, path_and_query)
+    }
+
+    pub async fn create(&self, pod: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/createPod"))
+            .header("Content-Type", "application/json")
+            .body(pod.to_string())
+            .send()
+            .await
+            .expect("createPod")
+    }
+
+    pub async fn delete(&self, pod: &Value) -> reqwest::Response {
+        self.http
+            .delete(self.url("/deletePod"))
+            .header("Content-Type", "application/json")
+            .body(pod.to_string())
+            .send()
+            .await
+            .expect("deletePod")
+    }
+
+    pub async fn status(&self, name: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(self.url(&format!("/getPodStatus?namespace=default&name={name}")))
+            .header("Content-Type", "application/json")
+            .send()
+            .await
+            .expect("getPodStatus");
+        if r.status() == 404 {
+            return None;
+        }
+        assert!(r.status().is_success(), "getPodStatus: {}", r.status());
+        let s: Value = r.json().await.expect("status json");
+        for c in ["main", "a", "b", "init-one", "init-two"] {
+            if let Some(pid) = container_pid(&s, c) {
+                let mut seen = self.pgids.lock().unwrap();
+                if !seen.contains(&pid) {
+                    seen.push(pid);
+                }
+            }
+        }
+        Some(s)
+    }
+
+    pub async fn logs(&self, pod: &str, container: &str, query: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(self.url(&format!(
+                "/getContainerLogs?namespace=default&podName={pod}&containerName={container}{query}"
+            )))
+            .send()
+            .await
+            .expect("getContainerLogs");
+        (r.status().as_u16(), r.text().await.expect("text"))
+    }
+
+    /// Waits until `pred` holds for the pod's status and returns that status.
+    pub async fn wait_status(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_until(what, Duration::from_secs(20), || async {
+            self.status(name).await.filter(|s| pred(s))
+        })
+        .await
+    }
+
+    /// Shuts the server down (every pod stopped with its grace period) and checks that no
+    /// process of any group this test saw is left, zombie or alive.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("shutdown in time")
+                .expect("server task")
+                .expect("server result");
+        }
+        let pgids = self.pgids.lock().unwrap().clone();
+        assert_groups_gone(&pgids).await;
+    }
+}
+
+pub fn phase(s: &Value) -> &str {
+    s["phase"].as_str().unwrap_or("")
+}
+
+pub fn container<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(s["initContainerStatuses"].as_array().into_iter().flatten())
+        .find(|c| c["name"] == name)
+        .unwrap_or(&Value::Null)
+}
