@@ -191,7 +191,8 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 
 /// Parses durations such as `10s`, `250ms`, `5m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 10s or 250ms: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 10s or 250ms: {e}"))
 }
 
 #[cfg(test)]
@@ -211,7 +212,8 @@ mod tests {
 
     #[test]
     fn listen_flag_beats_port_and_accepts_a_bare_port() {
-        let c = Config::parse_from_env_free(["procnode", "--port", "4000", "--listen", "0.0.0.0:5000"]);
+        let c =
+            Config::parse_from_env_free(["procnode", "--port", "4000", "--listen", "0.0.0.0:5000"]);
         assert_eq!(c.listen_addr(), "0.0.0.0:5000".parse().unwrap());
         let c = Config::parse_from_env_free(["procnode", "--listen", "7000"]);
         assert_eq!(c.listen_addr(), "127.0.0.1:7000".parse().unwrap());

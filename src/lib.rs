@@ -44,7 +44,10 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot create state dir {}: {e}", state_dir.display()))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot create state dir {}: {e}", state_dir.display()),
+        )
     })?;
     let (runtime, node) = build(&config);
     let refresher = tokio::spawn(node.clone().refresh_every(config.host_refresh));

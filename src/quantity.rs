@@ -20,11 +20,15 @@ pub struct QuantityError(pub String);
 
 impl Quantity {
     pub fn from_units(units: i128) -> Quantity {
-        Quantity { nanos: units * NANO }
+        Quantity {
+            nanos: units * NANO,
+        }
     }
 
     pub fn from_milli(milli: i128) -> Quantity {
-        Quantity { nanos: milli * 1_000_000 }
+        Quantity {
+            nanos: milli * 1_000_000,
+        }
     }
 
     /// The value in whole units, rounded up (as Kubernetes does for `resourceFieldRef`).
@@ -34,7 +38,9 @@ impl Quantity {
 
     /// The value in bytes when it is a whole non-negative number.
     pub fn to_bytes(&self) -> Option<u64> {
-        (self.nanos >= 0).then(|| u64::try_from(self.ceil_units()).ok()).flatten()
+        (self.nanos >= 0)
+            .then(|| u64::try_from(self.ceil_units()).ok())
+            .flatten()
     }
 
     pub fn milli(&self) -> i128 {
@@ -184,7 +190,10 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         for bad in ["", "abc", "1.2.3", "12Zi", "m", "1e99"] {
-            assert!(bad.parse::<Quantity>().is_err(), "{bad:?} should be rejected");
+            assert!(
+                bad.parse::<Quantity>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -73,7 +73,8 @@ const UID_RULE: &str = "may hold only letters, digits and '-', at most 128 chara
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -92,7 +93,12 @@ impl NewPod {
         let pod: Pod = serde_json::from_value(value.clone()).map_err(PodError::Json)?;
         let raw = serde_json::to_string(&value).map_err(PodError::Json)?;
 
-        let name = pod.metadata.name.clone().filter(|n| !n.is_empty()).ok_or(PodError::MissingName)?;
+        let name = pod
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or(PodError::MissingName)?;
         if !is_dns_subdomain(&name) {
             return Err(PodError::InvalidName {
                 field: "metadata.name",
@@ -126,7 +132,12 @@ impl NewPod {
             return Err(PodError::NoContainers);
         }
         let mut seen = std::collections::HashSet::new();
-        for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+        {
             if !is_dns_label(&c.name) {
                 return Err(PodError::InvalidName {
                     field: "container name",
@@ -138,13 +149,19 @@ impl NewPod {
                 return Err(PodError::DuplicateContainer(c.name.clone()));
             }
             let has_command = c.command.as_ref().is_some_and(|v| !v.is_empty());
-            let has_image = c.image.as_deref().and_then(crate::runtime::image_executable).is_some();
+            let has_image = c
+                .image
+                .as_deref()
+                .and_then(crate::runtime::image_executable)
+                .is_some();
             if !has_command && !has_image {
                 return Err(PodError::NothingToRun(c.name.clone()));
             }
         }
-        let restart_policy = RestartPolicy::parse(spec.restart_policy.as_deref())
-            .ok_or_else(|| PodError::RestartPolicy(spec.restart_policy.clone().unwrap_or_default()))?;
+        let restart_policy =
+            RestartPolicy::parse(spec.restart_policy.as_deref()).ok_or_else(|| {
+                PodError::RestartPolicy(spec.restart_policy.clone().unwrap_or_default())
+            })?;
         Ok(NewPod {
             key: PodKey { namespace, name },
             uid,
@@ -179,7 +196,9 @@ impl PodEntry {
             pod: Arc::new(new.pod),
             raw: Mutex::new(Arc::from(new.raw)),
             state: Mutex::new(state),
-            logs: (0..n).map(|_| Mutex::new(ContainerLogs::new(log_bytes))).collect(),
+            logs: (0..n)
+                .map(|_| Mutex::new(ContainerLogs::new(log_bytes)))
+                .collect(),
             stop: watch::channel(None).0,
             done: watch::channel(false).0,
         }
@@ -189,7 +208,8 @@ impl PodEntry {
     pub fn container_spec(&self, idx: usize) -> &k8s_openapi::api::core::v1::Container {
         let spec = self.pod.spec.as_ref().expect("validated pods have a spec");
         let init = spec.init_containers.as_deref().unwrap_or_default();
-        init.get(idx).unwrap_or_else(|| &spec.containers[idx - init.len()])
+        init.get(idx)
+            .unwrap_or_else(|| &spec.containers[idx - init.len()])
     }
 
     /// Applies `f` to the status of container `idx` and recomputes the pod's phase and conditions.
@@ -235,7 +255,11 @@ impl PodEntry {
         let status = self.status_json();
         let body = raw.trim_end();
         let body = body.strip_suffix('}').unwrap_or(body);
-        let sep = if body.trim_end().ends_with('{') { "" } else { "," };
+        let sep = if body.trim_end().ends_with('{') {
+            ""
+        } else {
+            ","
+        };
         let mut out = String::with_capacity(body.len() + status.len() + 16);
         out.push_str(body);
         out.push_str(sep);
@@ -315,7 +339,12 @@ impl Store {
     }
 
     pub fn list(&self) -> Vec<Arc<PodEntry>> {
-        self.pods.read().expect("store lock").values().cloned().collect()
+        self.pods
+            .read()
+            .expect("store lock")
+            .values()
+            .cloned()
+            .collect()
     }
 }
 

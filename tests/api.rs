@@ -50,23 +50,34 @@ impl App {
             .unwrap();
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
         (status, bytes)
     }
 
     async fn json(&self, method: Method, uri: &str, body: Option<String>) -> (StatusCode, Value) {
         let (status, bytes) = self.call(method, uri, body).await;
-        let v = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+        let v = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!("{uri}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+        });
         (status, v)
     }
 
     async fn create(&self, pod: &Value) -> StatusCode {
-        self.call(Method::POST, "/createPod", Some(pod.to_string())).await.0
+        self.call(Method::POST, "/createPod", Some(pod.to_string()))
+            .await
+            .0
     }
 
     async fn delete(&self, pod: &Value) -> StatusCode {
-        self.call(Method::DELETE, "/deletePod", Some(pod.to_string())).await.0
+        self.call(Method::DELETE, "/deletePod", Some(pod.to_string()))
+            .await
+            .0
     }
 }
 
@@ -79,7 +90,11 @@ fn without_status(mut v: Value) -> Value {
 async fn health_and_fixed_endpoints_answer() {
     let app = app();
     for path in ["/", "/healthz"] {
-        assert_eq!(app.call(Method::GET, path, None).await.0, StatusCode::OK, "{path}");
+        assert_eq!(
+            app.call(Method::GET, path, None).await.0,
+            StatusCode::OK,
+            "{path}"
+        );
     }
     let (s, body) = app.call(Method::GET, "/operatingSystem", None).await;
     assert_eq!((s, body.as_slice()), (StatusCode::OK, &b"linux"[..]));
@@ -93,11 +108,21 @@ async fn health_and_fixed_endpoints_answer() {
 
 #[tokio::test]
 async fn node_endpoints_report_the_live_host() {
-    let app = app_with(&["--max-pods", "42", "--node-name", "node-x", "--node-ip", "10.9.8.7"]);
+    let app = app_with(&[
+        "--max-pods",
+        "42",
+        "--node-name",
+        "node-x",
+        "--node-ip",
+        "10.9.8.7",
+    ]);
     let (s, cap) = app.json(Method::GET, "/capacity", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(cap["pods"], "42");
-    let cores = std::thread::available_parallelism().unwrap().get().to_string();
+    let cores = std::thread::available_parallelism()
+        .unwrap()
+        .get()
+        .to_string();
     assert_eq!(cap["cpu"], cores.as_str());
     let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
         .unwrap()
@@ -105,14 +130,30 @@ async fn node_endpoints_report_the_live_host() {
         .find(|l| l.starts_with("MemTotal:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap();
-    let reported: u64 = cap["memory"].as_str().unwrap().trim_end_matches("Ki").parse().unwrap();
-    assert!(reported.abs_diff(mem_kib) <= 1024, "memory {reported}Ki vs MemTotal {mem_kib}Ki");
+    let reported: u64 = cap["memory"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("Ki")
+        .parse()
+        .unwrap();
+    assert!(
+        reported.abs_diff(mem_kib) <= 1024,
+        "memory {reported}Ki vs MemTotal {mem_kib}Ki"
+    );
     assert!(cap["ephemeral-storage"].as_str().unwrap().ends_with("Ki"));
 
     let (s, conds) = app.json(Method::GET, "/nodeConditions", None).await;
     assert_eq!(s, StatusCode::OK);
-    let types: Vec<&str> = conds.as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"]);
+    let types: Vec<&str> = conds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"]
+    );
     assert_eq!(conds[0]["status"], "True");
     assert_eq!(conds[0]["reason"], "KubeletReady");
     for c in conds.as_array().unwrap() {
@@ -122,7 +163,10 @@ async fn node_endpoints_report_the_live_host() {
 
     let (s, addrs) = app.json(Method::GET, "/nodeAddresses", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(addrs, json!([{"type": "InternalIP", "address": "10.9.8.7"}, {"type": "Hostname", "address": "node-x"}]));
+    assert_eq!(
+        addrs,
+        json!([{"type": "InternalIP", "address": "10.9.8.7"}, {"type": "Hostname", "address": "node-x"}])
+    );
 }
 
 #[tokio::test]
@@ -140,7 +184,9 @@ async fn unknown_pods_are_exactly_404_and_delete_of_unknown_is_2xx() {
     }
     let p = pod("ghost", &["sleep", "30"], "Never");
     assert!(app.delete(&p).await.is_success());
-    let (s, _) = app.call(Method::PUT, "/updatePod", Some(p.to_string())).await;
+    let (s, _) = app
+        .call(Method::PUT, "/updatePod", Some(p.to_string()))
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
@@ -160,12 +206,19 @@ async fn get_pod_returns_the_spec_exactly_as_received_with_live_status() {
     p["spec"]["someFutureField"] = json!("kept");
     // Keep it from running anything long: one init container that fails fast, policy Never.
     p["spec"]["restartPolicy"] = json!("Never");
-    p["spec"]["initContainers"] = json!([{"name": "init-one", "image": "busybox", "command": ["false"]}]);
+    p["spec"]["initContainers"] =
+        json!([{"name": "init-one", "image": "busybox", "command": ["false"]}]);
     assert_eq!(app.create(&p).await, StatusCode::CREATED);
 
-    let (s, got) = app.json(Method::GET, "/getPod?namespace=default&name=lossless", None).await;
+    let (s, got) = app
+        .json(Method::GET, "/getPod?namespace=default&name=lossless", None)
+        .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(without_status(got.clone()), without_status(p.clone()), "spec round-trips losslessly");
+    assert_eq!(
+        without_status(got.clone()),
+        without_status(p.clone()),
+        "spec round-trips losslessly"
+    );
     assert!(got["status"]["phase"].is_string());
     assert_eq!(got["status"]["qosClass"], "Burstable");
 
@@ -188,7 +241,9 @@ async fn create_is_idempotent_for_the_same_uid() {
     let (_, list) = app.json(Method::GET, "/getPods", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert!(app.delete(&p).await.is_success());
-    let (s, _) = app.call(Method::GET, "/getPod?namespace=default&name=twice", None).await;
+    let (s, _) = app
+        .call(Method::GET, "/getPod?namespace=default&name=twice", None)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (_, list) = app.json(Method::GET, "/getPods", None).await;
     assert_eq!(list, json!([]));
@@ -205,14 +260,32 @@ async fn pods_are_keyed_by_namespace_and_name() {
     assert_eq!(app.create(&b).await, StatusCode::CREATED);
     let (_, list) = app.json(Method::GET, "/getPods", None).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
-    let (s, got) = app.json(Method::GET, "/getPod?namespace=other&name=same", None).await;
+    let (s, got) = app
+        .json(Method::GET, "/getPod?namespace=other&name=same", None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(got["metadata"]["uid"], "uid-other");
     // Percent- and form-encoded query values decode like Go's url.QueryEscape produces them.
-    let (s, _) = app.call(Method::GET, "/getPodStatus?namespace=oth%65r&name=same", None).await;
+    let (s, _) = app
+        .call(
+            Method::GET,
+            "/getPodStatus?namespace=oth%65r&name=same",
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = app.call(Method::GET, "/getPodStatus?namespace=oth+er&name=same", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "+ is a space, so this names namespace 'oth er'");
+    let (s, _) = app
+        .call(
+            Method::GET,
+            "/getPodStatus?namespace=oth+er&name=same",
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "+ is a space, so this names namespace 'oth er'"
+    );
     assert!(app.delete(&a).await.is_success());
     assert!(app.delete(&b).await.is_success());
 }
@@ -222,14 +295,17 @@ async fn bad_input_is_400_with_a_message_and_changes_nothing() {
     let app = app_with(&["--max-body-bytes", "65536"]);
     let good = pod("keep", &["sleep", "30"], "Never");
     assert_eq!(app.create(&good).await, StatusCode::CREATED);
-    let (_, before) = app.json(Method::GET, "/getPod?namespace=default&name=keep", None).await;
+    let (_, before) = app
+        .json(Method::GET, "/getPod?namespace=default&name=keep", None)
+        .await;
 
     let mut no_name = good.clone();
     no_name["metadata"].as_object_mut().unwrap().remove("name");
     let mut no_containers = good.clone();
     no_containers["spec"]["containers"] = json!([]);
     let mut dup = good.clone();
-    dup["spec"]["containers"] = json!([{"name": "x", "command": ["true"]}, {"name": "x", "command": ["true"]}]);
+    dup["spec"]["containers"] =
+        json!([{"name": "x", "command": ["true"]}, {"name": "x", "command": ["true"]}]);
     let mut bad_policy = good.clone();
     bad_policy["spec"]["restartPolicy"] = json!("Sometimes");
     let mut bad_update = good.clone();
@@ -254,16 +330,25 @@ async fn bad_input_is_400_with_a_message_and_changes_nothing() {
         let (s, v) = app.json(method.clone(), uri, body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri}");
         let msg = v["error"].as_str().unwrap();
-        assert!(msg.contains(needle), "{method} {uri}: {msg:?} should mention {needle:?}");
+        assert!(
+            msg.contains(needle),
+            "{method} {uri}: {msg:?} should mention {needle:?}"
+        );
     }
 
     let (s, v) = app
-        .json(Method::POST, "/createPod", Some(format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000))))
+        .json(
+            Method::POST,
+            "/createPod",
+            Some(format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000))),
+        )
         .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(v["error"].as_str().unwrap().contains("65536"));
 
-    let (_, after) = app.json(Method::GET, "/getPod?namespace=default&name=keep", None).await;
+    let (_, after) = app
+        .json(Method::GET, "/getPod?namespace=default&name=keep", None)
+        .await;
     assert_eq!(without_status(before), without_status(after));
     let (_, list) = app.json(Method::GET, "/getPods", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "nothing else was stored");
@@ -277,9 +362,13 @@ async fn update_records_the_new_spec() {
     assert_eq!(app.create(&p).await, StatusCode::CREATED);
     let mut changed = p.clone();
     changed["metadata"]["labels"] = json!({"app": "upd", "version": "2"});
-    let (s, _) = app.call(Method::PUT, "/updatePod", Some(changed.to_string())).await;
+    let (s, _) = app
+        .call(Method::PUT, "/updatePod", Some(changed.to_string()))
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let (_, got) = app.json(Method::GET, "/getPod?namespace=default&name=upd", None).await;
+    let (_, got) = app
+        .json(Method::GET, "/getPod?namespace=default&name=upd", None)
+        .await;
     assert_eq!(got["metadata"]["labels"]["version"], "2");
     assert!(app.delete(&p).await.is_success());
 }
@@ -291,7 +380,13 @@ async fn a_full_node_admits_no_more_pods_like_the_kubelet() {
     let b = pod("second", &["sleep", "30"], "Never");
     assert_eq!(app.create(&a).await, StatusCode::CREATED);
     assert_eq!(app.create(&b).await, StatusCode::CREATED);
-    let (_, s) = app.json(Method::GET, "/getPodStatus?namespace=default&name=second", None).await;
+    let (_, s) = app
+        .json(
+            Method::GET,
+            "/getPodStatus?namespace=default&name=second",
+            None,
+        )
+        .await;
     assert_eq!(s["phase"], "Failed");
     assert_eq!(s["reason"], "OutOfpods");
     assert!(app.delete(&a).await.is_success());

@@ -30,7 +30,13 @@ async fn create_run_logs_delete() {
     assert_eq!(c["restartCount"], 0);
     assert!(state(&s, "main", "running")["startedAt"].is_string());
     let cond = |t: &str| {
-        s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).unwrap()["status"].clone()
+        s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap()["status"]
+            .clone()
     };
     assert_eq!(cond("Ready"), "True");
     assert_eq!(cond("ContainersReady"), "True");
@@ -57,30 +63,51 @@ async fn create_run_logs_delete() {
     assert_eq!(code, 404);
 
     assert_eq!(srv.delete(&p).await.status(), 200);
-    assert!(srv.status("web").await.is_none(), "deleted pods are forgotten");
+    assert!(
+        srv.status("web").await.is_none(),
+        "deleted pods are forgotten"
+    );
     let (live, zombies) = group_members(pid);
-    assert!(live.is_empty() && zombies.is_empty(), "left: {live:?} zombies: {zombies:?}");
+    assert!(
+        live.is_empty() && zombies.is_empty(),
+        "left: {live:?} zombies: {zombies:?}"
+    );
     srv.stop().await;
 }
 
 #[tokio::test]
 async fn init_containers_run_one_at_a_time_in_order_before_the_app() {
     let srv = Server::start(&[]).await;
-    let mut p = pod("inits", &sh("cat order; echo app >> order; exec sleep 300"), "Always");
+    let mut p = pod(
+        "inits",
+        &sh("cat order; echo app >> order; exec sleep 300"),
+        "Always",
+    );
     p["spec"]["initContainers"] = json!([
         {"name": "init-one", "image": "busybox", "command": ["sh", "-c", "sleep 0.3; echo init-one > order"]},
         {"name": "init-two", "image": "busybox", "command": ["sh", "-c", "test -f order && echo init-two >> order"]}
     ]);
     srv.create(&p).await;
-    let s = srv.wait_status("inits", "Running", |s| phase(s) == "Running").await;
+    let s = srv
+        .wait_status("inits", "Running", |s| phase(s) == "Running")
+        .await;
     for init in ["init-one", "init-two"] {
         let t = state(&s, init, "terminated");
         assert_eq!(t["exitCode"], 0, "{init}");
         assert_eq!(t["reason"], "Completed");
     }
-    let one_done = state(&s, "init-one", "terminated")["finishedAt"].as_str().unwrap().to_string();
-    let two_start = state(&s, "init-two", "terminated")["startedAt"].as_str().unwrap().to_string();
-    assert!(one_done <= two_start, "init-two started before init-one finished");
+    let one_done = state(&s, "init-one", "terminated")["finishedAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let two_start = state(&s, "init-two", "terminated")["startedAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        one_done <= two_start,
+        "init-two started before init-one finished"
+    );
     support::wait_until("app output", Duration::from_secs(10), || async {
         let (_, text) = srv.logs("inits", "main", "").await;
         (text == "init-one\ninit-two\n").then_some(())
@@ -98,10 +125,17 @@ async fn app_containers_wait_while_init_runs_and_a_failed_init_fails_a_never_pod
         {"name": "init-one", "image": "busybox", "command": ["sh", "-c", "exit 7"]}
     ]);
     srv.create(&p).await;
-    let s = srv.wait_status("badinit", "Failed", |s| phase(s) == "Failed").await;
+    let s = srv
+        .wait_status("badinit", "Failed", |s| phase(s) == "Failed")
+        .await;
     assert_eq!(state(&s, "init-one", "terminated")["exitCode"], 7);
     assert_eq!(state(&s, "main", "waiting")["reason"], "PodInitializing");
-    let init_cond = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Initialized").unwrap();
+    let init_cond = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Initialized")
+        .unwrap();
     assert_eq!(init_cond["status"], "False");
     assert!(init_cond["message"].as_str().unwrap().contains("init-one"));
     srv.delete(&p).await;
@@ -115,18 +149,36 @@ async fn never_policy_keeps_exit_code_and_reason() {
     let bad = pod("bad", &sh("echo failing >&2; exit 3"), "Never");
     srv.create(&ok).await;
     srv.create(&bad).await;
-    let s = srv.wait_status("ok", "Succeeded", |s| phase(s) == "Succeeded").await;
+    let s = srv
+        .wait_status("ok", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
     let t = state(&s, "main", "terminated");
-    assert_eq!((t["exitCode"].clone(), t["reason"].clone()), (json!(0), json!("Completed")));
+    assert_eq!(
+        (t["exitCode"].clone(), t["reason"].clone()),
+        (json!(0), json!("Completed"))
+    );
     assert!(t["startedAt"].is_string() && t["finishedAt"].is_string());
-    let s = srv.wait_status("bad", "Failed", |s| phase(s) == "Failed").await;
+    let s = srv
+        .wait_status("bad", "Failed", |s| phase(s) == "Failed")
+        .await;
     let t = state(&s, "main", "terminated");
-    assert_eq!((t["exitCode"].clone(), t["reason"].clone()), (json!(3), json!("Error")));
+    assert_eq!(
+        (t["exitCode"].clone(), t["reason"].clone()),
+        (json!(3), json!("Error"))
+    );
     assert_eq!(container(&s, "main")["restartCount"], 0);
-    let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+    let ready = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
     assert_eq!(ready["reason"], "PodCompleted");
     // Logs stay readable after exit, until the pod is deleted.
-    assert_eq!(srv.logs("bad", "main", "&tail=10").await, (200, "failing\n".to_string()));
+    assert_eq!(
+        srv.logs("bad", "main", "&tail=10").await,
+        (200, "failing\n".to_string())
+    );
     srv.delete(&ok).await;
     srv.delete(&bad).await;
     srv.stop().await;
@@ -149,18 +201,32 @@ async fn on_failure_restarts_until_success_with_backoff() {
             saw_backoff.set(true);
             let c = container(&s, "main");
             assert_eq!(c["lastState"]["terminated"]["exitCode"], 1);
-            assert!(state(&s, "main", "waiting")["message"].as_str().unwrap().contains("back-off"));
-            assert_eq!(phase(&s), "Running", "OnFailure with a failed container is restarting");
+            assert!(state(&s, "main", "waiting")["message"]
+                .as_str()
+                .unwrap()
+                .contains("back-off"));
+            assert_eq!(
+                phase(&s),
+                "Running",
+                "OnFailure with a failed container is restarting"
+            );
         }
         (phase(&s) == "Succeeded").then_some(s)
     })
     .await;
-    assert!(saw_backoff.get(), "a waiting CrashLoopBackOff state was visible between runs");
+    assert!(
+        saw_backoff.get(),
+        "a waiting CrashLoopBackOff state was visible between runs"
+    );
     let c = container(&s, "main");
     assert_eq!(c["restartCount"], 2);
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 1);
     assert_eq!(state(&s, "main", "terminated")["exitCode"], 0);
-    assert_eq!(srv.logs("retry", "main", "").await.1, "run-3\n", "logs are of the current run");
+    assert_eq!(
+        srv.logs("retry", "main", "").await.1,
+        "run-3\n",
+        "logs are of the current run"
+    );
     srv.delete(&p).await;
     srv.stop().await;
 }
@@ -171,10 +237,15 @@ async fn always_restarts_even_after_success() {
     let p = pod("again", &sh("echo hi"), "Always");
     srv.create(&p).await;
     let s = srv
-        .wait_status("again", "two restarts", |s| container(s, "main")["restartCount"].as_i64() >= Some(2))
+        .wait_status("again", "two restarts", |s| {
+            container(s, "main")["restartCount"].as_i64() >= Some(2)
+        })
         .await;
     assert_eq!(phase(&s), "Running");
-    assert_eq!(container(&s, "main")["lastState"]["terminated"]["reason"], "Completed");
+    assert_eq!(
+        container(&s, "main")["lastState"]["terminated"]["reason"],
+        "Completed"
+    );
     srv.delete(&p).await;
     srv.stop().await;
 }
@@ -189,19 +260,35 @@ async fn a_command_that_cannot_start_is_pod_state_not_an_http_error() {
     for p in [&missing, &bad_dir, &retried] {
         assert_eq!(srv.create(p).await.status(), 201);
     }
-    let s = srv.wait_status("missing", "Failed", |s| phase(s) == "Failed").await;
+    let s = srv
+        .wait_status("missing", "Failed", |s| phase(s) == "Failed")
+        .await;
     let t = state(&s, "main", "terminated");
     assert_eq!(t["reason"], "StartError");
     assert_eq!(t["exitCode"], 128);
-    assert!(t["message"].as_str().unwrap().contains("executable file not found in $PATH"), "{t}");
-    let s = srv.wait_status("baddir", "Failed", |s| phase(s) == "Failed").await;
-    assert!(state(&s, "main", "terminated")["message"].as_str().unwrap().contains("/no/such/dir"));
+    assert!(
+        t["message"]
+            .as_str()
+            .unwrap()
+            .contains("executable file not found in $PATH"),
+        "{t}"
+    );
+    let s = srv
+        .wait_status("baddir", "Failed", |s| phase(s) == "Failed")
+        .await;
+    assert!(state(&s, "main", "terminated")["message"]
+        .as_str()
+        .unwrap()
+        .contains("/no/such/dir"));
     let s = srv
         .wait_status("retried", "RunContainerError", |s| {
             state(s, "main", "waiting")["reason"] == "RunContainerError"
         })
         .await;
-    assert!(state(&s, "main", "waiting")["message"].as_str().unwrap().contains("not found"));
+    assert!(state(&s, "main", "waiting")["message"]
+        .as_str()
+        .unwrap()
+        .contains("not found"));
     for p in [&missing, &bad_dir, &retried] {
         srv.delete(p).await;
     }
@@ -213,16 +300,25 @@ async fn delete_kills_the_whole_process_group_including_grandchildren() {
     let srv = Server::start(&[]).await;
     let p = pod("family", &sh("sleep 300 & sleep 300 & wait"), "Always");
     srv.create(&p).await;
-    let s = srv.wait_status("family", "Running", |s| phase(s) == "Running").await;
+    let s = srv
+        .wait_status("family", "Running", |s| phase(s) == "Running")
+        .await;
     let pgid = container_pid(&s, "main").unwrap();
-    let live = support::wait_until("three processes in the group", Duration::from_secs(10), || async {
-        let (live, _) = group_members(pgid);
-        (live.len() == 3).then_some(live)
-    })
+    let live = support::wait_until(
+        "three processes in the group",
+        Duration::from_secs(10),
+        || async {
+            let (live, _) = group_members(pgid);
+            (live.len() == 3).then_some(live)
+        },
+    )
     .await;
     assert_eq!(srv.delete(&p).await.status(), 200);
     let (left, zombies) = group_members(pgid);
-    assert!(left.is_empty(), "still alive after delete: {left:?} (was {live:?})");
+    assert!(
+        left.is_empty(),
+        "still alive after delete: {left:?} (was {live:?})"
+    );
     assert!(zombies.is_empty(), "zombies after delete: {zombies:?}");
     srv.stop().await;
 }
@@ -233,7 +329,9 @@ async fn leftovers_in_the_group_are_ended_when_the_main_process_exits() {
     // The main process exits at once, leaving a background sleeper in its group.
     let p = pod("orphans", &sh("sleep 300 & echo bye"), "Never");
     srv.create(&p).await;
-    let s = srv.wait_status("orphans", "Succeeded", |s| phase(s) == "Succeeded").await;
+    let s = srv
+        .wait_status("orphans", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
     let pgid = container_pid(&s, "main").unwrap();
     support::assert_groups_gone(&[pgid]).await;
     srv.delete(&p).await;
@@ -243,10 +341,16 @@ async fn leftovers_in_the_group_are_ended_when_the_main_process_exits() {
 #[tokio::test]
 async fn a_process_ignoring_sigterm_is_killed_after_the_grace_period() {
     let srv = Server::start(&[]).await;
-    let mut p = pod("stubborn", &sh("trap '' TERM; echo ready; while :; do sleep 0.05; done"), "Always");
+    let mut p = pod(
+        "stubborn",
+        &sh("trap '' TERM; echo ready; while :; do sleep 0.05; done"),
+        "Always",
+    );
     p["spec"]["terminationGracePeriodSeconds"] = json!(1);
     srv.create(&p).await;
-    let s = srv.wait_status("stubborn", "Running", |s| phase(s) == "Running").await;
+    let s = srv
+        .wait_status("stubborn", "Running", |s| phase(s) == "Running")
+        .await;
     let pgid = container_pid(&s, "main").unwrap();
     support::wait_until("trap installed", Duration::from_secs(10), || async {
         (srv.logs("stubborn", "main", "").await.1 == "ready\n").then_some(())
@@ -255,9 +359,15 @@ async fn a_process_ignoring_sigterm_is_killed_after_the_grace_period() {
     let t0 = Instant::now();
     assert_eq!(srv.delete(&p).await.status(), 200);
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(900), "SIGTERM was ignored, so delete waits the grace period ({took:?})");
+    assert!(
+        took >= Duration::from_millis(900),
+        "SIGTERM was ignored, so delete waits the grace period ({took:?})"
+    );
     let (left, zombies) = group_members(pgid);
-    assert!(left.is_empty() && zombies.is_empty(), "{left:?} {zombies:?}");
+    assert!(
+        left.is_empty() && zombies.is_empty(),
+        "{left:?} {zombies:?}"
+    );
     srv.stop().await;
 }
 
@@ -266,7 +376,11 @@ async fn a_process_that_handles_sigterm_gets_to_run_its_handler() {
     let srv = Server::start(&[]).await;
     let marks = tempfile::tempdir().unwrap();
     let mark = marks.path().join("mark");
-    let mut p = pod("polite", &sh("trap 'echo got-term > \"$MARK\"; exit 0' TERM; echo up; while :; do sleep 0.05; done"), "Never");
+    let mut p = pod(
+        "polite",
+        &sh("trap 'echo got-term > \"$MARK\"; exit 0' TERM; echo up; while :; do sleep 0.05; done"),
+        "Never",
+    );
     p["spec"]["containers"][0]["env"] = json!([{"name": "MARK", "value": mark.to_str().unwrap()}]);
     srv.create(&p).await;
     support::wait_until("up", Duration::from_secs(10), || async {
@@ -275,7 +389,11 @@ async fn a_process_that_handles_sigterm_gets_to_run_its_handler() {
     .await;
     srv.status("polite").await;
     assert_eq!(srv.delete(&p).await.status(), 200);
-    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "got-term\n", "TERM reached the process first");
+    assert_eq!(
+        std::fs::read_to_string(&mark).unwrap(),
+        "got-term\n",
+        "TERM reached the process first"
+    );
     srv.stop().await;
 }
 
@@ -297,7 +415,8 @@ async fn env_downward_api_and_working_dir_reach_the_process() {
         {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}}
     ]);
     srv.create(&p).await;
-    srv.wait_status("envy", "Succeeded", |s| phase(s) == "Succeeded").await;
+    srv.wait_status("envy", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
     let (_, text) = srv.logs("envy", "main", "").await;
     assert_eq!(
         text,
@@ -312,7 +431,8 @@ async fn the_default_working_dir_is_the_pods_own_directory_removed_on_delete() {
     let srv = Server::start(&[]).await;
     let p = pod("home", &sh("pwd; echo data > file"), "Never");
     srv.create(&p).await;
-    srv.wait_status("home", "Succeeded", |s| phase(s) == "Succeeded").await;
+    srv.wait_status("home", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
     let (_, text) = srv.logs("home", "main", "").await;
     let dir = std::path::PathBuf::from(text.trim());
     assert!(dir.starts_with(srv.state_dir.path()), "{dir:?}");
@@ -327,7 +447,9 @@ async fn a_repeated_create_starts_no_second_process() {
     let srv = Server::start(&[]).await;
     let p = pod("once", &["sleep", "300"], "Always");
     assert_eq!(srv.create(&p).await.status(), 201);
-    let s = srv.wait_status("once", "Running", |s| phase(s) == "Running").await;
+    let s = srv
+        .wait_status("once", "Running", |s| phase(s) == "Running")
+        .await;
     let pid = container_pid(&s, "main").unwrap();
     assert_eq!(srv.create(&p).await.status(), 200);
     let s = srv.status("once").await.unwrap();
@@ -342,13 +464,20 @@ async fn a_new_uid_under_the_same_name_replaces_the_old_pod() {
     let srv = Server::start(&[]).await;
     let old = pod("reborn", &["sleep", "300"], "Always");
     srv.create(&old).await;
-    let s = srv.wait_status("reborn", "Running", |s| phase(s) == "Running").await;
+    let s = srv
+        .wait_status("reborn", "Running", |s| phase(s) == "Running")
+        .await;
     let old_pid = container_pid(&s, "main").unwrap();
     let mut new = old.clone();
     new["metadata"]["uid"] = json!("uid-reborn-2");
     assert_eq!(srv.create(&new).await.status(), 201);
-    assert!(group_members(old_pid).0.is_empty(), "old pod's process stopped");
-    let s = srv.wait_status("reborn", "Running again", |s| phase(s) == "Running").await;
+    assert!(
+        group_members(old_pid).0.is_empty(),
+        "old pod's process stopped"
+    );
+    let s = srv
+        .wait_status("reborn", "Running again", |s| phase(s) == "Running")
+        .await;
     assert_ne!(container_pid(&s, "main"), Some(old_pid));
     srv.delete(&new).await;
     srv.stop().await;
@@ -360,8 +489,11 @@ async fn shutdown_stops_every_pod() {
     let mut pgids = vec![];
     for i in 0..5 {
         let name = format!("many-{i}");
-        srv.create(&pod(&name, &sh("sleep 300 & wait"), "Always")).await;
-        let s = srv.wait_status(&name, "Running", |s| phase(s) == "Running").await;
+        srv.create(&pod(&name, &sh("sleep 300 & wait"), "Always"))
+            .await;
+        let s = srv
+            .wait_status(&name, "Running", |s| phase(s) == "Running")
+            .await;
         pgids.push(container_pid(&s, "main").unwrap());
     }
     srv.stop().await;

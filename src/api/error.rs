@@ -40,9 +40,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::InvalidPod(_) => StatusCode::BAD_REQUEST,
             // The broker maps exactly "404 Not Found" to "pod does not exist".
-            ApiError::PodNotFound(_) | ApiError::ContainerNotFound { .. } | ApiError::NoRoute(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::PodNotFound(_)
+            | ApiError::ContainerNotFound { .. }
+            | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }

@@ -18,7 +18,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Query(v)),
-            Err(e) => Err(ApiError::BadRequest(format!("invalid query string: {}", e.body_text()))),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "invalid query string: {}",
+                e.body_text()
+            ))),
         }
     }
 }
@@ -37,8 +40,13 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             .unwrap_or(0);
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(Body(b)),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge(limit)),
-            Err(e) => Err(ApiError::BadRequest(format!("cannot read request body: {}", e.body_text()))),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge(limit))
+            }
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "cannot read request body: {}",
+                e.body_text()
+            ))),
         }
     }
 }

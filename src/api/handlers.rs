@@ -14,7 +14,12 @@ use crate::runtime::Created;
 use crate::store::PodKey;
 
 fn json(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body.into()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.into(),
+    )
+        .into_response()
 }
 
 fn required(value: Option<String>, name: &str) -> Result<String, ApiError> {
@@ -79,7 +84,11 @@ pub async fn delete_pod(
             .map_err(|e| ApiError::BadRequest(format!("request body is not valid pod JSON: {e}")))?
     };
     let key = PodRef {
-        namespace: parsed.metadata.namespace.or(q.namespace).or(Some("default".into())),
+        namespace: parsed
+            .metadata
+            .namespace
+            .or(q.namespace)
+            .or(Some("default".into())),
         name: parsed.metadata.name.or(q.name),
     }
     .key()?;
@@ -93,7 +102,10 @@ pub async fn delete_pod(
     })
 }
 
-pub async fn get_pod(State(s): State<AppState>, Query(q): Query<PodRef>) -> Result<Response, ApiError> {
+pub async fn get_pod(
+    State(s): State<AppState>,
+    Query(q): Query<PodRef>,
+) -> Result<Response, ApiError> {
     let entry = s.runtime.get(&q.key()?)?;
     Ok(json(StatusCode::OK, entry.pod_json()))
 }
@@ -148,7 +160,9 @@ fn parse_count(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
     match v {
         None | Some("") => Ok(None),
         Some(s) => s.parse::<i64>().map(Some).map_err(|_| {
-            ApiError::BadRequest(format!("query parameter `{name}` must be an integer, not {s:?}"))
+            ApiError::BadRequest(format!(
+                "query parameter `{name}` must be an integer, not {s:?}"
+            ))
         }),
     }
 }
@@ -166,20 +180,26 @@ impl LogParams {
             .map(|n| n as usize);
         let limit_bytes = match parse_count("limitBytes", self.limit_bytes.as_deref())? {
             Some(n) if n <= 0 => {
-                return Err(ApiError::BadRequest("query parameter `limitBytes` must be positive".into()))
+                return Err(ApiError::BadRequest(
+                    "query parameter `limitBytes` must be positive".into(),
+                ))
             }
             n => n.map(|n| n as usize),
         };
         let since_seconds = match parse_count("sinceSeconds", self.since_seconds.as_deref())? {
             Some(n) if n <= 0 => {
-                return Err(ApiError::BadRequest("query parameter `sinceSeconds` must be positive".into()))
+                return Err(ApiError::BadRequest(
+                    "query parameter `sinceSeconds` must be positive".into(),
+                ))
             }
             n => n,
         };
         let since_time = match self.since_time.as_deref() {
             None | Some("") => None,
             Some(t) => Some(t.parse::<k8s_openapi::jiff::Timestamp>().map_err(|_| {
-                ApiError::BadRequest(format!("query parameter `sinceTime` must be an RFC 3339 time, not {t:?}"))
+                ApiError::BadRequest(format!(
+                    "query parameter `sinceTime` must be an RFC 3339 time, not {t:?}"
+                ))
             })?),
         };
         let since_ns = match (since_seconds, since_time) {

@@ -341,7 +341,11 @@ mod tests {
         assert!(b.dropped_bytes() > 0);
         let text = all(&b);
         assert!(text.ends_with("line 9998\nline 9999\n"));
-        assert!(text.starts_with("line "), "eviction is whole records: {:?}", &text[..20]);
+        assert!(
+            text.starts_with("line "),
+            "eviction is whole records: {:?}",
+            &text[..20]
+        );
     }
 
     #[test]
@@ -384,8 +388,14 @@ mod tests {
             f(&mut q);
             String::from_utf8(b.read(&q)).unwrap()
         };
-        assert_eq!(q(|q| q.stream = StreamFilter::Only(Stream::Stdout)), "out1\nout2\n");
-        assert_eq!(q(|q| q.stream = StreamFilter::Only(Stream::Stderr)), "err1\n");
+        assert_eq!(
+            q(|q| q.stream = StreamFilter::Only(Stream::Stdout)),
+            "out1\nout2\n"
+        );
+        assert_eq!(
+            q(|q| q.stream = StreamFilter::Only(Stream::Stderr)),
+            "err1\n"
+        );
         assert_eq!(q(|q| q.since_ns = Some(2_000_000_000)), "err1\nout2\n");
         assert_eq!(q(|q| q.limit_bytes = Some(7)), "out1\ner");
         assert_eq!(

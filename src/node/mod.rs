@@ -144,7 +144,14 @@ impl Node {
         let pid_pressure =
             s.pids_max > 0 && s.pids_used * 100 > s.pids_max * p.pid_pressure_percent as u64;
         let wanted = [
-            ("Ready", true, "KubeletReady", "procnode is ready to run pods", "KubeletNotReady", ""),
+            (
+                "Ready",
+                true,
+                "KubeletReady",
+                "procnode is ready to run pods",
+                "KubeletNotReady",
+                "",
+            ),
             (
                 "MemoryPressure",
                 memory_pressure,
@@ -174,21 +181,27 @@ impl Node {
         let conditions: Vec<NodeCondition> = wanted
             .iter()
             .zip(transitions.iter_mut())
-            .map(|(&(type_, status, r_true, m_true, r_false, m_false), state)| {
-                if state.status != status {
-                    state.status = status;
-                    state.since = now;
-                }
-                let (reason, message) = if status { (r_true, m_true) } else { (r_false, m_false) };
-                NodeCondition {
-                    type_: type_.into(),
-                    status: if status { "True" } else { "False" }.into(),
-                    reason: Some(reason.into()),
-                    message: Some(message.into()),
-                    last_heartbeat_time: Some(Time(now)),
-                    last_transition_time: Some(Time(state.since)),
-                }
-            })
+            .map(
+                |(&(type_, status, r_true, m_true, r_false, m_false), state)| {
+                    if state.status != status {
+                        state.status = status;
+                        state.since = now;
+                    }
+                    let (reason, message) = if status {
+                        (r_true, m_true)
+                    } else {
+                        (r_false, m_false)
+                    };
+                    NodeCondition {
+                        type_: type_.into(),
+                        status: if status { "True" } else { "False" }.into(),
+                        reason: Some(reason.into()),
+                        message: Some(message.into()),
+                        last_heartbeat_time: Some(Time(now)),
+                        last_transition_time: Some(Time(state.since)),
+                    }
+                },
+            )
             .collect();
         drop(transitions);
         let addresses = vec![
@@ -203,7 +216,9 @@ impl Node {
         ];
         let snapshot = Snapshot {
             capacity: Arc::from(capacity.to_string()),
-            conditions: Arc::from(serde_json::to_string(&conditions).expect("conditions serialise")),
+            conditions: Arc::from(
+                serde_json::to_string(&conditions).expect("conditions serialise"),
+            ),
             addresses: Arc::from(serde_json::to_string(&addresses).expect("addresses serialise")),
         };
         *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
@@ -252,8 +267,8 @@ fn disk_space(dir: &Path) -> (u64, u64) {
     let mut dir = dir;
     loop {
         if let Ok(st) = nix::sys::statvfs::statvfs(dir) {
-            let frag = st.fragment_size() as u64;
-            return (st.blocks() as u64 * frag, st.blocks_available() as u64 * frag);
+            let frag = st.fragment_size();
+            return (st.blocks() * frag, st.blocks_available() * frag);
         }
         match dir.parent() {
             Some(parent) => dir = parent,
@@ -265,12 +280,14 @@ fn disk_space(dir: &Path) -> (u64, u64) {
 /// The host's primary address: the one on the interface of the default route, else the first
 /// non-loopback IPv4 address, else 127.0.0.1.
 pub fn primary_ip() -> IpAddr {
-    let default_iface = std::fs::read_to_string("/proc/net/route").ok().and_then(|table| {
-        table.lines().skip(1).find_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
-        })
-    });
+    let default_iface = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|table| {
+            table.lines().skip(1).find_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+            })
+        });
     let addrs: Vec<(String, std::net::Ipv4Addr)> = nix::ifaddrs::getifaddrs()
         .map(|it| {
             it.filter_map(|a| {
@@ -334,7 +351,11 @@ mod tests {
         assert_eq!(mem.last_transition_time.as_ref().unwrap().0, t3);
         let ready = conds.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "True");
-        assert_ne!(ready.last_transition_time.as_ref().unwrap().0, t3, "Ready did not change");
+        assert_ne!(
+            ready.last_transition_time.as_ref().unwrap().0,
+            t3,
+            "Ready did not change"
+        );
         let cap: serde_json::Value = serde_json::from_str(&node.snapshot().capacity).unwrap();
         assert_eq!(cap["cpu"], "2");
         assert_eq!(cap["pods"], "110");

@@ -83,7 +83,12 @@ pub async fn supervise(
                 Termination {
                     exit_code: code,
                     signal: status.signal(),
-                    reason: if code == 0 { reason::COMPLETED } else { reason::ERROR }.into(),
+                    reason: if code == 0 {
+                        reason::COMPLETED
+                    } else {
+                        reason::ERROR
+                    }
+                    .into(),
                     message: None,
                     started_at: Some(started_at),
                     finished_at: Timestamp::now(),
@@ -137,7 +142,11 @@ pub async fn supervise(
 }
 
 /// Builds the process for container `idx` and starts it. Errors are the message users see.
-async fn start(entry: &Arc<PodEntry>, idx: usize, settings: &Arc<Settings>) -> Result<Spawned, String> {
+async fn start(
+    entry: &Arc<PodEntry>,
+    idx: usize,
+    settings: &Arc<Settings>,
+) -> Result<Spawned, String> {
     let container = entry.container_spec(idx);
     let env = env::environment(&entry.pod, container, &settings.node).map_err(|e| e.to_string())?;
     let argv = env::argv(container, &env);
@@ -223,11 +232,12 @@ fn read_available(
         for _ in 0..READS_PER_WAKE {
             match pipe.try_read(&mut buf) {
                 Ok(0) => return false,
-                Ok(n) => logs
-                    .lock()
-                    .expect("logs lock")
-                    .current
-                    .append(stream, &buf[..n], now_ns()),
+                Ok(n) => {
+                    logs.lock()
+                        .expect("logs lock")
+                        .current
+                        .append(stream, &buf[..n], now_ns())
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,

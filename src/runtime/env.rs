@@ -69,7 +69,10 @@ pub fn environment(
             "PATH".into(),
             std::env::var("PATH").unwrap_or_else(|_| super::process::DEFAULT_PATH.to_string()),
         ),
-        ("HOME".into(), std::env::var("HOME").unwrap_or_else(|_| "/".into())),
+        (
+            "HOME".into(),
+            std::env::var("HOME").unwrap_or_else(|_| "/".into()),
+        ),
         ("HOSTNAME".into(), node.node_name.clone()),
     ];
     for var in container.env.iter().flatten() {
@@ -135,12 +138,20 @@ fn field_value(pod: &Pod, path: &str, node: &NodeFacts) -> Option<String> {
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
-        "status.hostIP" | "status.podIP" | "status.hostIPs" | "status.podIPs" => node.host_ip.clone(),
+        "status.hostIP" | "status.podIP" | "status.hostIPs" | "status.podIPs" => {
+            node.host_ip.clone()
+        }
         _ => {
             if let Some(k) = map_key("metadata.labels['") {
-                meta.labels.as_ref().and_then(|l| l.get(&k).cloned()).unwrap_or_default()
+                meta.labels
+                    .as_ref()
+                    .and_then(|l| l.get(&k).cloned())
+                    .unwrap_or_default()
             } else if let Some(k) = map_key("metadata.annotations['") {
-                meta.annotations.as_ref().and_then(|a| a.get(&k).cloned()).unwrap_or_default()
+                meta.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(&k).cloned())
+                    .unwrap_or_default()
             } else {
                 return None;
             }
@@ -166,10 +177,13 @@ fn resource_value(
                 container: name.to_string(),
             })?,
     };
-    let (kind, resource) = sel.resource.split_once('.').ok_or_else(|| ConfigError::Resource {
-        var: var.to_string(),
-        resource: sel.resource.clone(),
-    })?;
+    let (kind, resource) = sel
+        .resource
+        .split_once('.')
+        .ok_or_else(|| ConfigError::Resource {
+            var: var.to_string(),
+            resource: sel.resource.clone(),
+        })?;
     let res = target.resources.clone().unwrap_or_default();
     let parse = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
         q.0.parse::<Quantity>().map_err(|e| ConfigError::Quantity {
@@ -272,8 +286,14 @@ mod tests {
     fn image_names_map_to_executables() {
         assert_eq!(image_executable("busybox"), Some("busybox"));
         assert_eq!(image_executable("busybox:1.36"), Some("busybox"));
-        assert_eq!(image_executable("docker.io/library/python:3.12"), Some("python"));
-        assert_eq!(image_executable("localhost:5000/tools/jq@sha256:abc"), Some("jq"));
+        assert_eq!(
+            image_executable("docker.io/library/python:3.12"),
+            Some("python")
+        );
+        assert_eq!(
+            image_executable("localhost:5000/tools/jq@sha256:abc"),
+            Some("jq")
+        );
         assert_eq!(image_executable(""), None);
     }
 

@@ -56,10 +56,15 @@ impl Settings {
 
     /// The pod's own directory, its processes' working directory unless `workingDir` says otherwise.
     pub fn pod_dir(&self, entry: &PodEntry) -> PathBuf {
-        let uid = if entry.uid.is_empty() { "no-uid" } else { &entry.uid };
-        self.state_dir
-            .join("pods")
-            .join(format!("{}_{}_{}", entry.key.namespace, entry.key.name, uid))
+        let uid = if entry.uid.is_empty() {
+            "no-uid"
+        } else {
+            &entry.uid
+        };
+        self.state_dir.join("pods").join(format!(
+            "{}_{}_{}",
+            entry.key.namespace, entry.key.name, uid
+        ))
     }
 }
 
@@ -141,7 +146,13 @@ impl Runtime {
             .init_containers
             .iter()
             .flatten()
-            .map(|c| ContainerStatus::new(&c.name, c.image.as_deref().unwrap_or_default(), reason::POD_INITIALIZING))
+            .map(|c| {
+                ContainerStatus::new(
+                    &c.name,
+                    c.image.as_deref().unwrap_or_default(),
+                    reason::POD_INITIALIZING,
+                )
+            })
             .collect();
         let app_reason = if init.is_empty() {
             reason::CONTAINER_CREATING
@@ -151,7 +162,9 @@ impl Runtime {
         let containers = spec
             .containers
             .iter()
-            .map(|c| ContainerStatus::new(&c.name, c.image.as_deref().unwrap_or_default(), app_reason))
+            .map(|c| {
+                ContainerStatus::new(&c.name, c.image.as_deref().unwrap_or_default(), app_reason)
+            })
             .collect();
         let now = Timestamp::now();
         let mut state = PodState::new(
@@ -238,12 +251,13 @@ impl Runtime {
         query: &LogQuery,
     ) -> Result<Vec<u8>, RuntimeError> {
         let entry = self.get(key)?;
-        let idx = entry
-            .container_index(container)
-            .ok_or_else(|| RuntimeError::ContainerNotFound {
-                key: key.clone(),
-                container: container.to_string(),
-            })?;
+        let idx =
+            entry
+                .container_index(container)
+                .ok_or_else(|| RuntimeError::ContainerNotFound {
+                    key: key.clone(),
+                    container: container.to_string(),
+                })?;
         let logs = entry.logs[idx].lock().expect("logs lock");
         Ok(logs.current.read(query))
     }
@@ -304,7 +318,12 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
     }
     let mut tasks = JoinSet::new();
     for idx in n_init..n_init + n_app {
-        tasks.spawn(container::supervise(entry.clone(), idx, policy, settings.clone()));
+        tasks.spawn(container::supervise(
+            entry.clone(),
+            idx,
+            policy,
+            settings.clone(),
+        ));
     }
     while tasks.join_next().await.is_some() {}
     entry.mark_done();

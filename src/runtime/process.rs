@@ -289,7 +289,9 @@ impl Reaper {
                 Ok(ws) => {
                     let (pid, status) = match ws {
                         WaitStatus::Exited(pid, code) => (pid, ExitStatus::Exited(code)),
-                        WaitStatus::Signaled(pid, sig, _) => (pid, ExitStatus::Signaled(sig as i32)),
+                        WaitStatus::Signaled(pid, sig, _) => {
+                            (pid, ExitStatus::Signaled(sig as i32))
+                        }
                         _ => continue,
                     };
                     self.deliver(pid.as_raw(), status);

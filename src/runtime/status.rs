@@ -258,9 +258,9 @@ impl PodState {
     }
 
     pub fn initialized(&self) -> bool {
-        self.init.iter().all(|c| {
-            matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0)
-        })
+        self.init
+            .iter()
+            .all(|c| matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0))
     }
 
     /// Recomputes phase and conditions after a change; condition times move only on transitions.
@@ -282,7 +282,11 @@ impl PodState {
             .map(|c| c.name.as_str())
             .collect();
         let ready = unready.is_empty();
-        let unready_reason = if terminal { "PodCompleted" } else { "ContainersNotReady" };
+        let unready_reason = if terminal {
+            "PodCompleted"
+        } else {
+            "ContainersNotReady"
+        };
         let unready_message = (!ready && !terminal)
             .then(|| format!("containers with unready status: [{}]", unready.join(" ")));
 
@@ -292,7 +296,10 @@ impl PodState {
                 initialized,
                 (!initialized).then_some("ContainersNotInitialized"),
                 (!initialized).then(|| {
-                    format!("containers with incomplete status: [{}]", pending_init.join(" "))
+                    format!(
+                        "containers with incomplete status: [{}]",
+                        pending_init.join(" ")
+                    )
                 }),
             ),
             (
@@ -301,7 +308,12 @@ impl PodState {
                 (!ready).then_some(unready_reason),
                 unready_message.clone(),
             ),
-            (READY, ready, (!ready).then_some(unready_reason), unready_message),
+            (
+                READY,
+                ready,
+                (!ready).then_some(unready_reason),
+                unready_message,
+            ),
         ];
         for (i, status, reason, message) in updates {
             let c = &mut self.conditions[i];
@@ -326,7 +338,9 @@ impl PodState {
                 ContainerState::Terminated(t) if t.exit_code == 0 => {}
                 ContainerState::Terminated(_) => failed_init += 1,
                 ContainerState::Waiting { .. }
-                    if c.last_termination.as_ref().is_some_and(|t| t.exit_code != 0) =>
+                    if c.last_termination
+                        .as_ref()
+                        .is_some_and(|t| t.exit_code != 0) =>
                 {
                     failed_init += 1
                 }
@@ -444,7 +458,12 @@ mod tests {
         Termination {
             exit_code: exit,
             signal: None,
-            reason: if exit == 0 { reason::COMPLETED } else { reason::ERROR }.into(),
+            reason: if exit == 0 {
+                reason::COMPLETED
+            } else {
+                reason::ERROR
+            }
+            .into(),
             message: None,
             started_at: None,
             finished_at: Timestamp::UNIX_EPOCH,
@@ -457,13 +476,21 @@ mod tests {
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut c = ContainerStatus::new(&format!("c{i}"), "img", reason::CONTAINER_CREATING);
+                let mut c =
+                    ContainerStatus::new(&format!("c{i}"), "img", reason::CONTAINER_CREATING);
                 c.ready = matches!(s, ContainerState::Running { .. });
                 c.state = s;
                 c
             })
             .collect();
-        PodState::new(policy, vec![], containers, "10.0.0.1".into(), "BestEffort", Timestamp::now())
+        PodState::new(
+            policy,
+            vec![],
+            containers,
+            "10.0.0.1".into(),
+            "BestEffort",
+            Timestamp::now(),
+        )
     }
 
     fn running() -> ContainerState {
@@ -499,7 +526,14 @@ mod tests {
             let mut init = ContainerStatus::new("i", "img", reason::CONTAINER_CREATING);
             init.state = ContainerState::Terminated(t(1));
             let app = ContainerStatus::new("a", "img", reason::POD_INITIALIZING);
-            let s = PodState::new(policy, vec![init], vec![app], String::new(), "BestEffort", Timestamp::now());
+            let s = PodState::new(
+                policy,
+                vec![init],
+                vec![app],
+                String::new(),
+                "BestEffort",
+                Timestamp::now(),
+            );
             assert_eq!(s.phase(), phase, "{policy:?}");
         }
     }
@@ -510,7 +544,8 @@ mod tests {
         let t1 = Timestamp::from_second(100).unwrap();
         let t2 = Timestamp::from_second(200).unwrap();
         let mut s = pod(RestartPolicy::Always, vec![]);
-        s.containers.push(ContainerStatus::new("a", "img", reason::CONTAINER_CREATING));
+        s.containers
+            .push(ContainerStatus::new("a", "img", reason::CONTAINER_CREATING));
         s.refresh(t0);
         let ready_time = |s: &PodState| s.conditions[READY].last_transition;
         s.containers[0].state = running();
@@ -520,7 +555,12 @@ mod tests {
         s.refresh(t2);
         assert_eq!(ready_time(&s), t1, "no transition, no new time");
         let k = s.to_k8s();
-        let ready = k.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+        let ready = k
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
         assert_eq!(ready.status, "True");
     }
 

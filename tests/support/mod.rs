@@ -37,7 +37,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -71,7 +74,10 @@ pub fn group_members(pgid: i32) -> (Vec<i32>, Vec<i32>) {
 
 pub fn pid_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -79,10 +85,14 @@ pub fn pid_alive(pid: i32) -> bool {
 /// the kernel to finish tearing them down.
 pub async fn assert_groups_gone(pgids: &[i32]) {
     for &pgid in pgids {
-        wait_until(&format!("process group {pgid} to be gone"), Duration::from_secs(5), || async move {
-            let (live, zombies) = group_members(pgid);
-            (live.is_empty() && zombies.is_empty()).then_some(())
-        })
+        wait_until(
+            &format!("process group {pgid} to be gone"),
+            Duration::from_secs(5),
+            || async move {
+                let (live, zombies) = group_members(pgid);
+                (live.is_empty() && zombies.is_empty()).then_some(())
+            },
+        )
         .await;
     }
 }
@@ -93,10 +103,19 @@ pub fn container_pid(status: &Value, container: &str) -> Option<i32> {
         .as_array()
         .into_iter()
         .flatten()
-        .chain(status["initContainerStatuses"].as_array().into_iter().flatten());
+        .chain(
+            status["initContainerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        );
     for s in statuses {
         if s["name"] == container {
-            return s["containerID"].as_str()?.strip_prefix("procnode://")?.parse().ok();
+            return s["containerID"]
+                .as_str()?
+                .strip_prefix("procnode://")?
+                .parse()
+                .ok();
         }
     }
     None
@@ -129,7 +148,9 @@ impl Server {
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let config = procnode::Config::parse_from_env_free(args);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(procnode::run(listener, config, async {
@@ -206,7 +227,12 @@ impl Server {
     }
 
     /// Waits until `pred` holds for the pod's status and returns that status.
-    pub async fn wait_status(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_status(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         wait_until(what, Duration::from_secs(20), || async {
             self.status(name).await.filter(|s| pred(s))
         })

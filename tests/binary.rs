@@ -1,0 +1,162 @@
+//! The real `procnode` binary, driven the way the README's quick start drives it: started with
+//! `PORT`/`PROCNODE_STATE_DIR`, the example pod posted over HTTP, status, logs, delete, and a
+//! SIGTERM that stops every pod and exits 0.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_procnode");
+
+/// Starts the binary on 127.0.0.1:0 and returns it with the address it reports.
+fn start(state_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(extra)
+        .env("PROCNODE_STATE_DIR", state_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start procnode");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("procnode exited before serving")
+            .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["fields"]["message"] == "procnode serving" {
+            break v["fields"]["addr"].as_str().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so procnode never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "procnode did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn quick_start_then_sigterm_stops_pods_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = start(dir.path(), &[]);
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let hello = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/pod-hello.json"
+    ))
+    .unwrap();
+    let sleeper = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/pod-sleeper.json"
+    ))
+    .unwrap();
+    for body in [&hello, &sleeper] {
+        let r = http
+            .post(format!("{base}/createPod"))
+            .header("Content-Type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let status = |name: &'static str| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let r = http
+                .get(format!("{base}/getPodStatus?namespace=default&name={name}"))
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    support::wait_until("hello to succeed", Duration::from_secs(20), || async {
+        (status("hello").await["phase"] == "Succeeded").then_some(())
+    })
+    .await;
+    let logs = http
+        .get(format!(
+            "{base}/getContainerLogs?namespace=default&podName=hello&containerName=hello&tail=10"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(logs, "hello from hello\nto-stderr\nbye\n");
+    let r = http
+        .delete(format!("{base}/deletePod"))
+        .header("Content-Type", "application/json")
+        .body(hello)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let s = support::wait_until("sleeper to run", Duration::from_secs(20), || async {
+        let s = status("sleeper").await;
+        (s["phase"] == "Running").then_some(s)
+    })
+    .await;
+    let pgid = support::container_pid(&s, "sleeper").unwrap();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(exit.success(), "procnode exits 0 on SIGTERM, got {exit}");
+    support::assert_groups_gone(&[pgid]).await;
+}
+
+#[test]
+fn help_lists_every_setting_with_its_default() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "--listen",
+        "PORT",
+        "PROCNODE_STATE_DIR",
+        "--max-pods",
+        "[default: 110]",
+        "--max-grace-period",
+    ] {
+        assert!(help.contains(needle), "--help should mention {needle}");
+    }
+}
+
+#[test]
+fn invalid_configuration_exits_non_zero_with_a_clear_message() {
+    let out = Command::new(BIN)
+        .args(["--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("not-an-address"), "{err}");
+}
