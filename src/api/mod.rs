@@ -48,7 +48,20 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(handlers::health))
         .route("/healthz", get(handlers::health))
         .fallback(handlers::no_route)
+        .layer(axum::middleware::from_fn(server_timing))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(extract::BodyLimit(limit)))
         .with_state(state)
+}
+
+/// Adds `Server-Timing: app;dur=MILLISECONDS` to every response: the time spent in procnode
+/// for the request, so a client can tell server time from transport time.
+async fn server_timing(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let start = std::time::Instant::now();
+    let mut resp = next.run(req).await;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("app;dur={ms:.3}")) {
+        resp.headers_mut().insert("server-timing", v);
+    }
+    resp
 }

@@ -1,0 +1,660 @@
+//! procnode's benchmark: each figure next to the raw limit of this machine, measured in the
+//! same run.
+//!
+//!     cargo run --release --example bench            # everything (about 2 minutes)
+//!     cargo run --release --example bench -- quick   # fewer pods, for a smoke run
+//!
+//! It starts procnode as a child process (this same executable re-run with `--serve`, which
+//! calls `procnode::run` exactly as the real binary does) on an ephemeral port and drives it
+//! over real HTTP with keep-alive connections.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const SLEEPER: &str = include_str!("pod-sleeper.json");
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--serve") {
+        serve(&args[2..]);
+        return;
+    }
+    let quick = args.get(1).map(String::as_str) == Some("quick");
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench(if quick { Scale::QUICK } else { Scale::FULL }));
+}
+
+/// The server side: procnode itself, as `main.rs` runs it.
+fn serve(args: &[String]) {
+    procnode::runtime::process::become_subreaper().expect("subreaper");
+    let mut all = vec!["procnode".to_string()];
+    all.extend_from_slice(args);
+    let config = procnode::Config::parse_from_env_free(all);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            println!("LISTEN {}", listener.local_addr().unwrap());
+            let shutdown = async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+                term.recv().await;
+            };
+            procnode::run(listener, config, shutdown).await.unwrap();
+        });
+}
+
+#[derive(Clone, Copy)]
+struct Scale {
+    create: usize,
+    latency: usize,
+    idle: usize,
+    reads: usize,
+    log_secs: u64,
+}
+
+impl Scale {
+    const FULL: Scale = Scale {
+        create: 500,
+        latency: 200,
+        idle: 1000,
+        reads: 1000,
+        log_secs: 5,
+    };
+    const QUICK: Scale = Scale {
+        create: 100,
+        latency: 50,
+        idle: 200,
+        reads: 200,
+        log_secs: 2,
+    };
+}
+
+struct Server {
+    child: std::process::Child,
+    base: String,
+    pid: u32,
+    state_dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let state_dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--serve", "--max-pods", "5000", "--state-dir"])
+            .arg(state_dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("LISTEN ").expect("LISTEN line").to_string();
+        let pid = child.id();
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            pid,
+            state_dir,
+        }
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        self.child.wait().unwrap();
+        drop(self.state_dir);
+    }
+}
+
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// One timed request: total wall time and the server's own `Server-Timing` figure.
+struct Timed {
+    status: u16,
+    total: Duration,
+    server: Duration,
+    body: bytes::Bytes,
+}
+
+impl Client {
+    fn new(base: &str) -> Client {
+        Client {
+            http: reqwest::Client::builder().pool_max_idle_per_host(16).build().unwrap(),
+            base: base.to_string(),
+        }
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<String>) -> Timed {
+        let start = Instant::now();
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("Content-Type", "application/json");
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let server = resp
+            .headers()
+            .get("server-timing")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("app;dur="))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+            .unwrap_or_default();
+        let body = resp.bytes().await.expect("body");
+        Timed {
+            status,
+            total: start.elapsed(),
+            server,
+            body,
+        }
+    }
+
+    async fn create(&self, pod: &Value) -> Timed {
+        let t = self.send(reqwest::Method::POST, "/createPod", Some(pod.to_string())).await;
+        assert!(t.status == 201 || t.status == 200, "create: {}", t.status);
+        t
+    }
+
+    async fn delete(&self, pod: &Value) -> Timed {
+        let t = self.send(reqwest::Method::DELETE, "/deletePod", Some(pod.to_string())).await;
+        assert_eq!(t.status, 200);
+        t
+    }
+
+    async fn status(&self, ns: &str, name: &str) -> (Timed, Value) {
+        let t = self
+            .send(reqwest::Method::GET, &format!("/getPodStatus?namespace={ns}&name={name}"), None)
+            .await;
+        let v = serde_json::from_slice(&t.body).unwrap_or(Value::Null);
+        (t, v)
+    }
+
+    async fn wait_running(&self, ns: &str, names: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for name in names {
+            loop {
+                let (_, s) = self.status(ns, name).await;
+                if s["phase"] == "Running" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{name} never ran: {s}");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+fn pod(ns: &str, name: &str, command: &[&str]) -> Value {
+    let mut p: Value = serde_json::from_str(SLEEPER).unwrap();
+    p["metadata"]["name"] = json!(name);
+    p["metadata"]["namespace"] = json!(ns);
+    p["metadata"]["uid"] = json!(format!("{ns}-{name}"));
+    p["spec"]["containers"][0]["command"] = json!(command);
+    p["spec"]["terminationGracePeriodSeconds"] = json!(5);
+    p
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct Row {
+    figure: String,
+    procnode: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+}
+
+fn row(figure: &str, procnode: String, baseline: String, ratio: String, target: &str) -> Row {
+    Row {
+        figure: figure.into(),
+        procnode,
+        baseline,
+        ratio,
+        target: target.into(),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!("| figure | procnode | baseline (same run) | ratio | target |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} | {} | {} |", r.figure, r.procnode, r.baseline, r.ratio, r.target);
+    }
+}
+
+fn machine_facts() {
+    let uname = nix::sys::utsname::uname().unwrap();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    println!(
+        "machine: {} logical cores ({cpu}), kernel {} {}, {} MiB memory",
+        std::thread::available_parallelism().unwrap().get(),
+        uname.sysname().to_string_lossy(),
+        uname.release().to_string_lossy(),
+        procnode::node::sample_host(std::path::Path::new("/")).memory_total >> 20
+    );
+}
+
+/// Baseline for figures 1 and 2: spawn `n` `sleep 600` directly with tokio (own process group,
+/// piped output, as procnode does), sequentially. Returns the spawn latencies; kills them after.
+async fn baseline_spawn(n: usize) -> Vec<Duration> {
+    let mut children = Vec::with_capacity(n);
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let child = tokio::process::Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        lat.push(t.elapsed());
+        children.push(child);
+    }
+    for mut c in children {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+    lat
+}
+
+/// Figure 1 (and 8): creates `n` pods with `clients` concurrent clients until all Running.
+/// Returns pods per second.
+async fn create_run(base: &str, ns: &str, n: usize, clients: usize) -> (f64, Vec<Value>) {
+    let pods: Vec<Value> = (0..n).map(|i| pod(ns, &format!("p{i}"), &["sleep", "600"])).collect();
+    let pods = Arc::new(pods);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let client = Client::new(base);
+        let pods = pods.clone();
+        tasks.push(tokio::spawn(async move {
+            let mine: Vec<&Value> = pods.iter().skip(k).step_by(clients).collect();
+            for p in &mine {
+                client.create(p).await;
+            }
+            let names: Vec<String> =
+                mine.iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
+            let ns = mine[0]["metadata"]["namespace"].as_str().unwrap().to_string();
+            client.wait_running(&ns, &names).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    (rate, Arc::try_unwrap(pods).unwrap())
+}
+
+/// Deletes `pods` with `clients` concurrent clients; returns the total time.
+async fn delete_all(base: &str, pods: Vec<Value>, clients: usize) -> Duration {
+    let pods = Arc::new(pods);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let client = Client::new(base);
+        let pods = pods.clone();
+        tasks.push(tokio::spawn(async move {
+            for p in pods.iter().skip(k).step_by(clients) {
+                client.delete(p).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// Figure 4 (and 8): p50/p99 of a read path, `n` requests spread over `clients` clients.
+async fn read_path(base: &str, path: &str, n: usize, clients: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = Client::new(base);
+        let path = path.to_string();
+        let per = n / clients;
+        tasks.push(tokio::spawn(async move {
+            client.send(reqwest::Method::GET, &path, None).await; // warm the connection
+            let mut totals = Vec::with_capacity(per);
+            let mut servers = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = client.send(reqwest::Method::GET, &path, None).await;
+                assert_eq!(t.status, 200, "{path}");
+                totals.push(t.total);
+                servers.push(t.server);
+            }
+            (totals, servers)
+        }));
+    }
+    let (mut totals, mut servers) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (a, b) = t.await.unwrap();
+        totals.extend(a);
+        servers.extend(b);
+    }
+    totals.sort();
+    servers.sort();
+    (totals, servers)
+}
+
+/// A shell script that writes `line` as fast as it can through dd for `secs` seconds; dd
+/// reports the bytes it wrote on stderr when interrupted.
+fn flood_script(secs: u64, sink: &str) -> String {
+    let line = "x".repeat(99);
+    format!("yes {line} | timeout -s INT {secs} dd bs=64k iflag=fullblock {sink}")
+}
+
+fn dd_bytes(stderr_text: &str) -> Option<u64> {
+    stderr_text
+        .lines()
+        .rev()
+        .find(|l| l.contains("bytes") && l.contains("copied"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+}
+
+async fn bench(scale: Scale) {
+    machine_facts();
+    println!("scale: {} pods for create/delete, {} idle pods for reads and memory\n", scale.create, scale.idle);
+    let mut rows = Vec::new();
+
+    let server = Server::start();
+    let client = Client::new(&server.base);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 7. Memory, and the idle pods figure 4 reads against.
+    let rss0 = server.rss_bytes();
+    let idle: Vec<Value> = (0..scale.idle).map(|i| pod("idle", &format!("i{i}"), &["sleep", "600"])).collect();
+    let hundred = 100.min(scale.idle);
+    for p in &idle[..hundred] {
+        client.create(p).await;
+    }
+    let names: Vec<String> = (0..hundred).map(|i| format!("i{i}")).collect();
+    client.wait_running("idle", &names).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss100 = server.rss_bytes();
+    for p in &idle[hundred..] {
+        client.create(p).await;
+    }
+    let names: Vec<String> = (0..scale.idle).map(|i| format!("i{i}")).collect();
+    client.wait_running("idle", &names).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_full = server.rss_bytes();
+    let per_pod = (rss_full.saturating_sub(rss0)) / scale.idle as u64;
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    rows.push(row("7. RSS, 0 pods", mib(rss0), "-".into(), "-".into(), ""));
+    rows.push(row("7. RSS, 100 idle pods", mib(rss100), "-".into(), "-".into(), ""));
+    rows.push(row(
+        &format!("7. RSS, {} idle pods", scale.idle),
+        mib(rss_full),
+        "-".into(),
+        format!("{per_pod} B/pod"),
+        "≤ 64 MiB at 1000",
+    ));
+
+    // 4. Read paths with the idle pods present.
+    let reads: [(&str, String, usize, &str); 4] = [
+        ("getPodStatus", "/getPodStatus?namespace=idle&name=i7".into(), scale.reads, "p50 ≤ 0.5 ms"),
+        ("capacity", "/capacity".into(), scale.reads, "p50 ≤ 0.5 ms"),
+        ("nodeConditions", "/nodeConditions".into(), scale.reads, ""),
+        ("getPods", "/getPods".into(), scale.reads / 10, "p50 ≤ 20 ms"),
+    ];
+    // Baseline for reads: GET /healthz, the cheapest request the same server answers.
+    let (health_total, health_server) = read_path(&server.base, "/healthz", scale.reads, 1).await;
+    rows.push(row(
+        "4. baseline GET /healthz (HTTP / server)",
+        format!("{} / {}", ms(pct(&health_total, 0.5)), ms(pct(&health_server, 0.5))),
+        "-".into(),
+        "-".into(),
+        "",
+    ));
+    for (name, path, n, target) in &reads {
+        let (total, srv) = read_path(&server.base, path, *n, 1).await;
+        rows.push(row(
+            &format!("4. {name} with {} pods: p50 / p99 over HTTP", scale.idle),
+            format!("{} / {}", ms(pct(&total, 0.5)), ms(pct(&total, 0.99))),
+            format!("{} / {}", ms(pct(&health_total, 0.5)), ms(pct(&health_total, 0.99))),
+            format!("{:.2}×", pct(&total, 0.5).as_secs_f64() / pct(&health_total, 0.5).as_secs_f64()),
+            target,
+        ));
+        rows.push(row(
+            &format!("4. {name}: p50 / p99 server-side"),
+            format!("{} / {}", ms(pct(&srv, 0.5)), ms(pct(&srv, 0.99))),
+            format!("{} / {}", ms(pct(&health_server, 0.5)), ms(pct(&health_server, 0.99))),
+            "-".into(),
+            target,
+        ));
+    }
+    // 8. Read scaling with more clients.
+    for clients in [1, 2, 4] {
+        let (total, _) = read_path(&server.base, "/getPodStatus?namespace=idle&name=i7", scale.reads, clients).await;
+        let wall: f64 = total.iter().map(|d| d.as_secs_f64()).sum::<f64>() / clients as f64;
+        rows.push(row(
+            &format!("8. getPodStatus, {clients} client(s): p50 / throughput"),
+            format!("{} / {:.0} req/s", ms(pct(&total, 0.5)), total.len() as f64 / wall),
+            "-".into(),
+            "-".into(),
+            "no worse with more clients",
+        ));
+    }
+    let t = delete_all(&server.base, idle, 2).await;
+    println!("(deleted {} idle pods in {})", scale.idle, ms(t));
+
+    // 1 and 3. Create throughput and delete, against direct tokio spawns.
+    let base_lat = {
+        let mut l = baseline_spawn(scale.create).await;
+        l.sort();
+        l
+    };
+    let base_total: Duration = base_lat.iter().sum();
+    let base_rate = scale.create as f64 / base_total.as_secs_f64();
+    let (rate, pods) = create_run(&server.base, "c1", scale.create, 1).await;
+    rows.push(row(
+        &format!("1. create {} pods until all Running (1 client)", scale.create),
+        format!("{rate:.0} pods/s"),
+        format!("{base_rate:.0} spawns/s"),
+        format!("{:.2}×", rate / base_rate),
+        "≥ 0.8×",
+    ));
+    let del = delete_all(&server.base, pods, 1).await;
+    rows.push(row(
+        &format!("3. delete {} running pods (1 client)", scale.create),
+        ms(del),
+        "-".into(),
+        "-".into(),
+        "≤ 2 s",
+    ));
+    for clients in [2, 4] {
+        let ns = format!("c{clients}");
+        let (rate, pods) = create_run(&server.base, &ns, scale.create, clients).await;
+        rows.push(row(
+            &format!("8. create {} pods, {clients} clients", scale.create),
+            format!("{rate:.0} pods/s"),
+            format!("{base_rate:.0} spawns/s"),
+            format!("{:.2}×", rate / base_rate),
+            "no worse with more clients",
+        ));
+        let del = delete_all(&server.base, pods, clients).await;
+        rows.push(row(&format!("8. delete {} pods, {clients} clients", scale.create), ms(del), "-".into(), "-".into(), ""));
+    }
+
+    // 2. Start latency: create request → Running in getPodStatus.
+    let mut create_lat = Vec::new();
+    let mut running_lat = Vec::new();
+    let mut lat_pods = Vec::new();
+    for i in 0..scale.latency {
+        let p = pod("lat", &format!("l{i}"), &["sleep", "600"]);
+        let t0 = Instant::now();
+        let t = client.create(&p).await;
+        create_lat.push(t.total);
+        loop {
+            let (_, s) = client.status("lat", &format!("l{i}")).await;
+            if s["phase"] == "Running" {
+                break;
+            }
+        }
+        running_lat.push(t0.elapsed());
+        lat_pods.push(p);
+    }
+    create_lat.sort();
+    running_lat.sort();
+    rows.push(row(
+        "2. createPod → Running seen: p50 / p99",
+        format!("{} / {}", ms(pct(&running_lat, 0.5)), ms(pct(&running_lat, 0.99))),
+        format!("{} / {}", ms(pct(&base_lat, 0.5)), ms(pct(&base_lat, 0.99))),
+        format!("+{}", ms(pct(&running_lat, 0.5).saturating_sub(pct(&base_lat, 0.5)))),
+        "p50 ≤ baseline + 1 ms; p99 ≤ 5 ms",
+    ));
+    rows.push(row(
+        "2. createPod request alone: p50 / p99",
+        format!("{} / {}", ms(pct(&create_lat, 0.5)), ms(pct(&create_lat, 0.99))),
+        "-".into(),
+        "-".into(),
+        "",
+    ));
+    delete_all(&server.base, lat_pods, 1).await;
+
+    // 5. Log capture: a child writing as fast as it can, vs the same child into `cat > /dev/null`.
+    let secs = scale.log_secs;
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let script = format!(
+        "{} 2>{} | cat > /dev/null; cat {}",
+        flood_script(secs, ""),
+        report.path().display(),
+        report.path().display()
+    );
+    let out = tokio::process::Command::new("sh").arg("-c").arg(&script).output().await.unwrap();
+    let base_bytes = dd_bytes(&String::from_utf8_lossy(&out.stdout)).expect("baseline dd report");
+    let base_bps = base_bytes as f64 / secs as f64;
+
+    // One child alone, then four at once (API latency while they flood).
+    let mut flood_pods = Vec::new();
+    for floods in [1usize, 4] {
+        let pods: Vec<Value> = (0..floods)
+            .map(|i| {
+                let name = if floods == 1 { "flood".to_string() } else { format!("flood4-{i}") };
+                let mut p = pod("logs", &name, &["sh", "-c", &flood_script(secs, "")]);
+                p["spec"]["restartPolicy"] = json!("Never");
+                p
+            })
+            .collect();
+        for p in &pods {
+            client.create(p).await;
+        }
+        let mut during = Vec::new();
+        let until = Instant::now() + Duration::from_secs(secs);
+        let probe = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+        while Instant::now() < until {
+            let (t, _) = client.status("logs", &probe).await;
+            during.push(t.total);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        during.sort();
+        let mut captured = 0u64;
+        for p in &pods {
+            let name = p["metadata"]["name"].as_str().unwrap();
+            loop {
+                let (_, s) = client.status("logs", name).await;
+                if s["phase"] == "Succeeded" || s["phase"] == "Failed" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let t = client
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/getContainerLogs?namespace=logs&podName={name}&containerName=sleeper&stream=stderr"),
+                    None,
+                )
+                .await;
+            captured += dd_bytes(&String::from_utf8_lossy(&t.body)).expect("dd report in stderr log");
+        }
+        let bps = captured as f64 / secs as f64;
+        let mbs = |b: f64| format!("{:.0} MB/s", b / 1e6);
+        rows.push(row(
+            &format!("5. log capture, {floods} child(ren) writing 100-byte lines flat out (total)"),
+            mbs(bps),
+            format!("{} (one child into cat > /dev/null)", mbs(base_bps)),
+            format!("{:.2}×", bps / base_bps),
+            if floods == 1 { "≥ 0.5×" } else { "" },
+        ));
+        rows.push(row(
+            &format!("5. getPodStatus p50 / p99 while {floods} child(ren) flood"),
+            format!("{} / {}", ms(pct(&during, 0.5)), ms(pct(&during, 0.99))),
+            format!("{} / {}", ms(pct(&health_total, 0.5)), ms(pct(&health_total, 0.99))),
+            "-".into(),
+            "p99 ≤ 10 ms",
+        ));
+        flood_pods.extend(pods);
+    }
+
+    // 6. Tail on a full buffer (1 MiB of 100-byte lines).
+    for (n, target) in [(100, "p50 ≤ 1 ms"), (10_000, "")] {
+        let (total, srv) = read_path(
+            &server.base,
+            &format!("/getContainerLogs?namespace=logs&podName=flood&containerName=sleeper&tail={n}"),
+            scale.reads / 5,
+            1,
+        )
+        .await;
+        rows.push(row(
+            &format!("6. tail={n} on a full 1 MiB buffer: p50 HTTP / server"),
+            format!("{} / {}", ms(pct(&total, 0.5)), ms(pct(&srv, 0.5))),
+            "-".into(),
+            "-".into(),
+            target,
+        ));
+    }
+    delete_all(&server.base, flood_pods, 1).await;
+
+    server.stop();
+    println!();
+    print_table(&rows);
+}
