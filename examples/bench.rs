@@ -46,7 +46,8 @@ fn serve(args: &[String]) {
             println!("LISTEN {}", listener.local_addr().unwrap());
             let shutdown = async {
                 let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .unwrap();
                 term.recv().await;
             };
             procnode::run(listener, config, shutdown).await.unwrap();
@@ -97,8 +98,14 @@ impl Server {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("LISTEN ").expect("LISTEN line").to_string();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("LISTEN ")
+            .expect("LISTEN line")
+            .to_string();
         let pid = child.id();
         Server {
             child,
@@ -146,7 +153,10 @@ struct Timed {
 impl Client {
     fn new(base: &str) -> Client {
         Client {
-            http: reqwest::Client::builder().pool_max_idle_per_host(16).build().unwrap(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(16)
+                .build()
+                .unwrap(),
             base: base.to_string(),
         }
     }
@@ -180,20 +190,28 @@ impl Client {
     }
 
     async fn create(&self, pod: &Value) -> Timed {
-        let t = self.send(reqwest::Method::POST, "/createPod", Some(pod.to_string())).await;
+        let t = self
+            .send(reqwest::Method::POST, "/createPod", Some(pod.to_string()))
+            .await;
         assert!(t.status == 201 || t.status == 200, "create: {}", t.status);
         t
     }
 
     async fn delete(&self, pod: &Value) -> Timed {
-        let t = self.send(reqwest::Method::DELETE, "/deletePod", Some(pod.to_string())).await;
+        let t = self
+            .send(reqwest::Method::DELETE, "/deletePod", Some(pod.to_string()))
+            .await;
         assert_eq!(t.status, 200);
         t
     }
 
     async fn status(&self, ns: &str, name: &str) -> (Timed, Value) {
         let t = self
-            .send(reqwest::Method::GET, &format!("/getPodStatus?namespace={ns}&name={name}"), None)
+            .send(
+                reqwest::Method::GET,
+                &format!("/getPodStatus?namespace={ns}&name={name}"),
+                None,
+            )
             .await;
         let v = serde_json::from_slice(&t.body).unwrap_or(Value::Null);
         (t, v)
@@ -258,7 +276,10 @@ fn print_table(rows: &[Row]) {
     println!("| figure | procnode | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
     for r in rows {
-        println!("| {} | {} | {} | {} | {} |", r.figure, r.procnode, r.baseline, r.ratio, r.target);
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.figure, r.procnode, r.baseline, r.ratio, r.target
+        );
     }
 }
 
@@ -309,7 +330,9 @@ async fn baseline_spawn(n: usize) -> Vec<Duration> {
 /// Figure 1 (and 8): creates `n` pods with `clients` concurrent clients until all Running.
 /// Returns pods per second.
 async fn create_run(base: &str, ns: &str, n: usize, clients: usize) -> (f64, Vec<Value>) {
-    let pods: Vec<Value> = (0..n).map(|i| pod(ns, &format!("p{i}"), &["sleep", "600"])).collect();
+    let pods: Vec<Value> = (0..n)
+        .map(|i| pod(ns, &format!("p{i}"), &["sleep", "600"]))
+        .collect();
     let pods = Arc::new(pods);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -321,9 +344,14 @@ async fn create_run(base: &str, ns: &str, n: usize, clients: usize) -> (f64, Vec
             for p in &mine {
                 client.create(p).await;
             }
-            let names: Vec<String> =
-                mine.iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
-            let ns = mine[0]["metadata"]["namespace"].as_str().unwrap().to_string();
+            let names: Vec<String> = mine
+                .iter()
+                .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+                .collect();
+            let ns = mine[0]["metadata"]["namespace"]
+                .as_str()
+                .unwrap()
+                .to_string();
             client.wait_running(&ns, &names).await;
         }));
     }
@@ -355,7 +383,12 @@ async fn delete_all(base: &str, pods: Vec<Value>, clients: usize) -> Duration {
 }
 
 /// Figure 4 (and 8): p50/p99 of a read path, `n` requests spread over `clients` clients.
-async fn read_path(base: &str, path: &str, n: usize, clients: usize) -> (Vec<Duration>, Vec<Duration>) {
+async fn read_path(
+    base: &str,
+    path: &str,
+    n: usize,
+    clients: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let client = Client::new(base);
@@ -402,7 +435,10 @@ fn dd_bytes(stderr_text: &str) -> Option<u64> {
 
 async fn bench(scale: Scale) {
     machine_facts();
-    println!("scale: {} pods for create/delete, {} idle pods for reads and memory\n", scale.create, scale.idle);
+    println!(
+        "scale: {} pods for create/delete, {} idle pods for reads and memory\n",
+        scale.create, scale.idle
+    );
     let mut rows = Vec::new();
 
     let server = Server::start();
@@ -411,7 +447,9 @@ async fn bench(scale: Scale) {
 
     // 7. Memory, and the idle pods figure 4 reads against.
     let rss0 = server.rss_bytes();
-    let idle: Vec<Value> = (0..scale.idle).map(|i| pod("idle", &format!("i{i}"), &["sleep", "600"])).collect();
+    let idle: Vec<Value> = (0..scale.idle)
+        .map(|i| pod("idle", &format!("i{i}"), &["sleep", "600"]))
+        .collect();
     let hundred = 100.min(scale.idle);
     for p in &idle[..hundred] {
         client.create(p).await;
@@ -430,7 +468,13 @@ async fn bench(scale: Scale) {
     let per_pod = (rss_full.saturating_sub(rss0)) / scale.idle as u64;
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
     rows.push(row("7. RSS, 0 pods", mib(rss0), "-".into(), "-".into(), ""));
-    rows.push(row("7. RSS, 100 idle pods", mib(rss100), "-".into(), "-".into(), ""));
+    rows.push(row(
+        "7. RSS, 100 idle pods",
+        mib(rss100),
+        "-".into(),
+        "-".into(),
+        "",
+    ));
     rows.push(row(
         &format!("7. RSS, {} idle pods", scale.idle),
         mib(rss_full),
@@ -441,16 +485,30 @@ async fn bench(scale: Scale) {
 
     // 4. Read paths with the idle pods present.
     let reads: [(&str, String, usize, &str); 4] = [
-        ("getPodStatus", "/getPodStatus?namespace=idle&name=i7".into(), scale.reads, "p50 ≤ 0.5 ms"),
+        (
+            "getPodStatus",
+            "/getPodStatus?namespace=idle&name=i7".into(),
+            scale.reads,
+            "p50 ≤ 0.5 ms",
+        ),
         ("capacity", "/capacity".into(), scale.reads, "p50 ≤ 0.5 ms"),
         ("nodeConditions", "/nodeConditions".into(), scale.reads, ""),
-        ("getPods", "/getPods".into(), scale.reads / 10, "p50 ≤ 20 ms"),
+        (
+            "getPods",
+            "/getPods".into(),
+            scale.reads / 10,
+            "p50 ≤ 20 ms",
+        ),
     ];
     // Baseline for reads: GET /healthz, the cheapest request the same server answers.
     let (health_total, health_server) = read_path(&server.base, "/healthz", scale.reads, 1).await;
     rows.push(row(
         "4. baseline GET /healthz (HTTP / server)",
-        format!("{} / {}", ms(pct(&health_total, 0.5)), ms(pct(&health_server, 0.5))),
+        format!(
+            "{} / {}",
+            ms(pct(&health_total, 0.5)),
+            ms(pct(&health_server, 0.5))
+        ),
         "-".into(),
         "-".into(),
         "",
@@ -460,25 +518,46 @@ async fn bench(scale: Scale) {
         rows.push(row(
             &format!("4. {name} with {} pods: p50 / p99 over HTTP", scale.idle),
             format!("{} / {}", ms(pct(&total, 0.5)), ms(pct(&total, 0.99))),
-            format!("{} / {}", ms(pct(&health_total, 0.5)), ms(pct(&health_total, 0.99))),
-            format!("{:.2}×", pct(&total, 0.5).as_secs_f64() / pct(&health_total, 0.5).as_secs_f64()),
+            format!(
+                "{} / {}",
+                ms(pct(&health_total, 0.5)),
+                ms(pct(&health_total, 0.99))
+            ),
+            format!(
+                "{:.2}×",
+                pct(&total, 0.5).as_secs_f64() / pct(&health_total, 0.5).as_secs_f64()
+            ),
             target,
         ));
         rows.push(row(
             &format!("4. {name}: p50 / p99 server-side"),
             format!("{} / {}", ms(pct(&srv, 0.5)), ms(pct(&srv, 0.99))),
-            format!("{} / {}", ms(pct(&health_server, 0.5)), ms(pct(&health_server, 0.99))),
+            format!(
+                "{} / {}",
+                ms(pct(&health_server, 0.5)),
+                ms(pct(&health_server, 0.99))
+            ),
             "-".into(),
             target,
         ));
     }
     // 8. Read scaling with more clients.
     for clients in [1, 2, 4] {
-        let (total, _) = read_path(&server.base, "/getPodStatus?namespace=idle&name=i7", scale.reads, clients).await;
+        let (total, _) = read_path(
+            &server.base,
+            "/getPodStatus?namespace=idle&name=i7",
+            scale.reads,
+            clients,
+        )
+        .await;
         let wall: f64 = total.iter().map(|d| d.as_secs_f64()).sum::<f64>() / clients as f64;
         rows.push(row(
             &format!("8. getPodStatus, {clients} client(s): p50 / throughput"),
-            format!("{} / {:.0} req/s", ms(pct(&total, 0.5)), total.len() as f64 / wall),
+            format!(
+                "{} / {:.0} req/s",
+                ms(pct(&total, 0.5)),
+                total.len() as f64 / wall
+            ),
             "-".into(),
             "-".into(),
             "no worse with more clients",
@@ -497,7 +576,10 @@ async fn bench(scale: Scale) {
     let base_rate = scale.create as f64 / base_total.as_secs_f64();
     let (rate, pods) = create_run(&server.base, "c1", scale.create, 1).await;
     rows.push(row(
-        &format!("1. create {} pods until all Running (1 client)", scale.create),
+        &format!(
+            "1. create {} pods until all Running (1 client)",
+            scale.create
+        ),
         format!("{rate:.0} pods/s"),
         format!("{base_rate:.0} spawns/s"),
         format!("{:.2}×", rate / base_rate),
@@ -522,7 +604,13 @@ async fn bench(scale: Scale) {
             "no worse with more clients",
         ));
         let del = delete_all(&server.base, pods, clients).await;
-        rows.push(row(&format!("8. delete {} pods, {clients} clients", scale.create), ms(del), "-".into(), "-".into(), ""));
+        rows.push(row(
+            &format!("8. delete {} pods, {clients} clients", scale.create),
+            ms(del),
+            "-".into(),
+            "-".into(),
+            "",
+        ));
     }
 
     // 2. Start latency: create request → Running in getPodStatus.
@@ -547,14 +635,25 @@ async fn bench(scale: Scale) {
     running_lat.sort();
     rows.push(row(
         "2. createPod → Running seen: p50 / p99",
-        format!("{} / {}", ms(pct(&running_lat, 0.5)), ms(pct(&running_lat, 0.99))),
+        format!(
+            "{} / {}",
+            ms(pct(&running_lat, 0.5)),
+            ms(pct(&running_lat, 0.99))
+        ),
         format!("{} / {}", ms(pct(&base_lat, 0.5)), ms(pct(&base_lat, 0.99))),
-        format!("+{}", ms(pct(&running_lat, 0.5).saturating_sub(pct(&base_lat, 0.5)))),
+        format!(
+            "+{}",
+            ms(pct(&running_lat, 0.5).saturating_sub(pct(&base_lat, 0.5)))
+        ),
         "p50 ≤ baseline + 1 ms; p99 ≤ 5 ms",
     ));
     rows.push(row(
         "2. createPod request alone: p50 / p99",
-        format!("{} / {}", ms(pct(&create_lat, 0.5)), ms(pct(&create_lat, 0.99))),
+        format!(
+            "{} / {}",
+            ms(pct(&create_lat, 0.5)),
+            ms(pct(&create_lat, 0.99))
+        ),
         "-".into(),
         "-".into(),
         "",
@@ -570,7 +669,12 @@ async fn bench(scale: Scale) {
         report.path().display(),
         report.path().display()
     );
-    let out = tokio::process::Command::new("sh").arg("-c").arg(&script).output().await.unwrap();
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .await
+        .unwrap();
     let base_bytes = dd_bytes(&String::from_utf8_lossy(&out.stdout)).expect("baseline dd report");
     let base_bps = base_bytes as f64 / secs as f64;
 
@@ -579,7 +683,11 @@ async fn bench(scale: Scale) {
     for floods in [1usize, 4] {
         let pods: Vec<Value> = (0..floods)
             .map(|i| {
-                let name = if floods == 1 { "flood".to_string() } else { format!("flood4-{i}") };
+                let name = if floods == 1 {
+                    "flood".to_string()
+                } else {
+                    format!("flood4-{i}")
+                };
                 let mut p = pod("logs", &name, &["sh", "-c", &flood_script(secs, "")]);
                 p["spec"]["restartPolicy"] = json!("Never");
                 p
@@ -614,7 +722,8 @@ async fn bench(scale: Scale) {
                     None,
                 )
                 .await;
-            captured += dd_bytes(&String::from_utf8_lossy(&t.body)).expect("dd report in stderr log");
+            captured +=
+                dd_bytes(&String::from_utf8_lossy(&t.body)).expect("dd report in stderr log");
         }
         let bps = captured as f64 / secs as f64;
         let mbs = |b: f64| format!("{:.0} MB/s", b / 1e6);
@@ -628,7 +737,11 @@ async fn bench(scale: Scale) {
         rows.push(row(
             &format!("5. getPodStatus p50 / p99 while {floods} child(ren) flood"),
             format!("{} / {}", ms(pct(&during, 0.5)), ms(pct(&during, 0.99))),
-            format!("{} / {}", ms(pct(&health_total, 0.5)), ms(pct(&health_total, 0.99))),
+            format!(
+                "{} / {}",
+                ms(pct(&health_total, 0.5)),
+                ms(pct(&health_total, 0.99))
+            ),
             "-".into(),
             "p99 ≤ 10 ms",
         ));
@@ -639,7 +752,9 @@ async fn bench(scale: Scale) {
     for (n, target) in [(100, "p50 ≤ 1 ms"), (10_000, "")] {
         let (total, srv) = read_path(
             &server.base,
-            &format!("/getContainerLogs?namespace=logs&podName=flood&containerName=sleeper&tail={n}"),
+            &format!(
+                "/getContainerLogs?namespace=logs&podName=flood&containerName=sleeper&tail={n}"
+            ),
             scale.reads / 5,
             1,
         )

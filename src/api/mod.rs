@@ -56,7 +56,10 @@ pub fn router(state: AppState) -> Router {
 
 /// Adds `Server-Timing: app;dur=MILLISECONDS` to every response: the time spent in procnode
 /// for the request, so a client can tell server time from transport time.
-async fn server_timing(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn server_timing(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let start = std::time::Instant::now();
     let mut resp = next.run(req).await;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
