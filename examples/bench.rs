@@ -24,7 +24,9 @@ fn main() {
         return;
     }
     let quick = args.get(1).map(String::as_str) == Some("quick");
-    tokio::runtime::Builder::new_multi_thread()
+    // The load generator runs on one thread, so on a small machine it takes one core and
+    // leaves the rest to procnode (as a separate load tool would).
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
@@ -389,13 +391,27 @@ async fn read_path(
     n: usize,
     clients: usize,
 ) -> (Vec<Duration>, Vec<Duration>) {
+    let (totals, servers, _) = read_path_timed(base, path, n, clients).await;
+    (totals, servers)
+}
+
+/// As [`read_path`], also returning the wall-clock time of the whole batch.
+async fn read_path_timed(
+    base: &str,
+    path: &str,
+    n: usize,
+    clients: usize,
+) -> (Vec<Duration>, Vec<Duration>, Duration) {
+    let barrier = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let client = Client::new(base);
         let path = path.to_string();
         let per = n / clients;
+        let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             client.send(reqwest::Method::GET, &path, None).await; // warm the connection
+            barrier.wait().await;
             let mut totals = Vec::with_capacity(per);
             let mut servers = Vec::with_capacity(per);
             for _ in 0..per {
@@ -407,15 +423,18 @@ async fn read_path(
             (totals, servers)
         }));
     }
+    barrier.wait().await;
+    let start = Instant::now();
     let (mut totals, mut servers) = (Vec::new(), Vec::new());
     for t in tasks {
         let (a, b) = t.await.unwrap();
         totals.extend(a);
         servers.extend(b);
     }
+    let wall = start.elapsed();
     totals.sort();
     servers.sort();
-    (totals, servers)
+    (totals, servers, wall)
 }
 
 /// A shell script that writes `line` as fast as it can through dd for `secs` seconds; dd
