@@ -90,7 +90,7 @@ impl NewPod {
         let mut value: serde_json::Value = serde_json::from_slice(body).map_err(PodError::Json)?;
         let obj = value.as_object_mut().ok_or(PodError::NotAnObject)?;
         obj.remove("status");
-        let pod: Pod = serde_json::from_value(value.clone()).map_err(PodError::Json)?;
+        let pod = <Pod as serde::Deserialize>::deserialize(&value).map_err(PodError::Json)?;
         let raw = serde_json::to_string(&value).map_err(PodError::Json)?;
 
         let name = pod
@@ -267,6 +267,27 @@ impl PodEntry {
         out.push_str(&status);
         out.push('}');
         out
+    }
+
+    /// A short form of the pod (identity, container names and live phase) for listings that
+    /// would not fit the broker's read limit in full.
+    pub fn summary_json(&self) -> String {
+        let phase = self.state.lock().expect("state lock").phase().as_str();
+        let spec = self.pod.spec.as_ref();
+        let containers: Vec<serde_json::Value> = spec
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .map(|c| serde_json::json!({"name": c.name}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        serde_json::json!({
+            "metadata": {"name": self.key.name, "namespace": self.key.namespace, "uid": self.uid},
+            "spec": {"containers": containers},
+            "status": {"phase": phase},
+        })
+        .to_string()
     }
 
     /// Asks the pod's worker to stop every container within `grace`. The first request wins.

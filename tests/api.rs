@@ -392,3 +392,32 @@ async fn a_full_node_admits_no_more_pods_like_the_kubelet() {
     assert!(app.delete(&a).await.is_success());
     assert!(app.delete(&b).await.is_success());
 }
+
+#[tokio::test]
+async fn get_pods_stays_within_the_brokers_read_limit() {
+    let app = app_with(&["--max-pods", "1000"]);
+    let mut pods = Vec::new();
+    for i in 0..700 {
+        // Fixture-shaped pods are about 2 KB each in full: 700 of them exceed 1,000,000 bytes.
+        let p = pod(&format!("big-{i}"), &["sleep", "30"], "Never");
+        assert_eq!(app.create(&p).await, StatusCode::CREATED);
+        pods.push(p);
+    }
+    let (s, body) = app.call(Method::GET, "/getPods", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.len() <= 1_000_000, "{} bytes", body.len());
+    let list: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list.len(), 700);
+    assert!(list[0]["spec"].get("volumes").is_none(), "short form");
+    assert_eq!(list[0]["metadata"]["namespace"], "default");
+    assert!(list[0]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .starts_with("uid-big-"));
+    assert!(list[0]["status"]["phase"].is_string());
+    let (_, full) = app.call(Method::GET, "/getPods?full=true", None).await;
+    assert!(full.len() > 1_000_000);
+    for p in &pods {
+        assert!(app.delete(p).await.is_success());
+    }
+}

@@ -118,18 +118,46 @@ pub async fn get_pod_status(
     Ok(json(StatusCode::OK, entry.status_json()))
 }
 
-pub async fn get_pods(State(s): State<AppState>) -> Response {
+/// The broker (Virtual Kubelet v0.10) reads at most this many bytes of a GET response; a longer
+/// `/getPods` answer would be cut and fail to decode.
+pub const BROKER_READ_LIMIT: usize = 1_000_000;
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    full: Option<String>,
+}
+
+/// Every pod as `getPod` returns it. When that would not fit the broker's read limit, each pod
+/// is listed in short form (metadata, container names, phase): enough for the broker's only use
+/// of this call, finding pods Kubernetes no longer knows. `?full=true` always lists in full.
+pub async fn get_pods(
+    State(s): State<AppState>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let force_full = parse_bool("full", q.full.as_deref())?;
     let pods = s.runtime.list();
-    let mut out = String::with_capacity(pods.len() * 2048 + 2);
-    out.push('[');
-    for (i, entry) in pods.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+    let list = |one: &dyn Fn(&crate::store::PodEntry) -> String| {
+        let mut out = String::with_capacity(pods.len() * 2048 + 2);
+        out.push('[');
+        for (i, entry) in pods.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&one(entry));
         }
-        out.push_str(&entry.pod_json());
+        out.push(']');
+        out
+    };
+    let full = list(&|e| e.pod_json());
+    if force_full || full.len() <= BROKER_READ_LIMIT {
+        return Ok(json(StatusCode::OK, full));
     }
-    out.push(']');
-    json(StatusCode::OK, out)
+    tracing::warn!(
+        pods = pods.len(),
+        bytes = full.len(),
+        "getPods answer exceeds the broker's read limit; listing pods in short form"
+    );
+    Ok(json(StatusCode::OK, list(&|e| e.summary_json())))
 }
 
 #[derive(Deserialize)]
