@@ -54,7 +54,6 @@ pub enum PodError {
 }
 
 /// A validated pod body, ready to be stored.
-#[derive(Clone)]
 pub struct NewPod {
     pub key: PodKey,
     pub uid: String,

@@ -135,29 +135,42 @@ pub async fn get_pods(
     Query(q): Query<ListParams>,
 ) -> Result<Response, ApiError> {
     let force_full = parse_bool("full", q.full.as_deref())?;
-    let pods = s.runtime.list();
-    let list = |one: &dyn Fn(&crate::store::PodEntry) -> String| {
-        let mut out = String::with_capacity(pods.len() * 2048 + 2);
-        out.push('[');
-        for (i, entry) in pods.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&one(entry));
-        }
-        out.push(']');
-        out
+    let limit = if force_full {
+        usize::MAX
+    } else {
+        BROKER_READ_LIMIT
     };
-    let full = list(&|e| e.pod_json());
-    if force_full || full.len() <= BROKER_READ_LIMIT {
+    let pods = s.runtime.list();
+    if let Some(full) = json_array(&pods, limit, |e| e.pod_json()) {
         return Ok(json(StatusCode::OK, full));
     }
     tracing::warn!(
         pods = pods.len(),
-        bytes = full.len(),
-        "getPods answer exceeds the broker's read limit; listing pods in short form"
+        "getPods answer would exceed the broker's read limit; listing pods in short form"
     );
-    Ok(json(StatusCode::OK, list(&|e| e.summary_json())))
+    let short = json_array(&pods, usize::MAX, |e| e.summary_json()).expect("no limit");
+    Ok(json(StatusCode::OK, short))
+}
+
+/// A JSON array of `one(pod)` for every pod, or `None` as soon as it grows past `limit` bytes.
+fn json_array(
+    pods: &[std::sync::Arc<crate::store::PodEntry>],
+    limit: usize,
+    one: impl Fn(&crate::store::PodEntry) -> String,
+) -> Option<String> {
+    let mut out = String::with_capacity((pods.len() * 2048 + 2).min(limit.saturating_add(1)));
+    out.push('[');
+    for (i, entry) in pods.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&one(entry));
+        if out.len() >= limit {
+            return None;
+        }
+    }
+    out.push(']');
+    (out.len() <= limit).then_some(out)
 }
 
 #[derive(Deserialize)]

@@ -150,15 +150,21 @@ async fn start(
     let container = entry.container_spec(idx);
     let env = env::environment(&entry.pod, container, &settings.node).map_err(|e| e.to_string())?;
     let argv = env::argv(container, &env);
-    let cwd = match container.working_dir.as_deref() {
-        Some(dir) if !dir.is_empty() => dir.into(),
-        _ => settings.pod_dir(entry),
+    let (cwd, in_pod_dir) = match container.working_dir.as_deref() {
+        Some(dir) if !dir.is_empty() => (dir.into(), false),
+        _ => (settings.pod_dir(entry), true),
     };
     let req = SpawnRequest { argv, env, cwd };
-    let spawned = tokio::task::spawn_blocking(move || process::spawn(&req))
-        .await
-        .map_err(|e| format!("spawn task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+    let spawned = tokio::task::spawn_blocking(move || {
+        if in_pod_dir {
+            std::fs::create_dir_all(&req.cwd)
+                .map_err(|e| process::SpawnError::PodDir(req.cwd.clone(), e))?;
+        }
+        process::spawn(&req)
+    })
+    .await
+    .map_err(|e| format!("spawn task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
     let pid = spawned.pid;
     spawned.into_async().map_err(|e| {
         // The process started but its output cannot be watched: do not leave it behind.

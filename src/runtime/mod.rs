@@ -116,31 +116,31 @@ impl Runtime {
     /// first), as happens when a pod is deleted and re-created faster than the delete arrives.
     pub async fn create(&self, body: &[u8]) -> Result<Created, RuntimeError> {
         let new = NewPod::parse(body)?;
-        loop {
-            if let Some(existing) = self.store.get(&new.key) {
-                if existing.uid == new.uid {
-                    return Ok(Created::Existing(existing));
-                }
-                self.stop_and_forget(&existing, None).await;
-                continue;
-            }
-            let admitted = self.store.len() < self.settings.max_pods as usize;
-            let entry = Arc::new(self.new_entry(&new, admitted));
-            match self.store.insert_new(entry.clone()) {
-                Ok(()) => {
-                    if admitted {
-                        tokio::spawn(run_pod(entry.clone(), self.settings.clone()));
-                    } else {
-                        entry.mark_done();
-                    }
-                    return Ok(Created::New(entry));
-                }
-                Err(_) => continue, // a concurrent create won; look again
+        if let Some(existing) = self.store.get(&new.key) {
+            if existing.uid == new.uid {
+                return Ok(Created::Existing(existing));
             }
         }
+        let admitted = self.store.len() < self.settings.max_pods as usize;
+        let entry = Arc::new(self.new_entry(new, admitted));
+        loop {
+            match self.store.insert_new(entry.clone()) {
+                Ok(()) => break,
+                Err(existing) if existing.uid == entry.uid => {
+                    return Ok(Created::Existing(existing))
+                }
+                Err(old) => self.stop_and_forget(&old, None).await,
+            }
+        }
+        if admitted {
+            tokio::spawn(run_pod(entry.clone(), self.settings.clone()));
+        } else {
+            entry.mark_done();
+        }
+        Ok(Created::New(entry))
     }
 
-    fn new_entry(&self, new: &NewPod, admitted: bool) -> PodEntry {
+    fn new_entry(&self, new: NewPod, admitted: bool) -> PodEntry {
         let spec = new.pod.spec.as_ref().expect("validated");
         let init: Vec<ContainerStatus> = spec
             .init_containers
@@ -187,13 +187,6 @@ impl Runtime {
             ));
             state.refresh(now);
         }
-        let new = NewPod {
-            key: new.key.clone(),
-            uid: new.uid.clone(),
-            pod: new.pod.clone(),
-            restart_policy: new.restart_policy,
-            raw: new.raw.clone(),
-        };
         PodEntry::new(new, state, self.settings.log_buffer_bytes)
     }
 
@@ -222,7 +215,12 @@ impl Runtime {
         entry.wait_done().await;
         self.store.remove_if_same(entry);
         let dir = self.settings.pod_dir(entry);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
+        let removed = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || std::fs::remove_dir_all(dir)
+        })
+        .await;
+        if let Ok(Err(e)) = removed {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(pod = %entry.key, dir = %dir.display(), error = %e, "could not remove pod directory");
             }
@@ -273,20 +271,9 @@ impl Runtime {
     }
 }
 
-/// The pod worker: init containers in order, then every app container concurrently.
+/// The pod worker: init containers in order, then every app container concurrently. (The pod
+/// directory is created by the first container start that uses it, off the async threads.)
 async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
-    let dir = settings.pod_dir(&entry);
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        let mut st = entry.state.lock().expect("state lock");
-        st.failure = Some((
-            "PodDirectoryError".into(),
-            format!("cannot create pod directory {}: {e}", dir.display()),
-        ));
-        st.refresh(Timestamp::now());
-        drop(st);
-        entry.mark_done();
-        return;
-    }
     let (n_init, n_app, policy) = {
         let mut st = entry.state.lock().expect("state lock");
         st.start_time = Some(Timestamp::now());

@@ -77,6 +77,8 @@ pub enum SpawnError {
     NotExecutable(String),
     #[error("chdir to working directory \"{0}\": {1}")]
     WorkingDir(PathBuf, io::Error),
+    #[error("creating the pod directory {0}: {1}")]
+    PodDir(PathBuf, io::Error),
     #[error("creating output pipes: {0}")]
     Pipe(Errno),
     #[error("starting \"{0}\": {1}")]
