@@ -3,6 +3,7 @@
 //!
 //!     cargo run --release --example bench            # everything (about 2 minutes)
 //!     cargo run --release --example bench -- quick   # fewer pods, for a smoke run
+//!     BENCH_SERVER_ARGS=--log-files cargo run --release --example bench   # extra procnode flags
 //!
 //! It starts procnode as a child process (this same executable re-run with `--serve`, which
 //! calls `procnode::run` exactly as the real binary does) on an ephemeral port and drives it
@@ -95,6 +96,12 @@ impl Server {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--serve", "--max-pods", "5000", "--state-dir"])
             .arg(state_dir.path())
+            // Extra procnode flags for a run, e.g. BENCH_SERVER_ARGS=--log-files
+            .args(
+                std::env::var("BENCH_SERVER_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

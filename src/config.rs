@@ -21,6 +21,12 @@ pub const DEFAULT_MAX_GRACE: Duration = Duration::from_secs(300);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// Bytes of output kept per container run (stdout and stderr together).
 pub const DEFAULT_LOG_BUFFER_BYTES: usize = 1024 * 1024;
+/// Bytes of output kept in memory by all containers together.
+pub const DEFAULT_LOG_TOTAL_BYTES: usize = 256 * 1024 * 1024;
+/// Size at which a container's log file is rotated (the kubelet's containerLogMaxSize).
+pub const DEFAULT_LOG_FILE_MAX_SIZE: &str = "10Mi";
+/// Log files kept per container run, the current one included (the kubelet's containerLogMaxFiles).
+pub const DEFAULT_LOG_FILE_MAX_FILES: usize = 5;
 /// Largest request body accepted; larger ones get 413.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// First CrashLoopBackOff delay (the kubelet's).
@@ -82,6 +88,24 @@ pub struct Config {
     /// Output bytes kept in memory per container run; the oldest output is dropped first.
     #[arg(long, env = "PROCNODE_LOG_BUFFER_BYTES", default_value_t = DEFAULT_LOG_BUFFER_BYTES)]
     pub log_buffer_bytes: usize,
+
+    /// Output bytes kept in memory by all containers together; past it, a writing container
+    /// drops its previous run, then its oldest output (keeping at least its newest 64 KiB).
+    #[arg(long, env = "PROCNODE_LOG_TOTAL_BYTES", default_value_t = DEFAULT_LOG_TOTAL_BYTES)]
+    pub log_total_bytes: usize,
+
+    /// Also write every container's output to files under STATE_DIR/logs (CRI format, rotated).
+    #[arg(long, env = "PROCNODE_LOG_FILES")]
+    pub log_files: bool,
+
+    /// Size at which a container's log file is rotated.
+    #[arg(long, env = "PROCNODE_LOG_FILE_MAX_SIZE", default_value = DEFAULT_LOG_FILE_MAX_SIZE)]
+    pub log_file_max_size: Quantity,
+
+    /// Log files kept per container run, the current one included.
+    #[arg(long, env = "PROCNODE_LOG_FILE_MAX_FILES", default_value_t = DEFAULT_LOG_FILE_MAX_FILES,
+          value_parser = parse_max_files)]
+    pub log_file_max_files: usize,
 
     /// Largest request body accepted (413 above it).
     #[arg(long, env = "PROCNODE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
@@ -187,6 +211,13 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     }
     s.parse::<SocketAddr>()
         .map_err(|_| format!("`{s}` is not HOST:PORT or PORT (for example 127.0.0.1:3000)"))
+}
+
+fn parse_max_files(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a count of at least 1")),
+    }
 }
 
 /// Parses durations such as `10s`, `250ms`, `5m`.

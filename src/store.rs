@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::watch;
 
-use crate::logs::ContainerLogs;
+use crate::logs::{ContainerLogs, LogConfig, LogSlot};
 use crate::runtime::status::{PodState, RestartPolicy};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -181,23 +181,35 @@ pub struct PodEntry {
     raw: Mutex<Arc<str>>,
     pub state: Mutex<PodState>,
     /// Logs of init containers, then app containers, in spec order.
-    pub logs: Box<[Mutex<ContainerLogs>]>,
+    pub logs: Box<[Arc<LogSlot>]>,
     stop: watch::Sender<Option<Duration>>,
     done: watch::Sender<bool>,
 }
 
 impl PodEntry {
-    pub fn new(new: NewPod, state: PodState, log_bytes: usize) -> PodEntry {
-        let n = state.init.len() + state.containers.len();
+    /// `log_dir`: the pod's directory for on-disk logs (one subdirectory per container).
+    pub fn new(
+        new: NewPod,
+        state: PodState,
+        logs: &LogConfig,
+        log_dir: Option<std::path::PathBuf>,
+    ) -> PodEntry {
+        let slots = state
+            .init
+            .iter()
+            .chain(state.containers.iter())
+            .map(|c| {
+                let dir = log_dir.as_ref().map(|d| d.join(&c.name));
+                Arc::new(LogSlot::new(ContainerLogs::new(logs, dir)))
+            })
+            .collect();
         PodEntry {
             key: new.key,
             uid: new.uid,
             pod: Arc::new(new.pod),
             raw: Mutex::new(Arc::from(new.raw)),
             state: Mutex::new(state),
-            logs: (0..n)
-                .map(|_| Mutex::new(ContainerLogs::new(log_bytes)))
-                .collect(),
+            logs: slots,
             stop: watch::channel(None).0,
             done: watch::channel(false).0,
         }
@@ -309,8 +321,12 @@ impl PodEntry {
         self.stop.borrow().is_some()
     }
 
-    /// Marks the worker finished: no process of this pod is left.
+    /// Marks the worker finished: no process of this pod is left, so no container will write
+    /// again (followers of containers that never ran stop too).
     pub fn mark_done(&self) {
+        for slot in self.logs.iter() {
+            slot.update(|l| l.finish());
+        }
         self.done.send_replace(true);
     }
 

@@ -17,6 +17,8 @@ pub enum ApiError {
     PodNotFound(PodKey),
     #[error("container {container:?} not found in pod {key}")]
     ContainerNotFound { key: PodKey, container: String },
+    #[error("previous terminated container {container:?} in pod {key} not found")]
+    NoPreviousLogs { key: PodKey, container: String },
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("no such endpoint: {0}")]
@@ -31,6 +33,9 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::ContainerNotFound { key, container } => {
                 ApiError::ContainerNotFound { key, container }
             }
+            RuntimeError::NoPreviousRun { key, container } => {
+                ApiError::NoPreviousLogs { key, container }
+            }
         }
     }
 }
@@ -38,7 +43,11 @@ impl From<RuntimeError> for ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::InvalidPod(_) => StatusCode::BAD_REQUEST,
+            // As the API server answers `kubectl logs --previous` for a container that never
+            // restarted.
+            ApiError::BadRequest(_) | ApiError::InvalidPod(_) | ApiError::NoPreviousLogs { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             // The broker maps exactly "404 Not Found" to "pod does not exist".
             ApiError::PodNotFound(_)
             | ApiError::ContainerNotFound { .. }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::extract::{Body, Query};
@@ -185,6 +186,17 @@ pub struct LogParams {
     since_time: Option<String>,
     timestamps: Option<String>,
     stream: Option<String>,
+    previous: Option<String>,
+    follow: Option<String>,
+}
+
+/// How to answer a log request.
+struct LogRequest {
+    key: PodKey,
+    container: String,
+    query: LogQuery,
+    previous: bool,
+    follow: bool,
 }
 
 fn parse_bool(name: &str, v: Option<&str>) -> Result<bool, ApiError> {
@@ -209,7 +221,7 @@ fn parse_count(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
 }
 
 impl LogParams {
-    fn into_query(self) -> Result<(PodKey, String, LogQuery), ApiError> {
+    fn into_request(self) -> Result<LogRequest, ApiError> {
         let key = PodKey {
             namespace: required(self.namespace, "namespace")?,
             name: required(self.pod_name, "podName")?,
@@ -270,23 +282,35 @@ impl LogParams {
             timestamps: parse_bool("timestamps", self.timestamps.as_deref())?,
             stream,
         };
-        Ok((key, container, query))
+        Ok(LogRequest {
+            key,
+            container,
+            query,
+            previous: parse_bool("previous", self.previous.as_deref())?,
+            follow: parse_bool("follow", self.follow.as_deref())?,
+        })
     }
 }
 
-/// Plain text, exactly the bytes the container wrote (what `kubectl logs` prints).
+/// Plain text, exactly the bytes the container wrote (what `kubectl logs` prints). With
+/// `follow=true` the response is chunked and stays open until the container's run ends or the
+/// client goes away.
 pub async fn get_container_logs(
     State(s): State<AppState>,
     Query(params): Query<LogParams>,
 ) -> Result<Response, ApiError> {
-    let (key, container, query) = params.into_query()?;
-    let bytes = s.runtime.logs(&key, &container, &query)?;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        bytes,
-    )
-        .into_response())
+    let req = params.into_request()?;
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if req.follow && !req.previous {
+        let slot = s.runtime.log_slot(&req.key, &req.container)?;
+        let stream = crate::logs::follow(slot, req.query)
+            .map(|chunk| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)));
+        return Ok((StatusCode::OK, text, axum::body::Body::from_stream(stream)).into_response());
+    }
+    let bytes = s
+        .runtime
+        .logs(&req.key, &req.container, &req.query, req.previous)?;
+    Ok((StatusCode::OK, text, bytes).into_response())
 }
 
 pub async fn capacity(State(s): State<AppState>) -> Response {

@@ -69,9 +69,21 @@ struct Record {
     complete: bool,
 }
 
+/// Where a reader stopped, so that a follower gets only what came after, with line prefixes
+/// (timestamps) placed as if it had read everything in one go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadState {
+    /// Absolute offset of the next byte to read (bytes ever stored in this buffer).
+    pub cursor: u64,
+    at_line_start: bool,
+    last_stream: Option<Stream>,
+}
+
 pub struct LogBuffer {
     ring: Option<LocalRb<Heap<u8>>>,
     records: VecDeque<Record>,
+    /// Absolute offset of the first stored byte (bytes evicted so far).
+    start: u64,
     max_bytes: usize,
     /// Bytes dropped to stay within the bound, over this buffer's life.
     dropped: u64,
@@ -84,6 +96,7 @@ impl LogBuffer {
         LogBuffer {
             ring: None,
             records: VecDeque::new(),
+            start: 0,
             max_bytes: max_bytes.max(RECORD_OVERHEAD + 1),
             dropped: 0,
             written: 0,
@@ -108,7 +121,8 @@ impl LogBuffer {
         self.ring.as_ref().map_or(0, |r| r.occupied_len())
     }
 
-    fn used(&self) -> usize {
+    /// Bytes this buffer counts against its bound (data plus record overhead).
+    pub fn used(&self) -> usize {
         self.stored_bytes() + self.records.len() * RECORD_OVERHEAD
     }
 
@@ -200,10 +214,19 @@ impl LogBuffer {
         self.ring = Some(grown);
     }
 
-    fn evict_oldest(&mut self) -> bool {
+    /// What dropping the oldest record would give back (its bytes and overhead).
+    pub fn oldest_cost(&self) -> Option<usize> {
+        self.records
+            .front()
+            .map(|r| r.len as usize + RECORD_OVERHEAD)
+    }
+
+    /// Drops the oldest record. Returns false when there was none.
+    pub fn evict_oldest(&mut self) -> bool {
         let Some(rec) = self.records.pop_front() else {
             return false;
         };
+        self.start += rec.len as u64;
         if let Some(ring) = self.ring.as_mut() {
             ring.skip(rec.len as usize);
         }
@@ -213,31 +236,53 @@ impl LogBuffer {
 
     /// Reads what `query` asks for, in arrival order.
     pub fn read(&self, query: &LogQuery) -> Vec<u8> {
+        self.read_from(query, None).0
+    }
+
+    /// Absolute offset just past the last stored byte.
+    pub fn end(&self) -> u64 {
+        self.start + self.stored_bytes() as u64
+    }
+
+    /// Reads what `query` asks for. With `from`, reads only what was stored after that state
+    /// (`tail` and `since` then do not apply: they chose the starting point); if the bytes at
+    /// `from` have been evicted meanwhile, reading resumes at the oldest byte still stored.
+    /// Returns the output and the state to continue from.
+    pub fn read_from(&self, query: &LogQuery, from: Option<ReadState>) -> (Vec<u8>, ReadState) {
+        let mut state = from.unwrap_or(ReadState {
+            cursor: self.start,
+            at_line_start: true,
+            last_stream: None,
+        });
         let Some(ring) = &self.ring else {
-            return Vec::new();
+            return (Vec::new(), state);
         };
         let bytes = Bytes(ring.as_slices());
         let keep = |r: &Record| {
-            query.stream.admits(r.stream) && query.since_ns.is_none_or(|since| r.time_ns >= since)
+            query.stream.admits(r.stream)
+                && (from.is_some() || query.since_ns.is_none_or(|since| r.time_ns >= since))
         };
-        // Kept records with their byte offsets, oldest first.
+        let from_off = state.cursor.saturating_sub(self.start) as usize;
+        // Kept records with their byte offsets (relative to the ring), oldest first, and the
+        // first byte of each to send.
         let mut kept: Vec<(usize, Record)> = Vec::new();
         let mut off = 0usize;
         for r in &self.records {
-            if keep(r) {
+            if off + r.len as usize > from_off && keep(r) {
                 kept.push((off, *r));
             }
             off += r.len as usize;
         }
+        let first_skip = kept.first().map_or(0, |(o, _)| from_off.saturating_sub(*o));
 
         // `tail`: the N-th last line starts after the N-th newline found walking back from the
         // end, not counting a newline that is the very last byte (it ends the last line).
-        let (mut first, mut skip) = (0usize, 0usize);
-        if let Some(tail) = query.tail {
+        let (mut first, mut skip) = (0usize, first_skip);
+        if let (Some(tail), None) = (query.tail, from) {
             first = kept.len();
             let mut found = 0usize;
             if tail > 0 {
-                first = 0;
+                (first, skip) = (0, 0);
                 'walk: for (i, (off, r)) in kept.iter().enumerate().rev() {
                     let len = r.len as usize;
                     let mut to = if i + 1 == kept.len() && r.complete {
@@ -258,16 +303,14 @@ impl LogBuffer {
         }
 
         let mut out = Vec::new();
-        let mut at_line_start = true;
-        let mut previous_stream = None;
         for (i, (off, r)) in kept.iter().enumerate().skip(first) {
             let from = if i == first { skip } else { 0 };
             let len = r.len as usize;
             if from >= len {
                 continue;
             }
-            if previous_stream != Some(r.stream) {
-                at_line_start = true;
+            if state.last_stream != Some(r.stream) {
+                state.at_line_start = true;
             }
             if query.timestamps {
                 let stamp = format_rfc3339_nanos(r.time_ns);
@@ -276,19 +319,19 @@ impl LogBuffer {
                     let end = bytes
                         .find_newline(*off + pos, *off + len)
                         .map_or(len, |nl| nl - *off + 1);
-                    if at_line_start {
+                    if state.at_line_start {
                         out.extend_from_slice(stamp.as_bytes());
                         out.push(b' ');
                     }
                     bytes.copy(*off + pos, end - pos, &mut out);
-                    at_line_start = end > pos && bytes.at(*off + end - 1) == b'\n';
+                    state.at_line_start = bytes.at(*off + end - 1) == b'\n';
                     pos = end;
                 }
             } else {
                 bytes.copy(*off + from, len - from, &mut out);
-                at_line_start = r.complete;
+                state.at_line_start = r.complete;
             }
-            previous_stream = Some(r.stream);
+            state.last_stream = Some(r.stream);
             if let Some(limit) = query.limit_bytes {
                 if out.len() >= limit {
                     out.truncate(limit);
@@ -296,7 +339,8 @@ impl LogBuffer {
                 }
             }
         }
-        out
+        state.cursor = self.end();
+        (out, state)
     }
 }
 

@@ -17,14 +17,15 @@ use super::backoff::Backoff;
 use super::process::{self, ExitStatus, SpawnRequest, Spawned};
 use super::status::{reason, ContainerState, RestartPolicy, Termination};
 use super::{env, Settings};
-use crate::logs::{now_ns, Stream};
+use crate::logs::{now_ns, LogSlot, Stream};
 use crate::store::PodEntry;
 
 /// How long output is still read after a container's process group is gone (a process that
 /// escaped the group may hold the pipe open; it does not keep the container alive).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
-/// Reads per wake-up of one pipe before other work gets a turn.
-const READS_PER_WAKE: usize = 16;
+/// Reads per wake-up of one pipe before the task yields, so that a child writing flat out
+/// cannot starve API requests or other containers on the same worker thread.
+const READS_PER_WAKE: usize = 4;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// How a container's supervision ended.
@@ -51,7 +52,7 @@ pub async fn supervise(
             return Outcome::Stopped;
         }
         if !first_run {
-            entry.logs[idx].lock().expect("logs lock").rotate();
+            entry.logs[idx].update(|l| l.rotate());
         }
         let started = Instant::now();
         let started_at = Timestamp::now();
@@ -96,6 +97,7 @@ pub async fn supervise(
                 }
             }
         };
+        entry.logs[idx].update(|l| l.finish());
         let code = termination.exit_code;
         let start_failed = termination.reason == reason::START_ERROR;
         let stopped = stop.borrow().is_some();
@@ -185,6 +187,7 @@ async fn run(
     let pump = |pipe: &pipe::Receiver, stream| read_available(pipe, stream, logs);
     let (mut out_open, mut err_open) = (true, true);
     let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut read_output = false;
     let status = loop {
         let kill_timer = async {
             match kill_at {
@@ -204,8 +207,17 @@ async fn run(
                 process::signal_group(p.pid, Signal::SIGKILL);
                 kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
             }
-            r = p.stdout.readable(), if out_open => out_open = r.is_ok() && pump(&p.stdout, Stream::Stdout),
-            r = p.stderr.readable(), if err_open => err_open = r.is_ok() && pump(&p.stderr, Stream::Stderr),
+            r = p.stdout.readable(), if out_open => {
+                out_open = r.is_ok() && pump(&p.stdout, Stream::Stdout);
+                read_output = true;
+            }
+            r = p.stderr.readable(), if err_open => {
+                err_open = r.is_ok() && pump(&p.stderr, Stream::Stderr);
+                read_output = true;
+            }
+        }
+        if std::mem::take(&mut read_output) {
+            tokio::task::yield_now().await;
         }
     };
     // The main process is gone: like a container runtime when a container's init exits, end
@@ -224,11 +236,7 @@ async fn run(
 }
 
 /// Reads what is available on `pipe` into the logs. Returns false at EOF or on error.
-fn read_available(
-    pipe: &pipe::Receiver,
-    stream: Stream,
-    logs: &std::sync::Mutex<crate::logs::ContainerLogs>,
-) -> bool {
+fn read_available(pipe: &pipe::Receiver, stream: Stream, logs: &LogSlot) -> bool {
     thread_local! {
         // One read buffer per worker thread, not per container: idle containers cost nothing.
         static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
@@ -238,12 +246,7 @@ fn read_available(
         for _ in 0..READS_PER_WAKE {
             match pipe.try_read(&mut buf) {
                 Ok(0) => return false,
-                Ok(n) => {
-                    logs.lock()
-                        .expect("logs lock")
-                        .current
-                        .append(stream, &buf[..n], now_ns())
-                }
+                Ok(n) => logs.update(|l| l.append(stream, &buf[..n], now_ns())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,

@@ -26,14 +26,14 @@ pub use env::{image_executable, NodeFacts};
 use status::{reason, ContainerStatus, PodState, RestartPolicy};
 
 use crate::config::{Config, DEFAULT_GRACE};
-use crate::logs::LogQuery;
+use crate::logs::{FileConfig, LogBudget, LogConfig, LogQuery, LogSlot};
 use crate::store::{NewPod, PodEntry, PodError, PodKey, Store};
 
 /// Runtime settings, fixed at start.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub state_dir: PathBuf,
-    pub log_buffer_bytes: usize,
+    pub logs: LogConfig,
     pub max_grace: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -45,7 +45,14 @@ impl Settings {
     pub fn from_config(config: &Config, node: NodeFacts) -> Settings {
         Settings {
             state_dir: config.state_dir(),
-            log_buffer_bytes: config.log_buffer_bytes,
+            logs: LogConfig {
+                per_container: config.log_buffer_bytes,
+                budget: Arc::new(LogBudget::new(config.log_total_bytes)),
+                files: config.log_files.then(|| FileConfig {
+                    max_size: config.log_file_max_size.to_bytes().unwrap_or(u64::MAX),
+                    max_files: config.log_file_max_files,
+                }),
+            },
             max_grace: config.max_grace_period,
             backoff_initial: config.backoff_initial,
             backoff_max: config.backoff_max,
@@ -56,16 +63,22 @@ impl Settings {
 
     /// The pod's own directory, its processes' working directory unless `workingDir` says otherwise.
     pub fn pod_dir(&self, entry: &PodEntry) -> PathBuf {
-        let uid = if entry.uid.is_empty() {
-            "no-uid"
-        } else {
-            &entry.uid
-        };
-        self.state_dir.join("pods").join(format!(
-            "{}_{}_{}",
-            entry.key.namespace, entry.key.name, uid
-        ))
+        self.state_dir
+            .join("pods")
+            .join(pod_dir_name(&entry.key, &entry.uid))
     }
+
+    /// Where the pod's log files go (one subdirectory per container), when they are enabled.
+    pub fn pod_log_dir(&self, key: &PodKey, uid: &str) -> Option<PathBuf> {
+        self.logs
+            .files
+            .map(|_| self.state_dir.join("logs").join(pod_dir_name(key, uid)))
+    }
+}
+
+fn pod_dir_name(key: &PodKey, uid: &str) -> String {
+    let uid = if uid.is_empty() { "no-uid" } else { uid };
+    format!("{}_{}_{}", key.namespace, key.name, uid)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +89,8 @@ pub enum RuntimeError {
     PodNotFound(PodKey),
     #[error("container {container:?} not found in pod {key}")]
     ContainerNotFound { key: PodKey, container: String },
+    #[error("previous terminated container {container:?} in pod {key} not found")]
+    NoPreviousRun { key: PodKey, container: String },
 }
 
 /// The result of a create: a new pod, or the same pod (same uid) already there.
@@ -187,7 +202,8 @@ impl Runtime {
             ));
             state.refresh(now);
         }
-        PodEntry::new(new, state, self.settings.log_buffer_bytes)
+        let log_dir = self.settings.pod_log_dir(&new.key, &new.uid);
+        PodEntry::new(new, state, &self.settings.logs, log_dir)
     }
 
     /// Records a new version of a pod's JSON (returned by getPod from now on). Running
@@ -214,17 +230,20 @@ impl Runtime {
         entry.request_stop(self.grace_for(entry, grace));
         entry.wait_done().await;
         self.store.remove_if_same(entry);
-        let dir = self.settings.pod_dir(entry);
-        let removed = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || std::fs::remove_dir_all(dir)
+        let dirs: Vec<PathBuf> = std::iter::once(self.settings.pod_dir(entry))
+            .chain(self.settings.pod_log_dir(&entry.key, &entry.uid))
+            .collect();
+        let key = entry.key.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for dir in dirs {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(pod = %key, dir = %dir.display(), error = %e, "could not remove pod directory");
+                    }
+                }
+            }
         })
         .await;
-        if let Ok(Err(e)) = removed {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(pod = %entry.key, dir = %dir.display(), error = %e, "could not remove pod directory");
-            }
-        }
     }
 
     /// The grace period: the delete's own, else the pod's, else 30 s; never above the cap.
@@ -241,13 +260,8 @@ impl Runtime {
             .min(self.settings.max_grace)
     }
 
-    /// The output of one container, as `query` selects it.
-    pub fn logs(
-        &self,
-        key: &PodKey,
-        container: &str,
-        query: &LogQuery,
-    ) -> Result<Vec<u8>, RuntimeError> {
+    /// The log slot of one container.
+    pub fn log_slot(&self, key: &PodKey, container: &str) -> Result<Arc<LogSlot>, RuntimeError> {
         let entry = self.get(key)?;
         let idx =
             entry
@@ -256,8 +270,30 @@ impl Runtime {
                     key: key.clone(),
                     container: container.to_string(),
                 })?;
-        let logs = entry.logs[idx].lock().expect("logs lock");
-        Ok(logs.current.read(query))
+        Ok(entry.logs[idx].clone())
+    }
+
+    /// The output of one container's current run (or, with `previous`, of the run before), as
+    /// `query` selects it.
+    pub fn logs(
+        &self,
+        key: &PodKey,
+        container: &str,
+        query: &LogQuery,
+        previous: bool,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        let slot = self.log_slot(key, container)?;
+        let logs = slot.logs.lock().expect("logs lock");
+        if !previous {
+            return Ok(logs.current.read(query));
+        }
+        logs.previous
+            .as_ref()
+            .map(|b| b.read(query))
+            .ok_or_else(|| RuntimeError::NoPreviousRun {
+                key: key.clone(),
+                container: container.to_string(),
+            })
     }
 
     /// Stops every pod with its grace period and waits until no pod process is left.
