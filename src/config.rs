@@ -137,6 +137,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub pid_pressure_percent: u8,
 
+    /// The executable started as `EXE shim RUN_DIR` to supervise each container (this procnode
+    /// binary by default).
+    #[arg(long, env = "PROCNODE_SHIM_PATH")]
+    pub shim_path: Option<PathBuf>,
+
     /// Log format of procnode's own logs on stderr.
     #[arg(long, env = "PROCNODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -191,6 +196,14 @@ impl Config {
             Some(home) => PathBuf::from(home).join(".local/state/procnode"),
             None => std::env::temp_dir().join("procnode"),
         }
+    }
+
+    /// The supervisor executable, resolved to this binary when not configured.
+    pub fn shim_exe(&self) -> PathBuf {
+        self.shim_path
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("procnode"))
     }
 
     /// The node name, resolved to the host name when not configured.

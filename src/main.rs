@@ -2,8 +2,18 @@ use clap::Parser;
 use procnode::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+fn main() -> std::process::ExitCode {
+    // `procnode shim RUN_DIR`: the per-container supervisor, plain blocking code.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == "shim" {
+        let code = procnode::runtime::shim::main(std::path::Path::new(&args[2]));
+        return std::process::ExitCode::from(code as u8);
+    }
+    serve()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn serve() -> std::process::ExitCode {
     let config = Config::parse();
     let filter = EnvFilter::try_from_env("PROCNODE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

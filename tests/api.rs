@@ -19,7 +19,13 @@ struct App {
 
 fn app_with(args: &[&str]) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let mut all = vec!["procnode", "--state-dir", dir.path().to_str().unwrap()];
+    let mut all = vec![
+        "procnode",
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+        "--shim-path",
+        env!("CARGO_BIN_EXE_procnode"),
+    ];
     all.extend_from_slice(args);
     let config = procnode::Config::parse_from_env_free(all);
     let (runtime, node) = procnode::build(&config);

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
@@ -14,7 +15,9 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
 use super::backoff::Backoff;
-use super::process::{self, ExitStatus, SpawnRequest, Spawned};
+use super::process::{self, SpawnRequest};
+use super::shim;
+use super::supervisor::{self, Event, Supervised};
 use super::status::{reason, ContainerState, RestartPolicy, Termination};
 use super::{env, Settings};
 use crate::logs::{now_ns, LogSlot, Stream};
@@ -37,64 +40,55 @@ pub enum Outcome {
     Stopped,
 }
 
-/// Runs container `idx` of `entry` until it finishes for good or the pod is stopped.
+/// Runs container `idx` of `entry` until it finishes for good or the pod is stopped. With
+/// `resume`, the first run is the one already under the supervisor in that run directory
+/// (procnode restarted while it ran).
 pub async fn supervise(
     entry: Arc<PodEntry>,
     idx: usize,
     policy: RestartPolicy,
     settings: Arc<Settings>,
+    mut resume: Option<PathBuf>,
 ) -> Outcome {
     let mut stop = entry.stop_receiver();
     let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
     let mut first_run = true;
     loop {
-        if stop.borrow().is_some() {
+        let resuming = resume.take();
+        if stop.borrow().is_some() && resuming.is_none() {
             return Outcome::Stopped;
         }
         if !first_run {
             entry.logs[idx].update(|l| l.rotate());
         }
         let started = Instant::now();
-        let started_at = Timestamp::now();
-        let termination = match start(&entry, idx, &settings).await {
-            Err(message) => Termination {
-                exit_code: 128,
-                signal: None,
-                reason: reason::START_ERROR.into(),
-                message: Some(message),
-                started_at: None,
-                finished_at: Timestamp::now(),
-                container_id: None,
-            },
-            Ok(spawned) => {
-                let pid = spawned.pid;
-                let container_id = format!("procnode://{pid}");
-                entry.update_container(idx, |c| {
-                    if !first_run {
-                        c.restart_count += 1;
+        let attempt = match resuming {
+            Some(dir) => resume_run(&entry, idx, &dir).await,
+            None => start(&entry, idx, &settings, !first_run).await,
+        };
+        let (termination, supervised) = match attempt {
+            Err(termination) => (termination, None),
+            Ok(mut sup) => {
+                let started_at = Timestamp::from_nanosecond(sup.started_ns as i128).unwrap_or_else(|_| Timestamp::now());
+                let container_id = format!("procnode://{}", sup.pid);
+                let end = run(&mut sup, &entry, idx, &mut stop).await;
+                let termination = match end {
+                    Event::Exited(e) => {
+                        let code = e.status.exit_code();
+                        Termination {
+                            exit_code: code,
+                            signal: e.status.signal(),
+                            reason: if code == 0 { reason::COMPLETED } else { reason::ERROR }.into(),
+                            message: None,
+                            started_at: Some(started_at),
+                            finished_at: Timestamp::from_nanosecond(e.finished_ns as i128)
+                                .unwrap_or_else(|_| Timestamp::now()),
+                            container_id: Some(container_id),
+                        }
                     }
-                    c.state = ContainerState::Running { started_at };
-                    c.pid = Some(pid);
-                    c.container_id = Some(container_id.clone());
-                    // Without a readiness probe, a running container is ready.
-                    c.ready = true;
-                });
-                let status = run(spawned, &entry, idx, &mut stop).await;
-                let code = status.exit_code();
-                Termination {
-                    exit_code: code,
-                    signal: status.signal(),
-                    reason: if code == 0 {
-                        reason::COMPLETED
-                    } else {
-                        reason::ERROR
-                    }
-                    .into(),
-                    message: None,
-                    started_at: Some(started_at),
-                    finished_at: Timestamp::now(),
-                    container_id: Some(container_id),
-                }
+                    Event::Gone => supervisor_gone(Some(started_at), Some(container_id)),
+                };
+                (termination, Some(sup))
             }
         };
         entry.logs[idx].update(|l| l.finish());
@@ -106,6 +100,7 @@ pub async fn supervise(
         let message = termination.message.clone();
         entry.update_container(idx, |c| {
             c.pid = None;
+            c.run_dir = None;
             c.ready = false;
             if restarts {
                 let (reason, message) = if start_failed {
@@ -129,6 +124,12 @@ pub async fn supervise(
                 c.state = ContainerState::Terminated(termination);
             }
         });
+        // The exit is recorded: the supervisor may go, and its directory with it.
+        if let Some(sup) = supervised {
+            let dir = sup.run_dir.clone();
+            sup.release().await;
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
         if stopped {
             return Outcome::Stopped;
         }
@@ -143,52 +144,140 @@ pub async fn supervise(
     }
 }
 
-/// Builds the process for container `idx` and starts it. Errors are the message users see.
+/// What is reported for a run whose supervisor vanished without recording an exit.
+fn supervisor_gone(started_at: Option<Timestamp>, container_id: Option<String>) -> Termination {
+    Termination {
+        exit_code: 137,
+        signal: None,
+        reason: reason::CONTAINER_STATUS_UNKNOWN.into(),
+        message: Some(
+            "the container's supervisor process is gone, so its exit status is unknown; \
+             what was left of the container was stopped"
+                .into(),
+        ),
+        started_at,
+        finished_at: Timestamp::now(),
+        container_id,
+    }
+}
+
+fn start_error(message: String) -> Termination {
+    Termination {
+        exit_code: 128,
+        signal: None,
+        reason: reason::START_ERROR.into(),
+        message: Some(message),
+        started_at: None,
+        finished_at: Timestamp::now(),
+        container_id: None,
+    }
+}
+
+/// Builds the process for container `idx` and starts it under a new supervisor.
 async fn start(
     entry: &Arc<PodEntry>,
     idx: usize,
     settings: &Arc<Settings>,
-) -> Result<Spawned, String> {
+    restart: bool,
+) -> Result<Supervised, Termination> {
     let container = entry.container_spec(idx);
-    let env = env::environment(&entry.pod, container, &settings.node).map_err(|e| e.to_string())?;
+    let env = env::environment(&entry.pod, container, &settings.node)
+        .map_err(|e| start_error(e.to_string()))?;
     let argv = env::argv(container, &env);
     let (cwd, in_pod_dir) = match container.working_dir.as_deref() {
         Some(dir) if !dir.is_empty() => (dir.into(), false),
         _ => (settings.pod_dir(entry), true),
     };
+    if in_pod_dir {
+        let dir: PathBuf = cwd.clone();
+        tokio::task::spawn_blocking(move || std::fs::create_dir_all(&dir).map_err(|e| (dir, e)))
+            .await
+            .map_err(|e| start_error(e.to_string()))?
+            .map_err(|(dir, e)| start_error(process::SpawnError::PodDir(dir, e).to_string()))?;
+    }
     let req = SpawnRequest { argv, env, cwd };
-    let spawned = tokio::task::spawn_blocking(move || {
-        if in_pod_dir {
-            std::fs::create_dir_all(&req.cwd)
-                .map_err(|e| process::SpawnError::PodDir(req.cwd.clone(), e))?;
+    let run_no = entry.update_container(idx, |c| c.restart_count as u64 + u64::from(restart));
+    let run_dir = settings.run_dir(entry, idx, run_no);
+    let (sup, _shim_exit) = supervisor::launch(&settings.shim_exe, &run_dir, &req)
+        .await
+        .map_err(start_error)?;
+    let started_at = Timestamp::from_nanosecond(sup.started_ns as i128).unwrap_or_else(|_| Timestamp::now());
+    entry.update_container(idx, |c| {
+        if restart {
+            c.restart_count += 1;
         }
-        process::spawn(&req)
-    })
-    .await
-    .map_err(|e| format!("spawn task failed: {e}"))?
-    .map_err(|e| e.to_string())?;
-    let pid = spawned.pid;
-    spawned.into_async().map_err(|e| {
-        // The process started but its output cannot be watched: do not leave it behind.
-        process::signal_group(pid, Signal::SIGKILL);
-        format!("watching output: {e}")
-    })
+        c.state = ContainerState::Running { started_at };
+        c.pid = Some(sup.pid);
+        c.run_dir = Some(run_dir.clone());
+        c.container_id = Some(format!("procnode://{}", sup.pid));
+        // Without a readiness probe, a running container is ready.
+        c.ready = true;
+    });
+    Ok(sup)
 }
 
-/// Pumps output until the process exits or a stop request arrives (then TERM, and KILL after
-/// the grace period). Returns the exit status.
+/// Takes back a run that was under way when procnode stopped: attach to its supervisor, or,
+/// if that is gone, report the exit it recorded (or that the exit is unknown).
+async fn resume_run(entry: &Arc<PodEntry>, idx: usize, run_dir: &Path) -> Result<Supervised, Termination> {
+    match supervisor::attach(run_dir).await {
+        Ok(sup) => Ok(sup),
+        Err(_) => {
+            let (started_at, container_id, pid) = entry.update_container(idx, |c| {
+                let started = match &c.state {
+                    ContainerState::Running { started_at } => Some(*started_at),
+                    _ => None,
+                };
+                (started, c.container_id.clone(), c.pid)
+            });
+            let dir = run_dir.to_path_buf();
+            let recorded = tokio::task::spawn_blocking(move || {
+                let e = shim::read_exit_file(&dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                e
+            })
+            .await
+            .ok()
+            .flatten();
+            Err(match recorded {
+                Some(e) => {
+                    let code = e.status.exit_code();
+                    Termination {
+                        exit_code: code,
+                        signal: e.status.signal(),
+                        reason: if code == 0 { reason::COMPLETED } else { reason::ERROR }.into(),
+                        message: None,
+                        started_at,
+                        finished_at: Timestamp::from_nanosecond(e.finished_ns as i128).unwrap_or_else(|_| Timestamp::now()),
+                        container_id,
+                    }
+                }
+                None => {
+                    // Nobody supervises what may be left of it: stop it.
+                    if let Some(pid) = pid {
+                        process::signal_group(pid, Signal::SIGKILL);
+                    }
+                    supervisor_gone(started_at, container_id)
+                }
+            })
+        }
+    }
+}
+
+/// Pumps output until the container exits or its supervisor goes away; on a stop request,
+/// TERM to the container's process group, and KILL after the grace period.
 async fn run(
-    mut p: Spawned,
+    sup: &mut Supervised,
     entry: &PodEntry,
     idx: usize,
     stop: &mut watch::Receiver<Option<Duration>>,
-) -> ExitStatus {
+) -> Event {
     let logs = &entry.logs[idx];
+    let pgid = sup.pid;
     let pump = |pipe: &pipe::Receiver, stream| read_available(pipe, stream, logs);
     let (mut out_open, mut err_open) = (true, true);
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut read_output = false;
-    let status = loop {
+    let event = loop {
         let kill_timer = async {
             match kill_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -197,22 +286,22 @@ async fn run(
         };
         tokio::select! {
             biased;
-            status = &mut p.exit => break status.unwrap_or(ExitStatus::Exited(255)),
+            event = sup.events.next() => break event,
             grace = stop.wait_for(Option::is_some), if kill_at.is_none() => {
                 let grace = grace.ok().and_then(|g| *g).unwrap_or_default();
-                process::signal_group(p.pid, Signal::SIGTERM);
+                process::signal_group(pgid, Signal::SIGTERM);
                 kill_at = Some(tokio::time::Instant::now() + grace);
             }
             _ = kill_timer => {
-                process::signal_group(p.pid, Signal::SIGKILL);
+                process::signal_group(pgid, Signal::SIGKILL);
                 kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
             }
-            r = p.stdout.readable(), if out_open => {
-                out_open = r.is_ok() && pump(&p.stdout, Stream::Stdout);
+            r = sup.stdout.readable(), if out_open => {
+                out_open = r.is_ok() && pump(&sup.stdout, Stream::Stdout);
                 read_output = true;
             }
-            r = p.stderr.readable(), if err_open => {
-                err_open = r.is_ok() && pump(&p.stderr, Stream::Stderr);
+            r = sup.stderr.readable(), if err_open => {
+                err_open = r.is_ok() && pump(&sup.stderr, Stream::Stderr);
                 read_output = true;
             }
         }
@@ -220,19 +309,22 @@ async fn run(
             tokio::task::yield_now().await;
         }
     };
-    // The main process is gone: like a container runtime when a container's init exits, end
-    // whatever else is left in its process group, then collect the output still in the pipes.
-    process::signal_group(p.pid, Signal::SIGKILL);
+    if event == Event::Gone {
+        // Nobody supervises what may be left of the container: stop it.
+        process::signal_group(pgid, Signal::SIGKILL);
+    }
+    // The supervisor has ended what was left of the process group; collect the output still
+    // in the pipes (bounded: a process that escaped the group may hold them open).
     let drain = async {
         while out_open || err_open {
             tokio::select! {
-                r = p.stdout.readable(), if out_open => out_open = r.is_ok() && pump(&p.stdout, Stream::Stdout),
-                r = p.stderr.readable(), if err_open => err_open = r.is_ok() && pump(&p.stderr, Stream::Stderr),
+                r = sup.stdout.readable(), if out_open => out_open = r.is_ok() && pump(&sup.stdout, Stream::Stdout),
+                r = sup.stderr.readable(), if err_open => err_open = r.is_ok() && pump(&sup.stderr, Stream::Stderr),
             }
         }
     };
     let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, drain).await;
-    status
+    event
 }
 
 /// Reads what is available on `pipe` into the logs. Returns false at EOF or on error.

@@ -13,7 +13,9 @@ mod backoff;
 mod container;
 mod env;
 pub mod process;
+pub mod shim;
 pub mod status;
+mod supervisor;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ use crate::store::{NewPod, PodEntry, PodError, PodKey, Store};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub state_dir: PathBuf,
+    /// The executable run as `EXE shim RUN_DIR` to supervise each container.
+    pub shim_exe: PathBuf,
     pub logs: LogConfig,
     pub max_grace: Duration,
     pub backoff_initial: Duration,
@@ -45,6 +49,7 @@ impl Settings {
     pub fn from_config(config: &Config, node: NodeFacts) -> Settings {
         Settings {
             state_dir: config.state_dir(),
+            shim_exe: config.shim_exe(),
             logs: LogConfig {
                 per_container: config.log_buffer_bytes,
                 budget: Arc::new(LogBudget::new(config.log_total_bytes)),
@@ -66,6 +71,16 @@ impl Settings {
         self.state_dir
             .join("pods")
             .join(pod_dir_name(&entry.key, &entry.uid))
+    }
+
+    /// The supervisor directory of run `run` of container `idx`. Kept short: it holds a unix
+    /// socket, whose path may not exceed 107 bytes.
+    pub fn run_dir(&self, entry: &PodEntry, idx: usize, run: u64) -> PathBuf {
+        let id = format!("{}/{}/{}/{idx}/{run}", entry.key.namespace, entry.key.name, entry.uid);
+        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.state_dir.join("run").join(format!("{hash:016x}"))
     }
 
     /// Where the pod's log files go (one subdirectory per container), when they are enabled.
@@ -321,7 +336,7 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
         _ => RestartPolicy::OnFailure,
     };
     for idx in 0..n_init {
-        match container::supervise(entry.clone(), idx, init_policy, settings.clone()).await {
+        match container::supervise(entry.clone(), idx, init_policy, settings.clone(), None).await {
             container::Outcome::Exited(0) => {}
             _ => {
                 entry.mark_done();
@@ -341,12 +356,7 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
     }
     let mut tasks = JoinSet::new();
     for idx in n_init..n_init + n_app {
-        tasks.spawn(container::supervise(
-            entry.clone(),
-            idx,
-            policy,
-            settings.clone(),
-        ));
+        tasks.spawn(container::supervise(entry.clone(), idx, policy, settings.clone(), None));
     }
     while tasks.join_next().await.is_some() {}
     entry.mark_done();

@@ -1,6 +1,7 @@
-//! Everything that touches OS processes: resolving and spawning a command in a new process
-//! group, its output pipes, signals to a whole group, and the one reaper that collects the exit
-//! status of every child procnode has.
+//! Everything that touches OS processes: resolving a command and building it for a new process
+//! group, spawning the per-container supervisor, signals to a whole group, and the one reaper
+//! that collects the exit status of every child procnode has. The crate's only `unsafe` (taking
+//! ownership of received file descriptors) is here too.
 //!
 //! Why a reaper of our own instead of `tokio::process`: procnode makes itself a *child
 //! subreaper*, so that a container's grandchildren, orphaned when the container's main process
@@ -10,14 +11,15 @@
 //! pids are delivered on a oneshot channel, anything else is an orphan and is just collected.
 //! It is also O(1) per exit, where a SIGCHLD-driven scheme polls every live child on each signal.
 //! Consequence: nothing else in procnode may `wait` for a child (no `tokio::process`, no
-//! `std::process::Command::output`); every spawn goes through [`spawn`].
+//! `std::process::Command::output`); every spawn goes through [`spawn_shim`].
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -27,14 +29,14 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
-use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
 /// PATH used to find a command when the container's env does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum ExitStatus {
     Exited(i32),
     Signaled(i32),
@@ -58,7 +60,7 @@ impl ExitStatus {
 }
 
 /// What to run: argv, environment (the complete environment; nothing is inherited) and working dir.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SpawnRequest {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -85,17 +87,10 @@ pub enum SpawnError {
     Exec(String, io::Error),
 }
 
-/// A started process: its pid (also its process group id), its exit, and its output pipes.
-pub struct Spawned {
-    pub pid: i32,
-    pub exit: oneshot::Receiver<ExitStatus>,
-    pub stdout: pipe::Receiver,
-    pub stderr: pipe::Receiver,
-}
-
-/// Starts `req` in a new process group with stdin from /dev/null and stdout/stderr on pipes.
-/// Blocks for the duration of fork/exec (well under a millisecond); call it from a blocking context.
-pub fn spawn(req: &SpawnRequest) -> Result<SpawnedPipes, SpawnError> {
+/// Builds the command for `req`: the program resolved (so that a missing or non-executable one
+/// is a clear error, and the standard library can use posix_spawn instead of fork), the working
+/// directory checked, the environment replaced, stdin from /dev/null, a new process group.
+pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Command, SpawnError> {
     let first = req.argv.first().ok_or(SpawnError::NoCommand)?;
     match std::fs::metadata(&req.cwd) {
         Ok(m) if m.is_dir() => {}
@@ -114,64 +109,71 @@ pub fn spawn(req: &SpawnRequest) -> Result<SpawnedPipes, SpawnError> {
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str())
         .unwrap_or(DEFAULT_PATH);
-    // Resolving here (rather than letting exec search) gives a clear error and lets the
-    // standard library use posix_spawn instead of fork.
     let program = resolve_program(first, path_var, &req.cwd)?;
-
-    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
-    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
-    let mut cmd = std::process::Command::new(&program);
+    let mut cmd = Command::new(&program);
     cmd.arg0(first)
         .args(&req.argv[1..])
         .env_clear()
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&req.cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
+        .stdout(stdout)
+        .stderr(stderr)
         .process_group(0);
+    Ok(cmd)
+}
 
+/// A pair of pipe ends (read, write), both close-on-exec.
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)
+}
+
+/// A supervisor process just started: its pid, its exit, and the pipe on which it reports
+/// whether the container started.
+pub struct SpawnedShim {
+    pub pid: i32,
+    pub exit: oneshot::Receiver<ExitStatus>,
+    pub handshake: OwnedFd,
+}
+
+/// Starts `exe shim RUN_DIR` (the per-container supervisor) in a process group of its own, so
+/// that signals meant for procnode (a Ctrl-C in a terminal) do not reach it. Blocks for the
+/// duration of posix_spawn; call it from a blocking context.
+pub fn spawn_shim(exe: &Path, run_dir: &Path) -> Result<SpawnedShim, SpawnError> {
+    let (hs_r, hs_w) = pipe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("shim")
+        .arg(run_dir)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(hs_w))
+        .stderr(Stdio::null())
+        .process_group(0);
     let reaper = Reaper::get();
     let ticket = reaper.begin_spawn();
     let child = cmd
         .spawn()
-        .map_err(|e| SpawnError::Exec(first.clone(), e))?;
-    // Dropping `cmd` closes our copies of the write ends, so EOF arrives when the group exits.
+        .map_err(|e| SpawnError::Exec(exe.display().to_string(), e))?;
+    // Dropping `cmd` closes our copy of the write end.
     drop(cmd);
     let pid = child.id() as i32;
     // A std Child does not wait on drop; the reaper owns the exit from here on.
     drop(child);
-    let exit = reaper.register(pid, ticket);
-    Ok(SpawnedPipes {
+    Ok(SpawnedShim {
         pid,
-        exit,
-        stdout: out_r,
-        stderr: err_r,
+        exit: reaper.register(pid, ticket),
+        handshake: hs_r,
     })
 }
 
-/// A spawned process whose pipes are not yet registered with the async reactor (so that
-/// [`spawn`] can run on a blocking thread). [`SpawnedPipes::into_async`] finishes the job.
-pub struct SpawnedPipes {
-    pub pid: i32,
-    exit: oneshot::Receiver<ExitStatus>,
-    stdout: std::os::fd::OwnedFd,
-    stderr: std::os::fd::OwnedFd,
+/// Takes ownership of file descriptors received from another process (SCM_RIGHTS).
+pub fn own_received_fds(fds: &[RawFd]) -> Vec<OwnedFd> {
+    // SAFETY: the kernel just installed these descriptors in this process for this message;
+    // nothing else refers to them, so each becomes owned exactly once, here.
+    fds.iter().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect()
 }
 
-impl SpawnedPipes {
-    /// Registers the output pipes with the tokio reactor; must run inside the runtime.
-    pub fn into_async(self) -> io::Result<Spawned> {
-        Ok(Spawned {
-            pid: self.pid,
-            exit: self.exit,
-            stdout: pipe::Receiver::from_owned_fd(self.stdout)?,
-            stderr: pipe::Receiver::from_owned_fd(self.stderr)?,
-        })
-    }
-}
-
-fn resolve_program(name: &str, path_var: &str, cwd: &Path) -> Result<PathBuf, SpawnError> {
+pub(crate) fn resolve_program(name: &str, path_var: &str, cwd: &Path) -> Result<PathBuf, SpawnError> {
     let check = |p: &Path| -> Result<(), SpawnError> {
         match std::fs::metadata(p) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),

@@ -17,6 +17,7 @@ pub mod reason {
     pub const COMPLETED: &str = "Completed";
     pub const ERROR: &str = "Error";
     pub const START_ERROR: &str = "StartError";
+    pub const CONTAINER_STATUS_UNKNOWN: &str = "ContainerStatusUnknown";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +106,8 @@ pub struct ContainerStatus {
     pub pid: Option<i32>,
     /// `containerID` of the current or last run.
     pub container_id: Option<String>,
+    /// The supervisor directory of the current run, while it runs.
+    pub run_dir: Option<std::path::PathBuf>,
 }
 
 impl ContainerStatus {
@@ -121,6 +124,7 @@ impl ContainerStatus {
             ready: false,
             pid: None,
             container_id: None,
+            run_dir: None,
         }
     }
 

@@ -145,6 +145,8 @@ impl Server {
             "100ms".into(),
             "--backoff-max".into(),
             "400ms".into(),
+            "--shim-path".into(),
+            env!("CARGO_BIN_EXE_procnode").into(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let config = procnode::Config::parse_from_env_free(args);
