@@ -20,9 +20,9 @@ const SLEEPER: &str = include_str!("pod-sleeper.json");
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    // procnode starts this same executable as `bench shim RUN_DIR` for each container.
+    // procnode starts this same executable as `bench shim NAME` for each container.
     if args.len() == 3 && args[1] == "shim" {
-        std::process::exit(procnode::runtime::shim::main(std::path::Path::new(&args[2])));
+        std::process::exit(procnode::runtime::shim::main(&args[2]));
     }
     if args.get(1).map(String::as_str) == Some("--serve") {
         serve(&args[2..]);

@@ -3,10 +3,10 @@ use procnode::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    // `procnode shim RUN_DIR`: the per-container supervisor, plain blocking code.
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `procnode shim NAME`: the per-container supervisor, plain blocking code.
+    let args: Vec<String> = std::env::args().collect();
     if args.len() == 3 && args[1] == "shim" {
-        let code = procnode::runtime::shim::main(std::path::Path::new(&args[2]));
+        let code = procnode::runtime::shim::main(&args[2]);
         return std::process::ExitCode::from(code as u8);
     }
     serve()

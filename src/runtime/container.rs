@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
@@ -16,7 +16,6 @@ use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::process::{self, SpawnRequest};
-use super::shim;
 use super::supervisor::{self, Event, Supervised};
 use super::status::{reason, ContainerState, RestartPolicy, Termination};
 use super::{env, Settings};
@@ -41,14 +40,14 @@ pub enum Outcome {
 }
 
 /// Runs container `idx` of `entry` until it finishes for good or the pod is stopped. With
-/// `resume`, the first run is the one already under the supervisor in that run directory
-/// (procnode restarted while it ran).
+/// `resume`, the first run is the one already under the supervisor of that name (procnode
+/// restarted while it ran).
 pub async fn supervise(
     entry: Arc<PodEntry>,
     idx: usize,
     policy: RestartPolicy,
     settings: Arc<Settings>,
-    mut resume: Option<PathBuf>,
+    mut resume: Option<String>,
 ) -> Outcome {
     let mut stop = entry.stop_receiver();
     let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
@@ -63,7 +62,7 @@ pub async fn supervise(
         }
         let started = Instant::now();
         let attempt = match resuming {
-            Some(dir) => resume_run(&entry, idx, &dir).await,
+            Some(name) => resume_run(&entry, idx, &name).await,
             None => start(&entry, idx, &settings, !first_run).await,
         };
         let (termination, supervised) = match attempt {
@@ -100,7 +99,7 @@ pub async fn supervise(
         let message = termination.message.clone();
         entry.update_container(idx, |c| {
             c.pid = None;
-            c.run_dir = None;
+            c.supervisor = None;
             c.ready = false;
             if restarts {
                 let (reason, message) = if start_failed {
@@ -124,11 +123,9 @@ pub async fn supervise(
                 c.state = ContainerState::Terminated(termination);
             }
         });
-        // The exit is recorded: the supervisor may go, and its directory with it.
+        // The exit is recorded: the supervisor may go.
         if let Some(sup) = supervised {
-            let dir = sup.run_dir.clone();
             sup.release().await;
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         }
         if stopped {
             return Outcome::Stopped;
@@ -197,8 +194,8 @@ async fn start(
     }
     let req = SpawnRequest { argv, env, cwd };
     let run_no = entry.update_container(idx, |c| c.restart_count as u64 + u64::from(restart));
-    let run_dir = settings.run_dir(entry, idx, run_no);
-    let (sup, _shim_exit) = supervisor::launch(&settings.shim_exe, &run_dir, &req)
+    let name = settings.supervisor_name(entry, idx, run_no);
+    let (sup, _shim_exit) = supervisor::launch(&settings.shim_exe, &name, &req)
         .await
         .map_err(start_error)?;
     let started_at = Timestamp::from_nanosecond(sup.started_ns as i128).unwrap_or_else(|_| Timestamp::now());
@@ -208,7 +205,7 @@ async fn start(
         }
         c.state = ContainerState::Running { started_at };
         c.pid = Some(sup.pid);
-        c.run_dir = Some(run_dir.clone());
+        c.supervisor = Some(name.clone());
         c.container_id = Some(format!("procnode://{}", sup.pid));
         // Without a readiness probe, a running container is ready.
         c.ready = true;
@@ -217,9 +214,9 @@ async fn start(
 }
 
 /// Takes back a run that was under way when procnode stopped: attach to its supervisor, or,
-/// if that is gone, report the exit it recorded (or that the exit is unknown).
-async fn resume_run(entry: &Arc<PodEntry>, idx: usize, run_dir: &Path) -> Result<Supervised, Termination> {
-    match supervisor::attach(run_dir).await {
+/// if that is gone, report that the exit is unknown (and stop what may be left of it).
+async fn resume_run(entry: &Arc<PodEntry>, idx: usize, name: &str) -> Result<Supervised, Termination> {
+    match supervisor::attach(name).await {
         Ok(sup) => Ok(sup),
         Err(_) => {
             let (started_at, container_id, pid) = entry.update_container(idx, |c| {
@@ -229,36 +226,10 @@ async fn resume_run(entry: &Arc<PodEntry>, idx: usize, run_dir: &Path) -> Result
                 };
                 (started, c.container_id.clone(), c.pid)
             });
-            let dir = run_dir.to_path_buf();
-            let recorded = tokio::task::spawn_blocking(move || {
-                let e = shim::read_exit_file(&dir);
-                let _ = std::fs::remove_dir_all(&dir);
-                e
-            })
-            .await
-            .ok()
-            .flatten();
-            Err(match recorded {
-                Some(e) => {
-                    let code = e.status.exit_code();
-                    Termination {
-                        exit_code: code,
-                        signal: e.status.signal(),
-                        reason: if code == 0 { reason::COMPLETED } else { reason::ERROR }.into(),
-                        message: None,
-                        started_at,
-                        finished_at: Timestamp::from_nanosecond(e.finished_ns as i128).unwrap_or_else(|_| Timestamp::now()),
-                        container_id,
-                    }
-                }
-                None => {
-                    // Nobody supervises what may be left of it: stop it.
-                    if let Some(pid) = pid {
-                        process::signal_group(pid, Signal::SIGKILL);
-                    }
-                    supervisor_gone(started_at, container_id)
-                }
-            })
+            if let Some(pid) = pid {
+                process::signal_group(pid, Signal::SIGKILL);
+            }
+            Err(supervisor_gone(started_at, container_id))
         }
     }
 }

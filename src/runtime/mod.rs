@@ -73,14 +73,20 @@ impl Settings {
             .join(pod_dir_name(&entry.key, &entry.uid))
     }
 
-    /// The supervisor directory of run `run` of container `idx`. Kept short: it holds a unix
-    /// socket, whose path may not exceed 107 bytes.
-    pub fn run_dir(&self, entry: &PodEntry, idx: usize, run: u64) -> PathBuf {
-        let id = format!("{}/{}/{}/{idx}/{run}", entry.key.namespace, entry.key.name, entry.uid);
-        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        self.state_dir.join("run").join(format!("{hash:016x}"))
+    /// The name (abstract unix socket) of the supervisor of run `run` of container `idx`:
+    /// unique per state directory, pod, container and run.
+    pub fn supervisor_name(&self, entry: &PodEntry, idx: usize, run: u64) -> String {
+        let fnv = |text: &str| {
+            text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+        };
+        let id = format!("{}/{}/{}", entry.key.namespace, entry.key.name, entry.uid);
+        format!(
+            "procnode/{:016x}/{:016x}/{idx}/{run}",
+            fnv(&self.state_dir.to_string_lossy()),
+            fnv(&id)
+        )
     }
 
     /// Where the pod's log files go (one subdirectory per container), when they are enabled.

@@ -128,25 +128,27 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)
 }
 
-/// A supervisor process just started: its pid, its exit, and the pipe on which it reports
-/// whether the container started.
+/// A supervisor process just started: its pid, its exit, and procnode's end of the socket
+/// that is the supervisor's stdin (its first connection).
 pub struct SpawnedShim {
     pub pid: i32,
     pub exit: oneshot::Receiver<ExitStatus>,
-    pub handshake: OwnedFd,
+    pub socket: std::os::unix::net::UnixStream,
 }
 
-/// Starts `exe shim RUN_DIR` (the per-container supervisor) in a process group of its own, so
-/// that signals meant for procnode (a Ctrl-C in a terminal) do not reach it. Blocks for the
-/// duration of posix_spawn; call it from a blocking context.
-pub fn spawn_shim(exe: &Path, run_dir: &Path) -> Result<SpawnedShim, SpawnError> {
-    let (hs_r, hs_w) = pipe()?;
+/// Starts `exe shim NAME` (the per-container supervisor) with one end of a fresh socket pair
+/// as its stdin, in a process group of its own so that signals meant for procnode (a Ctrl-C in
+/// a terminal) do not reach it. Blocks for the duration of posix_spawn; call it from a
+/// blocking context.
+pub fn spawn_shim(exe: &Path, name: &str) -> Result<SpawnedShim, SpawnError> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| SpawnError::Exec(exe.display().to_string(), e))?;
     let mut cmd = Command::new(exe);
     cmd.arg("shim")
-        .arg(run_dir)
+        .arg(name)
         .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(hs_w))
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0);
     let reaper = Reaper::get();
@@ -154,7 +156,7 @@ pub fn spawn_shim(exe: &Path, run_dir: &Path) -> Result<SpawnedShim, SpawnError>
     let child = cmd
         .spawn()
         .map_err(|e| SpawnError::Exec(exe.display().to_string(), e))?;
-    // Dropping `cmd` closes our copy of the write end.
+    // Dropping `cmd` closes our copy of the supervisor's end.
     drop(cmd);
     let pid = child.id() as i32;
     // A std Child does not wait on drop; the reaper owns the exit from here on.
@@ -162,7 +164,7 @@ pub fn spawn_shim(exe: &Path, run_dir: &Path) -> Result<SpawnedShim, SpawnError>
     Ok(SpawnedShim {
         pid,
         exit: reaper.register(pid, ticket),
-        handshake: hs_r,
+        socket: ours,
     })
 }
 

@@ -1,39 +1,37 @@
-//! The per-container supervisor ("shim"): `procnode shim RUN_DIR`, one process per container
-//! run, so that a container outlives a procnode crash or upgrade and its exit status is never
-//! lost.
+//! The per-container supervisor ("shim"): `procnode shim NAME`, one process per container run,
+//! so that a container outlives a procnode crash or upgrade and its exit status is not lost.
 //!
-//! It reads the run's [`SpawnRequest`] from `RUN_DIR/spec.json`, makes itself the child
-//! subreaper of the container (orphans of the container are reaped here), creates the output
-//! pipes, starts the container in a new process group, and reports `OK PID` or `ERR MESSAGE` on
-//! its stdout. Then it serves `RUN_DIR/sock`: each procnode that connects receives a
-//! [`Message::Hello`] carrying the read ends of the two output pipes (SCM_RIGHTS), so a
-//! restarted procnode reads the same pipes; output written while no procnode reads waits in the
-//! pipe (the writer blocks when it is full, nothing is dropped). When the container exits the
-//! shim ends what is left of its process group, writes `RUN_DIR/exit.json` and sends
-//! [`Message::Exited`]; it exits once procnode answers `release` (after recording the exit).
+//! Its stdin is a unix socket to the procnode that started it. It reads the run's
+//! [`SpawnRequest`] (one JSON line) from there, makes itself the child subreaper of the
+//! container (orphans of the container are reaped here), creates the output pipes and starts the
+//! container in a new process group. It answers with [`Message::Hello`], carrying the read ends
+//! of the two output pipes (SCM_RIGHTS), or [`Message::Failed`]. It also listens on the abstract
+//! unix socket `NAME` (no file system entry; only processes of its own uid are served), where a
+//! restarted procnode gets the same hello and the same pipes. Output written while no procnode
+//! reads waits in the pipe (the writer blocks when it is full; nothing is dropped).
 //!
-//! The shim is plain blocking code (poll on a signalfd, the listening socket and the current
-//! connection): no async runtime, no threads.
+//! When the container exits the shim ends what is left of its process group and sends
+//! [`Message::Exited`], then keeps the status until a procnode answers `release` (after
+//! recording it), and exits.
+//!
+//! Plain blocking code: poll on a signalfd, the listening socket and the current connection; no
+//! async runtime, no threads, no files.
 
-use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::io::{self, BufRead, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::process::Stdio;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use nix::sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::process::{self, ExitStatus, SpawnRequest};
-
-pub const SPEC_FILE: &str = "spec.json";
-pub const SOCKET_FILE: &str = "sock";
-pub const EXIT_FILE: &str = "exit.json";
 
 /// The container's exit as the shim saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,60 +46,69 @@ pub struct Exited {
 pub enum Message {
     /// Sent on every connection, with the two pipe read ends (stdout, stderr) attached.
     Hello { pid: i32, started_ns: i64 },
+    /// The container could not be started; the shim exits.
+    Failed { message: String },
     Exited(Exited),
 }
 
+pub fn line(m: &Message) -> String {
+    let mut s = serde_json::to_string(m).expect("message serialises");
+    s.push('\n');
+    s
+}
+
+/// The abstract socket address of the shim called `name`.
+pub fn address(name: &str) -> io::Result<SocketAddr> {
+    SocketAddr::from_abstract_name(name.as_bytes())
+}
+
 /// Runs the shim; returns the process exit code.
-pub fn main(run_dir: &Path) -> i32 {
-    match run(run_dir) {
+pub fn main(name: &str) -> i32 {
+    let Ok(first) = io::stdin().as_fd().try_clone_to_owned() else {
+        return 2;
+    };
+    let mut first = UnixStream::from(first);
+    match run(name, &mut first) {
         Ok(()) => 0,
         Err(e) => {
-            // Before the handshake this reaches procnode; after it, stdout is gone and the
-            // error only shows in the exit code.
-            let _ = writeln!(io::stdout(), "ERR supervisor: {e}");
+            let _ = first.write_all(line(&Message::Failed { message: format!("supervisor: {e}") }).as_bytes());
             1
         }
     }
 }
 
-fn run(run_dir: &Path) -> io::Result<()> {
-    let spec: SpawnRequest = serde_json::from_slice(&std::fs::read(run_dir.join(SPEC_FILE))?)
-        .map_err(io::Error::other)?;
+fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
+    let mut spec_line = String::new();
+    io::BufReader::new(&*first).read_line(&mut spec_line)?;
+    let spec: SpawnRequest = serde_json::from_str(&spec_line).map_err(io::Error::other)?;
     nix::sys::prctl::set_child_subreaper(true)?;
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block()?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    let listener = UnixListener::bind_addr(&address(name)?)?;
 
     let (out_r, out_w) = process::pipe().map_err(io::Error::other)?;
     let (err_r, err_w) = process::pipe().map_err(io::Error::other)?;
-    let sock_path = run_dir.join(SOCKET_FILE);
-    let _ = std::fs::remove_file(&sock_path);
-    let listener = UnixListener::bind(&sock_path)?;
-
-    let child = process::command(&spec, Stdio::from(out_w), Stdio::from(err_w))
-        .and_then(|mut cmd| {
-            let first = spec.argv.first().cloned().unwrap_or_default();
-            cmd.spawn().map_err(|e| process::SpawnError::Exec(first, e))
-        });
+    let child = process::command(&spec, Stdio::from(out_w), Stdio::from(err_w)).and_then(|mut cmd| {
+        let first = spec.argv.first().cloned().unwrap_or_default();
+        cmd.spawn().map_err(|e| process::SpawnError::Exec(first, e))
+    });
     let pid = match child {
         Ok(child) => child.id() as i32,
         Err(e) => {
-            let mut out = io::stdout();
-            writeln!(out, "ERR {e}")?;
-            out.flush()?;
+            first.write_all(line(&Message::Failed { message: e.to_string() }).as_bytes())?;
             return Ok(());
         }
     };
-    let started_ns = crate::logs::now_ns();
-    {
-        let mut out = io::stdout();
-        writeln!(out, "OK {pid}")?;
-        out.flush()?;
-    }
-    let hello = line(&Message::Hello { pid, started_ns });
+    let hello = line(&Message::Hello {
+        pid,
+        started_ns: crate::logs::now_ns(),
+    });
+    let pipes = [out_r, err_r];
+    let mut conn = greet(first.try_clone()?, &hello, &pipes, None);
+    let my_uid = nix::unistd::geteuid().as_raw();
 
-    let mut conn: Option<UnixStream> = None;
     let mut exited: Option<Exited> = None;
     loop {
         let (sig_ready, accept_ready, conn_ready) = {
@@ -131,7 +138,6 @@ fn run(run_dir: &Path) -> io::Result<()> {
                         status,
                         finished_ns: crate::logs::now_ns(),
                     };
-                    write_atomic(&run_dir.join(EXIT_FILE), line(&Message::Exited(e)).as_bytes())?;
                     exited = Some(e);
                     if let Some(c) = conn.as_mut() {
                         if c.write_all(line(&Message::Exited(e)).as_bytes()).is_err() {
@@ -142,19 +148,13 @@ fn run(run_dir: &Path) -> io::Result<()> {
             }
         }
         if accept_ready {
-            if let Ok((mut c, _)) = listener.accept() {
-                let fds = [out_r.as_raw_fd(), err_r.as_raw_fd()];
-                let sent = sendmsg::<()>(
-                    c.as_raw_fd(),
-                    &[IoSlice::new(hello.as_bytes())],
-                    &[ControlMessage::ScmRights(&fds)],
-                    MsgFlags::empty(),
-                    None,
-                );
-                let ok = sent.is_ok()
-                    && exited.is_none_or(|e| c.write_all(line(&Message::Exited(e)).as_bytes()).is_ok());
-                // A newer procnode replaces an older connection.
-                conn = ok.then_some(c);
+            if let Ok((c, _)) = listener.accept() {
+                // Only a process of our own user may take the pipes or release us.
+                let same_user = getsockopt(&c, sockopt::PeerCredentials).is_ok_and(|cred| cred.uid() == my_uid);
+                if same_user {
+                    // A newer procnode replaces an older connection.
+                    conn = greet(c, &hello, &pipes, exited).or(conn);
+                }
             }
         }
         if conn_ready {
@@ -162,7 +162,6 @@ fn run(run_dir: &Path) -> io::Result<()> {
             match conn.as_mut().map(|c| c.read(&mut buf)) {
                 Some(Ok(n)) if n > 0 => {
                     if exited.is_some() && buf[..n].windows(7).any(|w| w == b"release") {
-                        // Reap what is left (orphans) and go.
                         while reap_any() {}
                         return Ok(());
                     }
@@ -173,14 +172,29 @@ fn run(run_dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Sends the hello (with the pipes) and, if known, the exit. `None` if the peer is gone.
+fn greet(mut c: UnixStream, hello: &str, pipes: &[OwnedFd; 2], exited: Option<Exited>) -> Option<UnixStream> {
+    let fds = [pipes[0].as_raw_fd(), pipes[1].as_raw_fd()];
+    sendmsg::<()>(
+        c.as_raw_fd(),
+        &[IoSlice::new(hello.as_bytes())],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .ok()?;
+    if let Some(e) = exited {
+        c.write_all(line(&Message::Exited(e)).as_bytes()).ok()?;
+    }
+    Some(c)
+}
+
 /// Reaps every exited child; returns the main child's status if it was among them.
 fn reap(main: i32) -> Option<ExitStatus> {
     let mut found = None;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(p, code)) if p.as_raw() == main => {
-                found = Some(ExitStatus::Exited(code))
-            }
+            Ok(WaitStatus::Exited(p, code)) if p.as_raw() == main => found = Some(ExitStatus::Exited(code)),
             Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == main => {
                 found = Some(ExitStatus::Signaled(sig as i32))
             }
@@ -195,29 +209,4 @@ fn reap_any() -> bool {
         waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)),
         Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..))
     )
-}
-
-fn line(m: &Message) -> String {
-    let mut s = serde_json::to_string(m).expect("message serialises");
-    s.push('\n');
-    s
-}
-
-/// Writes `data` to `path` atomically: a temporary file, fsync, rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
-
-/// The exit a shim recorded, if any (used when the shim itself is gone).
-pub fn read_exit_file(run_dir: &Path) -> Option<Exited> {
-    let text = std::fs::read_to_string(run_dir.join(EXIT_FILE)).ok()?;
-    match serde_json::from_str(text.trim()).ok()? {
-        Message::Exited(e) => Some(e),
-        Message::Hello { .. } => None,
-    }
 }

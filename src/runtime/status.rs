@@ -106,8 +106,8 @@ pub struct ContainerStatus {
     pub pid: Option<i32>,
     /// `containerID` of the current or last run.
     pub container_id: Option<String>,
-    /// The supervisor directory of the current run, while it runs.
-    pub run_dir: Option<std::path::PathBuf>,
+    /// The supervisor of the current run, while it runs.
+    pub supervisor: Option<String>,
 }
 
 impl ContainerStatus {
@@ -124,7 +124,7 @@ impl ContainerStatus {
             ready: false,
             pid: None,
             container_id: None,
-            run_dir: None,
+            supervisor: None,
         }
     }
 

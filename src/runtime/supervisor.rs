@@ -1,10 +1,10 @@
 //! procnode's side of the per-container supervisor ([`super::shim`]): start one for a container
-//! run ([`launch`]), or attach to one that is already running ([`attach`], also after a procnode
-//! restart), and then read its events and the container's output pipes.
+//! run ([`launch`]), or attach to one that is already running ([`attach`], e.g. after a procnode
+//! restart); then read its events and the container's output pipes.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSliceMut, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -22,7 +22,6 @@ pub struct Supervised {
     pub started_ns: i64,
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
-    pub run_dir: PathBuf,
     pub events: Events,
     writer: OwnedWriteHalf,
 }
@@ -42,103 +41,111 @@ pub enum Event {
     Gone,
 }
 
-/// Starts a supervisor for `req` in `run_dir` and attaches to it. `Err` is the message to show
-/// in the container's status when the container could not be started. Also returns the
-/// supervisor's own exit, which procnode collects as its parent.
+/// Starts a supervisor called `name` for `req` and takes the container's pipes from it. `Err`
+/// is the message to show in the container's status when the container could not be started.
+/// Also returns the supervisor's own exit, which procnode collects as its parent.
 pub async fn launch(
     shim_exe: &Path,
-    run_dir: &Path,
+    name: &str,
     req: &SpawnRequest,
 ) -> Result<(Supervised, oneshot::Receiver<ExitStatus>), String> {
-    let spec = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    let (exe, dir) = (shim_exe.to_path_buf(), run_dir.to_path_buf());
-    let spawned = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(dir.join(shim::SPEC_FILE), &spec))
-            .map_err(|e| format!("preparing supervisor directory {}: {e}", dir.display()))?;
-        process::spawn_shim(&exe, &dir).map_err(|e| e.to_string())
+    let mut spec = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    spec.push(b'\n');
+    let (exe, shim_name) = (shim_exe.to_path_buf(), name.to_string());
+    let (greeting, exit) = tokio::task::spawn_blocking(move || {
+        let mut spawned = process::spawn_shim(&exe, &shim_name).map_err(|e| e.to_string())?;
+        spawned
+            .socket
+            .write_all(&spec)
+            .map_err(|e| format!("sending the container spec to its supervisor: {e}"))?;
+        let greeting = receive_greeting(spawned.socket)
+            .map_err(|e| format!("supervisor did not start the container: {e}"))?;
+        Ok::<_, String>((greeting, spawned.exit))
     })
     .await
     .map_err(|e| e.to_string())??;
-    let answer = read_handshake(spawned.handshake)
-        .await
-        .map_err(|e| format!("supervisor handshake: {e}"))?;
-    match answer.split_once(' ') {
-        Some(("OK", _)) => {}
-        Some(("ERR", message)) => return Err(message.to_string()),
-        _ => return Err(format!("supervisor failed to start ({answer:?})")),
-    }
-    let sup = attach(run_dir)
-        .await
-        .map_err(|e| format!("attaching to supervisor: {e}"))?;
-    Ok((sup, spawned.exit))
+    let sup = into_supervised(greeting).map_err(|e| match e {
+        GreetingError::Failed(message) => message,
+        GreetingError::Io(e) => format!("supervisor: {e}"),
+    })?;
+    Ok((sup, exit))
 }
 
-async fn read_handshake(fd: std::os::fd::OwnedFd) -> io::Result<String> {
-    let rx = pipe::Receiver::from_owned_fd(fd)?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
-    loop {
-        rx.readable().await?;
-        match rx.try_read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.contains(&b'\n') {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text.lines().next().unwrap_or("").to_string())
-}
-
-/// Connects to the supervisor in `run_dir` and takes the container's output pipes from it.
-pub async fn attach(run_dir: &Path) -> io::Result<Supervised> {
-    let dir = run_dir.to_path_buf();
-    let (stream, hello, fds) = tokio::task::spawn_blocking(move || {
-        let stream = std::os::unix::net::UnixStream::connect(dir.join(shim::SOCKET_FILE))?;
-        let mut data = vec![0u8; 4096];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
-        let (n, raw) = {
-            let mut iov = [IoSliceMut::new(&mut data)];
-            let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
-            let mut raw = Vec::new();
-            for c in msg.cmsgs()? {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    raw.extend(fds);
-                }
-            }
-            (msg.bytes, raw)
-        };
-        let fds = process::own_received_fds(&raw);
-        data.truncate(n);
-        io::Result::Ok((stream, data, fds))
+/// Connects to the running supervisor called `name` and takes the container's pipes from it.
+pub async fn attach(name: &str) -> io::Result<Supervised> {
+    let shim_name = name.to_string();
+    let greeting = tokio::task::spawn_blocking(move || {
+        let stream = std::os::unix::net::UnixStream::connect_addr(&shim::address(&shim_name)?)?;
+        receive_greeting(stream)
     })
     .await
     .map_err(io::Error::other)??;
-    let mut fds = fds.into_iter();
-    let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
-        return Err(io::Error::other("supervisor sent no output pipes"));
+    into_supervised(greeting).map_err(|e| match e {
+        GreetingError::Failed(message) => io::Error::other(message),
+        GreetingError::Io(e) => e,
+    })
+}
+
+struct Greeting {
+    stream: std::os::unix::net::UnixStream,
+    text: String,
+    fds: Vec<std::os::fd::OwnedFd>,
+}
+
+enum GreetingError {
+    Failed(String),
+    Io(io::Error),
+}
+
+/// Reads the first message (with any file descriptors) from a supervisor socket.
+fn receive_greeting(stream: std::os::unix::net::UnixStream) -> io::Result<Greeting> {
+    let mut data = vec![0u8; 8192];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let (n, raw) = {
+        let mut iov = [IoSliceMut::new(&mut data)];
+        let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let mut raw = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                raw.extend(fds);
+            }
+        }
+        (msg.bytes, raw)
     };
-    let text = String::from_utf8_lossy(&hello).to_string();
-    let mut lines = text.lines();
+    let fds = process::own_received_fds(&raw);
+    data.truncate(n);
+    Ok(Greeting {
+        stream,
+        text: String::from_utf8_lossy(&data).into_owned(),
+        fds,
+    })
+}
+
+fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
+    let mut lines = g.text.lines();
     let (pid, started_ns) = match lines.next().map(serde_json::from_str::<Message>) {
         Some(Ok(Message::Hello { pid, started_ns })) => (pid, started_ns),
-        other => return Err(io::Error::other(format!("unexpected supervisor greeting: {other:?}"))),
+        Some(Ok(Message::Failed { message })) => return Err(GreetingError::Failed(message)),
+        None => return Err(GreetingError::Failed("supervisor exited before starting the container".into())),
+        other => {
+            return Err(GreetingError::Io(io::Error::other(format!(
+                "unexpected supervisor greeting: {other:?}"
+            ))))
+        }
+    };
+    let mut fds = g.fds.into_iter();
+    let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
+        return Err(GreetingError::Io(io::Error::other("supervisor sent no output pipes")));
     };
     let pending = lines.map(str::to_string).collect();
-    stream.set_nonblocking(true)?;
-    let (read, writer) = tokio::net::UnixStream::from_std(stream)?.into_split();
+    let io_err = GreetingError::Io;
+    g.stream.set_nonblocking(true).map_err(io_err)?;
+    let (read, writer) = tokio::net::UnixStream::from_std(g.stream).map_err(io_err)?.into_split();
     Ok(Supervised {
         pid,
         started_ns,
-        stdout: pipe::Receiver::from_owned_fd(out)?,
-        stderr: pipe::Receiver::from_owned_fd(err)?,
-        run_dir: run_dir.to_path_buf(),
+        stdout: pipe::Receiver::from_owned_fd(out).map_err(io_err)?,
+        stderr: pipe::Receiver::from_owned_fd(err).map_err(io_err)?,
         events: Events {
             lines: BufReader::new(read).lines(),
             pending,
