@@ -137,7 +137,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub pid_pressure_percent: u8,
 
-    /// The executable started as `EXE shim RUN_DIR` to supervise each container (this procnode
+    /// How containers are held: `shim` starts each under its own small supervisor process, so
+    /// it keeps running (and its exit status is kept) across a procnode crash or upgrade;
+    /// `none` makes each container procnode's own child: faster to start, but it does not
+    /// survive procnode.
+    #[arg(long, env = "PROCNODE_SUPERVISOR", value_enum, default_value_t = SupervisorMode::Shim)]
+    pub supervisor: SupervisorMode,
+
+    /// The executable started as `EXE shim NAME` to supervise each container (this procnode
     /// binary by default).
     #[arg(long, env = "PROCNODE_SHIM_PATH")]
     pub shim_path: Option<PathBuf>,
@@ -145,6 +152,12 @@ pub struct Config {
     /// Log format of procnode's own logs on stderr.
     #[arg(long, env = "PROCNODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SupervisorMode {
+    Shim,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -501,3 +501,76 @@ async fn shutdown_stops_every_pod() {
         assert!(group_members(pgid).0.is_empty());
     }
 }
+
+#[tokio::test]
+async fn without_supervisors_containers_are_procnodes_own_children() {
+    let srv = Server::start(&["--supervisor", "none"]).await;
+    let p = pod("direct", &sh("echo hi; sleep 300 & wait"), "Always");
+    srv.create(&p).await;
+    let s = srv
+        .wait_status("direct", "Running", |s| phase(s) == "Running")
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: u32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        ppid,
+        std::process::id(),
+        "the container's parent is procnode itself"
+    );
+    let once = pod("direct-once", &sh("exit 4"), "Never");
+    srv.create(&once).await;
+    let s = srv
+        .wait_status("direct-once", "Failed", |s| phase(s) == "Failed")
+        .await;
+    assert_eq!(container(&s, "main")["state"]["terminated"]["exitCode"], 4);
+    srv.delete(&p).await;
+    srv.delete(&once).await;
+    assert!(group_members(pid).0.is_empty());
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn each_container_runs_under_its_own_supervisor() {
+    let srv = Server::start(&[]).await;
+    let p = pod("shimmed", &["sleep", "300"], "Always");
+    srv.create(&p).await;
+    let s = srv
+        .wait_status("shimmed", "Running", |s| phase(s) == "Running")
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    let parent = |pid: u32| -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let shim = parent(pid as u32);
+    assert_ne!(shim, std::process::id());
+    assert_eq!(
+        parent(shim),
+        std::process::id(),
+        "the supervisor is procnode's child"
+    );
+    let cmdline = std::fs::read_to_string(format!("/proc/{shim}/cmdline")).unwrap();
+    assert!(cmdline.split('\0').nth(1) == Some("shim"), "{cmdline:?}");
+    srv.delete(&p).await;
+    support::wait_until("supervisor to exit", Duration::from_secs(10), || async {
+        (!support::pid_alive(shim as i32)).then_some(())
+    })
+    .await;
+    srv.stop().await;
+}

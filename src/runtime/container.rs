@@ -5,8 +5,8 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::process::{self, SpawnRequest};
-use super::supervisor::{self, Event, Supervised};
 use super::status::{reason, ContainerState, RestartPolicy, Termination};
+use super::supervisor::{self, Event, Supervised};
 use super::{env, Settings};
 use crate::logs::{now_ns, LogSlot, Stream};
 use crate::store::PodEntry;
@@ -68,7 +68,8 @@ pub async fn supervise(
         let (termination, supervised) = match attempt {
             Err(termination) => (termination, None),
             Ok(mut sup) => {
-                let started_at = Timestamp::from_nanosecond(sup.started_ns as i128).unwrap_or_else(|_| Timestamp::now());
+                let started_at = Timestamp::from_nanosecond(sup.started_ns as i128)
+                    .unwrap_or_else(|_| Timestamp::now());
                 let container_id = format!("procnode://{}", sup.pid);
                 let end = run(&mut sup, &entry, idx, &mut stop).await;
                 let termination = match end {
@@ -77,7 +78,12 @@ pub async fn supervise(
                         Termination {
                             exit_code: code,
                             signal: e.status.signal(),
-                            reason: if code == 0 { reason::COMPLETED } else { reason::ERROR }.into(),
+                            reason: if code == 0 {
+                                reason::COMPLETED
+                            } else {
+                                reason::ERROR
+                            }
+                            .into(),
                             message: None,
                             started_at: Some(started_at),
                             finished_at: Timestamp::from_nanosecond(e.finished_ns as i128)
@@ -194,18 +200,24 @@ async fn start(
     }
     let req = SpawnRequest { argv, env, cwd };
     let run_no = entry.update_container(idx, |c| c.restart_count as u64 + u64::from(restart));
-    let name = settings.supervisor_name(entry, idx, run_no);
-    let (sup, _shim_exit) = supervisor::launch(&settings.shim_exe, &name, &req)
-        .await
-        .map_err(start_error)?;
-    let started_at = Timestamp::from_nanosecond(sup.started_ns as i128).unwrap_or_else(|_| Timestamp::now());
+    let (sup, name) = if settings.supervise {
+        let name = settings.supervisor_name(entry, idx, run_no);
+        let (sup, _shim_exit) = supervisor::launch(&settings.shim_exe, &name, &req)
+            .await
+            .map_err(start_error)?;
+        (sup, Some(name))
+    } else {
+        (supervisor::direct(req).await.map_err(start_error)?, None)
+    };
+    let started_at =
+        Timestamp::from_nanosecond(sup.started_ns as i128).unwrap_or_else(|_| Timestamp::now());
     entry.update_container(idx, |c| {
         if restart {
             c.restart_count += 1;
         }
         c.state = ContainerState::Running { started_at };
         c.pid = Some(sup.pid);
-        c.supervisor = Some(name.clone());
+        c.supervisor = name;
         c.container_id = Some(format!("procnode://{}", sup.pid));
         // Without a readiness probe, a running container is ready.
         c.ready = true;
@@ -215,7 +227,11 @@ async fn start(
 
 /// Takes back a run that was under way when procnode stopped: attach to its supervisor, or,
 /// if that is gone, report that the exit is unknown (and stop what may be left of it).
-async fn resume_run(entry: &Arc<PodEntry>, idx: usize, name: &str) -> Result<Supervised, Termination> {
+async fn resume_run(
+    entry: &Arc<PodEntry>,
+    idx: usize,
+    name: &str,
+) -> Result<Supervised, Termination> {
     match supervisor::attach(name).await {
         Ok(sup) => Ok(sup),
         Err(_) => {

@@ -35,7 +35,9 @@ use crate::store::{NewPod, PodEntry, PodError, PodKey, Store};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub state_dir: PathBuf,
-    /// The executable run as `EXE shim RUN_DIR` to supervise each container.
+    /// Start each container under its own supervisor process (so it survives procnode).
+    pub supervise: bool,
+    /// The executable run as `EXE shim NAME` to supervise each container.
     pub shim_exe: PathBuf,
     pub logs: LogConfig,
     pub max_grace: Duration,
@@ -49,6 +51,7 @@ impl Settings {
     pub fn from_config(config: &Config, node: NodeFacts) -> Settings {
         Settings {
             state_dir: config.state_dir(),
+            supervise: config.supervisor == crate::config::SupervisorMode::Shim,
             shim_exe: config.shim_exe(),
             logs: LogConfig {
                 per_container: config.log_buffer_bytes,
@@ -362,7 +365,13 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
     }
     let mut tasks = JoinSet::new();
     for idx in n_init..n_init + n_app {
-        tasks.spawn(container::supervise(entry.clone(), idx, policy, settings.clone(), None));
+        tasks.spawn(container::supervise(
+            entry.clone(),
+            idx,
+            policy,
+            settings.clone(),
+            None,
+        ));
     }
     while tasks.join_next().await.is_some() {}
     entry.mark_done();

@@ -168,14 +168,50 @@ pub fn spawn_shim(exe: &Path, name: &str) -> Result<SpawnedShim, SpawnError> {
     })
 }
 
+/// A container started directly as procnode's child (no supervisor).
+pub struct SpawnedDirect {
+    pub pid: i32,
+    pub exit: oneshot::Receiver<ExitStatus>,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Starts `req` as a direct child of procnode with its output on pipes. Blocks for the
+/// duration of posix_spawn; call it from a blocking context.
+pub fn spawn_direct(req: &SpawnRequest) -> Result<SpawnedDirect, SpawnError> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let mut cmd = command(req, Stdio::from(out_w), Stdio::from(err_w))?;
+    let reaper = Reaper::get();
+    let ticket = reaper.begin_spawn();
+    let first = req.argv.first().cloned().unwrap_or_default();
+    let child = cmd.spawn().map_err(|e| SpawnError::Exec(first, e))?;
+    // Dropping `cmd` closes our copies of the write ends, so EOF arrives when the group exits.
+    drop(cmd);
+    let pid = child.id() as i32;
+    drop(child);
+    Ok(SpawnedDirect {
+        pid,
+        exit: reaper.register(pid, ticket),
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
 /// Takes ownership of file descriptors received from another process (SCM_RIGHTS).
 pub fn own_received_fds(fds: &[RawFd]) -> Vec<OwnedFd> {
     // SAFETY: the kernel just installed these descriptors in this process for this message;
     // nothing else refers to them, so each becomes owned exactly once, here.
-    fds.iter().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect()
+    fds.iter()
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
 }
 
-pub(crate) fn resolve_program(name: &str, path_var: &str, cwd: &Path) -> Result<PathBuf, SpawnError> {
+pub(crate) fn resolve_program(
+    name: &str,
+    path_var: &str,
+    cwd: &Path,
+) -> Result<PathBuf, SpawnError> {
     let check = |p: &Path| -> Result<(), SpawnError> {
         match std::fs::metadata(p) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),

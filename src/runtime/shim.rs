@@ -45,9 +45,14 @@ pub struct Exited {
 #[serde(rename_all = "camelCase")]
 pub enum Message {
     /// Sent on every connection, with the two pipe read ends (stdout, stderr) attached.
-    Hello { pid: i32, started_ns: i64 },
+    Hello {
+        pid: i32,
+        started_ns: i64,
+    },
     /// The container could not be started; the shim exits.
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
     Exited(Exited),
 }
 
@@ -71,7 +76,12 @@ pub fn main(name: &str) -> i32 {
     match run(name, &mut first) {
         Ok(()) => 0,
         Err(e) => {
-            let _ = first.write_all(line(&Message::Failed { message: format!("supervisor: {e}") }).as_bytes());
+            let _ = first.write_all(
+                line(&Message::Failed {
+                    message: format!("supervisor: {e}"),
+                })
+                .as_bytes(),
+            );
             1
         }
     }
@@ -90,14 +100,20 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
 
     let (out_r, out_w) = process::pipe().map_err(io::Error::other)?;
     let (err_r, err_w) = process::pipe().map_err(io::Error::other)?;
-    let child = process::command(&spec, Stdio::from(out_w), Stdio::from(err_w)).and_then(|mut cmd| {
-        let first = spec.argv.first().cloned().unwrap_or_default();
-        cmd.spawn().map_err(|e| process::SpawnError::Exec(first, e))
-    });
+    let child =
+        process::command(&spec, Stdio::from(out_w), Stdio::from(err_w)).and_then(|mut cmd| {
+            let first = spec.argv.first().cloned().unwrap_or_default();
+            cmd.spawn().map_err(|e| process::SpawnError::Exec(first, e))
+        });
     let pid = match child {
         Ok(child) => child.id() as i32,
         Err(e) => {
-            first.write_all(line(&Message::Failed { message: e.to_string() }).as_bytes())?;
+            first.write_all(
+                line(&Message::Failed {
+                    message: e.to_string(),
+                })
+                .as_bytes(),
+            )?;
             return Ok(());
         }
     };
@@ -125,7 +141,11 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
                 Err(e) => return Err(e.into()),
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]), fds.get(2).is_some_and(ready))
+            (
+                ready(&fds[0]),
+                ready(&fds[1]),
+                fds.get(2).is_some_and(ready),
+            )
         };
         if sig_ready {
             while let Ok(Some(_)) = sigfd.read_signal() {}
@@ -150,7 +170,8 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
         if accept_ready {
             if let Ok((c, _)) = listener.accept() {
                 // Only a process of our own user may take the pipes or release us.
-                let same_user = getsockopt(&c, sockopt::PeerCredentials).is_ok_and(|cred| cred.uid() == my_uid);
+                let same_user =
+                    getsockopt(&c, sockopt::PeerCredentials).is_ok_and(|cred| cred.uid() == my_uid);
                 if same_user {
                     // A newer procnode replaces an older connection.
                     conn = greet(c, &hello, &pipes, exited).or(conn);
@@ -173,7 +194,12 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
 }
 
 /// Sends the hello (with the pipes) and, if known, the exit. `None` if the peer is gone.
-fn greet(mut c: UnixStream, hello: &str, pipes: &[OwnedFd; 2], exited: Option<Exited>) -> Option<UnixStream> {
+fn greet(
+    mut c: UnixStream,
+    hello: &str,
+    pipes: &[OwnedFd; 2],
+    exited: Option<Exited>,
+) -> Option<UnixStream> {
     let fds = [pipes[0].as_raw_fd(), pipes[1].as_raw_fd()];
     sendmsg::<()>(
         c.as_raw_fd(),
@@ -194,7 +220,9 @@ fn reap(main: i32) -> Option<ExitStatus> {
     let mut found = None;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(p, code)) if p.as_raw() == main => found = Some(ExitStatus::Exited(code)),
+            Ok(WaitStatus::Exited(p, code)) if p.as_raw() == main => {
+                found = Some(ExitStatus::Exited(code))
+            }
             Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == main => {
                 found = Some(ExitStatus::Signaled(sig as i32))
             }

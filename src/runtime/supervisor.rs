@@ -1,6 +1,7 @@
 //! procnode's side of the per-container supervisor ([`super::shim`]): start one for a container
 //! run ([`launch`]), or attach to one that is already running ([`attach`], e.g. after a procnode
-//! restart); then read its events and the container's output pipes.
+//! restart); then read its events and the container's output pipes. [`direct`] gives the same
+//! interface for a container started as procnode's own child (`--supervisor none`).
 
 use std::io::{self, IoSliceMut, Write};
 use std::os::fd::AsRawFd;
@@ -23,14 +24,18 @@ pub struct Supervised {
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
     pub events: Events,
-    writer: OwnedWriteHalf,
+    writer: Option<OwnedWriteHalf>,
 }
 
-/// The supervisor's messages after the greeting.
-pub struct Events {
-    lines: Lines<BufReader<OwnedReadHalf>>,
-    /// Lines that arrived together with the greeting.
-    pending: Vec<String>,
+/// Where the container's exit comes from.
+pub enum Events {
+    /// The supervisor's messages after the greeting, and lines that arrived with it.
+    Shim {
+        lines: Lines<BufReader<OwnedReadHalf>>,
+        pending: Vec<String>,
+    },
+    /// procnode's own reaper.
+    Direct(Option<oneshot::Receiver<ExitStatus>>),
 }
 
 /// What a supervisor reports.
@@ -103,7 +108,12 @@ fn receive_greeting(stream: std::os::unix::net::UnixStream) -> io::Result<Greeti
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
     let (n, raw) = {
         let mut iov = [IoSliceMut::new(&mut data)];
-        let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
         let mut raw = Vec::new();
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(fds) = c {
@@ -126,7 +136,11 @@ fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
     let (pid, started_ns) = match lines.next().map(serde_json::from_str::<Message>) {
         Some(Ok(Message::Hello { pid, started_ns })) => (pid, started_ns),
         Some(Ok(Message::Failed { message })) => return Err(GreetingError::Failed(message)),
-        None => return Err(GreetingError::Failed("supervisor exited before starting the container".into())),
+        None => {
+            return Err(GreetingError::Failed(
+                "supervisor exited before starting the container".into(),
+            ))
+        }
         other => {
             return Err(GreetingError::Io(io::Error::other(format!(
                 "unexpected supervisor greeting: {other:?}"
@@ -135,40 +149,84 @@ fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
     };
     let mut fds = g.fds.into_iter();
     let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
-        return Err(GreetingError::Io(io::Error::other("supervisor sent no output pipes")));
+        return Err(GreetingError::Io(io::Error::other(
+            "supervisor sent no output pipes",
+        )));
     };
     let pending = lines.map(str::to_string).collect();
     let io_err = GreetingError::Io;
     g.stream.set_nonblocking(true).map_err(io_err)?;
-    let (read, writer) = tokio::net::UnixStream::from_std(g.stream).map_err(io_err)?.into_split();
+    let (read, writer) = tokio::net::UnixStream::from_std(g.stream)
+        .map_err(io_err)?
+        .into_split();
     Ok(Supervised {
         pid,
         started_ns,
         stdout: pipe::Receiver::from_owned_fd(out).map_err(io_err)?,
         stderr: pipe::Receiver::from_owned_fd(err).map_err(io_err)?,
-        events: Events {
+        events: Events::Shim {
             lines: BufReader::new(read).lines(),
             pending,
         },
-        writer,
+        writer: Some(writer),
     })
 }
 
 impl Events {
     /// The next event. Cancel-safe: usable as a `select!` branch.
     pub async fn next(&mut self) -> Event {
-        loop {
-            let line = if self.pending.is_empty() {
-                match self.lines.next_line().await {
-                    Ok(Some(line)) => line,
-                    _ => return Event::Gone,
+        match self {
+            Events::Shim { lines, pending } => loop {
+                let line = if pending.is_empty() {
+                    match lines.next_line().await {
+                        Ok(Some(line)) => line,
+                        _ => return Event::Gone,
+                    }
+                } else {
+                    pending.remove(0)
+                };
+                if let Ok(Message::Exited(e)) = serde_json::from_str(&line) {
+                    return Event::Exited(e);
                 }
-            } else {
-                self.pending.remove(0)
-            };
-            if let Ok(Message::Exited(e)) = serde_json::from_str(&line) {
-                return Event::Exited(e);
+            },
+            Events::Direct(exit) => {
+                let Some(rx) = exit.as_mut() else {
+                    return std::future::pending().await;
+                };
+                let status = rx.await.unwrap_or(ExitStatus::Exited(255));
+                *exit = None;
+                Event::Exited(Exited {
+                    status,
+                    finished_ns: crate::logs::now_ns(),
+                })
             }
+        }
+    }
+}
+
+/// Starts `req` as procnode's own child, without a supervisor: faster to start, but the
+/// container does not survive procnode.
+pub async fn direct(req: SpawnRequest) -> Result<Supervised, String> {
+    let spawned = tokio::task::spawn_blocking(move || process::spawn_direct(&req))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let pid = spawned.pid;
+    let pipes = pipe::Receiver::from_owned_fd(spawned.stdout)
+        .and_then(|out| Ok((out, pipe::Receiver::from_owned_fd(spawned.stderr)?)));
+    match pipes {
+        Ok((stdout, stderr)) => Ok(Supervised {
+            pid,
+            started_ns: crate::logs::now_ns(),
+            stdout,
+            stderr,
+            events: Events::Direct(Some(spawned.exit)),
+            writer: None,
+        }),
+        Err(e) => {
+            // The process started but its output cannot be watched: do not leave it behind.
+            process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            Err(format!("watching output: {e}"))
         }
     }
 }
@@ -176,6 +234,8 @@ impl Events {
 impl Supervised {
     /// Tells the supervisor its exit has been recorded; it then exits.
     pub async fn release(mut self) {
-        let _ = self.writer.write_all(b"release\n").await;
+        if let Some(w) = self.writer.as_mut() {
+            let _ = w.write_all(b"release\n").await;
+        }
     }
 }
