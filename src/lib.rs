@@ -19,6 +19,7 @@ pub mod api;
 pub mod config;
 pub mod logs;
 pub mod node;
+pub mod persist;
 pub mod quantity;
 pub mod runtime;
 pub mod store;
@@ -50,6 +51,13 @@ pub async fn run(
         )
     })?;
     let (runtime, node) = build(&config);
+    for problem in runtime.restore().await {
+        tracing::error!("{problem}");
+    }
+    let restored = runtime.list().len();
+    if restored > 0 {
+        tracing::info!(pods = restored, "restored pods from the state directory");
+    }
     let refresher = tokio::spawn(node.clone().refresh_every(config.host_refresh));
     let app = api::router(api::AppState {
         runtime: runtime.clone(),

@@ -184,6 +184,8 @@ pub struct PodEntry {
     pub logs: Box<[Arc<LogSlot>]>,
     stop: watch::Sender<Option<Duration>>,
     done: watch::Sender<bool>,
+    /// Serialises writes of this pod's status record.
+    pub save_lock: tokio::sync::Mutex<()>,
 }
 
 impl PodEntry {
@@ -212,6 +214,7 @@ impl PodEntry {
             logs: slots,
             stop: watch::channel(None).0,
             done: watch::channel(false).0,
+            save_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -278,6 +281,22 @@ impl PodEntry {
         out.push_str(&status);
         out.push('}');
         out
+    }
+
+    /// The observed state, as recorded on disk.
+    pub fn saved_status(&self) -> crate::persist::SavedStatus {
+        use crate::persist::{SavedContainer, SavedStatus};
+        let st = self.state.lock().expect("state lock");
+        SavedStatus {
+            start_time: st.start_time,
+            failure: st.failure.clone(),
+            init: st.init.iter().map(SavedContainer::from_status).collect(),
+            containers: st
+                .containers
+                .iter()
+                .map(SavedContainer::from_status)
+                .collect(),
+        }
     }
 
     /// A short form of the pod (identity, container names and live phase) for listings that

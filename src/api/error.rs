@@ -19,6 +19,8 @@ pub enum ApiError {
     ContainerNotFound { key: PodKey, container: String },
     #[error("previous terminated container {container:?} in pod {key} not found")]
     NoPreviousLogs { key: PodKey, container: String },
+    #[error("{0}")]
+    Storage(String),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("no such endpoint: {0}")]
@@ -36,6 +38,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::NoPreviousRun { key, container } => {
                 ApiError::NoPreviousLogs { key, container }
             }
+            e @ RuntimeError::Storage { .. } => ApiError::Storage(e.to_string()),
         }
     }
 }
@@ -53,6 +56,8 @@ impl ApiError {
             | ApiError::ContainerNotFound { .. }
             | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            // The state directory is full or read-only: nothing was stored.
+            ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 }

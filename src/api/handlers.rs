@@ -52,7 +52,7 @@ pub async fn create_pod(State(s): State<AppState>, Body(body): Body) -> Result<R
 }
 
 pub async fn update_pod(State(s): State<AppState>, Body(body): Body) -> Result<Response, ApiError> {
-    let entry = s.runtime.update(&body)?;
+    let entry = s.runtime.update(&body).await?;
     Ok(json(StatusCode::OK, entry.pod_json()))
 }
 

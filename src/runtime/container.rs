@@ -39,31 +39,45 @@ pub enum Outcome {
     Stopped,
 }
 
-/// Runs container `idx` of `entry` until it finishes for good or the pod is stopped. With
-/// `resume`, the first run is the one already under the supervisor of that name (procnode
-/// restarted while it ran).
+/// How a container's supervision begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// Its first run.
+    Fresh,
+    /// A further run (it ran before; the restart count goes up).
+    Restart,
+    /// Its run is under way under the supervisor of this name (procnode restarted meanwhile).
+    Resume(String),
+    /// It was running without a supervisor when procnode stopped: it is gone.
+    Lost,
+}
+
+/// Runs container `idx` of `entry` until it finishes for good or the pod is stopped.
 pub async fn supervise(
     entry: Arc<PodEntry>,
     idx: usize,
     policy: RestartPolicy,
     settings: Arc<Settings>,
-    mut resume: Option<String>,
+    begin: Begin,
 ) -> Outcome {
     let mut stop = entry.stop_receiver();
     let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
-    let mut first_run = true;
+    let mut next = Some(begin);
     loop {
-        let resuming = resume.take();
-        if stop.borrow().is_some() && resuming.is_none() {
+        let how = next.take().unwrap_or(Begin::Restart);
+        let taking_back = matches!(how, Begin::Resume(_) | Begin::Lost);
+        if stop.borrow().is_some() && !taking_back {
             return Outcome::Stopped;
         }
-        if !first_run {
+        if how == Begin::Restart {
             entry.logs[idx].update(|l| l.rotate());
         }
         let started = Instant::now();
-        let attempt = match resuming {
-            Some(name) => resume_run(&entry, idx, &name).await,
-            None => start(&entry, idx, &settings, !first_run).await,
+        let attempt = match how {
+            Begin::Resume(name) => resume_run(&entry, idx, Some(&name)).await,
+            Begin::Lost => resume_run(&entry, idx, None).await,
+            Begin::Fresh => start(&entry, idx, &settings, false).await,
+            Begin::Restart => start(&entry, idx, &settings, true).await,
         };
         let (termination, supervised) = match attempt {
             Err(termination) => (termination, None),
@@ -91,7 +105,9 @@ pub async fn supervise(
                             container_id: Some(container_id),
                         }
                     }
-                    Event::Gone => supervisor_gone(Some(started_at), Some(container_id)),
+                    Event::Gone => {
+                        Termination::supervisor_gone(Some(started_at), Some(container_id))
+                    }
                 };
                 (termination, Some(sup))
             }
@@ -129,7 +145,8 @@ pub async fn supervise(
                 c.state = ContainerState::Terminated(termination);
             }
         });
-        // The exit is recorded: the supervisor may go.
+        // Once the exit is on disk, the supervisor may go.
+        super::save_status(&entry, &settings).await;
         if let Some(sup) = supervised {
             sup.release().await;
         }
@@ -143,24 +160,6 @@ pub async fn supervise(
             _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(Option::is_some) => return Outcome::Stopped,
         }
-        first_run = false;
-    }
-}
-
-/// What is reported for a run whose supervisor vanished without recording an exit.
-fn supervisor_gone(started_at: Option<Timestamp>, container_id: Option<String>) -> Termination {
-    Termination {
-        exit_code: 137,
-        signal: None,
-        reason: reason::CONTAINER_STATUS_UNKNOWN.into(),
-        message: Some(
-            "the container's supervisor process is gone, so its exit status is unknown; \
-             what was left of the container was stopped"
-                .into(),
-        ),
-        started_at,
-        finished_at: Timestamp::now(),
-        container_id,
     }
 }
 
@@ -222,19 +221,25 @@ async fn start(
         // Without a readiness probe, a running container is ready.
         c.ready = true;
     });
+    super::save_status(entry, settings).await;
     Ok(sup)
 }
 
 /// Takes back a run that was under way when procnode stopped: attach to its supervisor, or,
-/// if that is gone, report that the exit is unknown (and stop what may be left of it).
+/// if that is gone (or there was none), report that the exit is unknown and stop what may be
+/// left of it.
 async fn resume_run(
     entry: &Arc<PodEntry>,
     idx: usize,
-    name: &str,
+    name: Option<&str>,
 ) -> Result<Supervised, Termination> {
-    match supervisor::attach(name).await {
-        Ok(sup) => Ok(sup),
-        Err(_) => {
+    let attached = match name {
+        Some(name) => supervisor::attach(name).await.ok(),
+        None => None,
+    };
+    match attached {
+        Some(sup) => Ok(sup),
+        None => {
             let (started_at, container_id, pid) = entry.update_container(idx, |c| {
                 let started = match &c.state {
                     ContainerState::Running { started_at } => Some(*started_at),
@@ -245,7 +250,7 @@ async fn resume_run(
             if let Some(pid) = pid {
                 process::signal_group(pid, Signal::SIGKILL);
             }
-            Err(supervisor_gone(started_at, container_id))
+            Err(Termination::supervisor_gone(started_at, container_id))
         }
     }
 }

@@ -92,6 +92,11 @@ impl Settings {
         )
     }
 
+    /// Where the pod's records (pod.json, status.json) live.
+    pub fn record_dir(&self, key: &PodKey, uid: &str) -> PathBuf {
+        self.state_dir.join("records").join(pod_dir_name(key, uid))
+    }
+
     /// Where the pod's log files go (one subdirectory per container), when they are enabled.
     pub fn pod_log_dir(&self, key: &PodKey, uid: &str) -> Option<PathBuf> {
         self.logs
@@ -115,6 +120,8 @@ pub enum RuntimeError {
     ContainerNotFound { key: PodKey, container: String },
     #[error("previous terminated container {container:?} in pod {key} not found")]
     NoPreviousRun { key: PodKey, container: String },
+    #[error("cannot record pod {key} in the state directory: {source}")]
+    Storage { key: PodKey, source: std::io::Error },
 }
 
 /// The result of a create: a new pod, or the same pod (same uid) already there.
@@ -161,6 +168,7 @@ impl Runtime {
             }
         }
         let admitted = self.store.len() < self.settings.max_pods as usize;
+        self.save_pod(&new.key, &new.uid, &new.raw).await?;
         let entry = Arc::new(self.new_entry(new, admitted));
         loop {
             match self.store.insert_new(entry.clone()) {
@@ -175,8 +183,71 @@ impl Runtime {
             tokio::spawn(run_pod(entry.clone(), self.settings.clone()));
         } else {
             entry.mark_done();
+            save_status(&entry, &self.settings).await;
         }
         Ok(Created::New(entry))
+    }
+
+    /// Writes the pod JSON record (fsync'd) before a create or update is acknowledged.
+    async fn save_pod(&self, key: &PodKey, uid: &str, raw: &str) -> Result<(), RuntimeError> {
+        let dir = self.settings.record_dir(key, uid);
+        let raw = raw.to_string();
+        tokio::task::spawn_blocking(move || crate::persist::save_pod(&dir, &raw))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| RuntimeError::Storage {
+                key: key.clone(),
+                source,
+            })
+    }
+
+    /// Brings back every pod recorded in the state directory: their JSON, their observed state,
+    /// and the containers still running under their supervisors (re-attached; a container whose
+    /// supervisor is gone is reported as such and restarted per its policy). Call before
+    /// serving. Returns what could not be restored, for the caller to report.
+    pub async fn restore(&self) -> Vec<String> {
+        let records = self.settings.state_dir.join("records");
+        let corrupt = self.settings.state_dir.join("corrupt");
+        let (loaded, mut problems) =
+            tokio::task::spawn_blocking(move || crate::persist::load_all(&records, &corrupt))
+                .await
+                .unwrap_or_default();
+        for pod in loaded {
+            let new = match NewPod::parse(&pod.raw) {
+                Ok(new) => new,
+                Err(e) => {
+                    problems.push(format!(
+                        "pod record {} is not a valid pod: {e}",
+                        pod.dir.display()
+                    ));
+                    continue;
+                }
+            };
+            let admitted = pod.status.as_ref().is_none_or(|s| s.failure.is_none());
+            let entry = Arc::new(self.new_entry(new, true));
+            if let Some(saved) = pod.status {
+                let mut st = entry.state.lock().expect("state lock");
+                st.start_time = saved.start_time;
+                st.failure = saved.failure;
+                for (c, s) in st.init.iter_mut().zip(saved.init) {
+                    s.restore_into(c);
+                }
+                for (c, s) in st.containers.iter_mut().zip(saved.containers) {
+                    s.restore_into(c);
+                }
+                st.refresh(Timestamp::now());
+            }
+            if self.store.insert_new(entry.clone()).is_err() {
+                continue;
+            }
+            if admitted {
+                tokio::spawn(run_pod(entry, self.settings.clone()));
+            } else {
+                entry.mark_done();
+            }
+        }
+        problems
     }
 
     fn new_entry(&self, new: NewPod, admitted: bool) -> PodEntry {
@@ -232,12 +303,13 @@ impl Runtime {
 
     /// Records a new version of a pod's JSON (returned by getPod from now on). Running
     /// processes are not restarted.
-    pub fn update(&self, body: &[u8]) -> Result<Arc<PodEntry>, RuntimeError> {
+    pub async fn update(&self, body: &[u8]) -> Result<Arc<PodEntry>, RuntimeError> {
         let new = NewPod::parse(body)?;
         let entry = self.get(&new.key)?;
         if entry.uid != new.uid {
             return Err(RuntimeError::PodNotFound(new.key));
         }
+        self.save_pod(&new.key, &new.uid, &new.raw).await?;
         entry.set_raw(new.raw);
         Ok(entry)
     }
@@ -254,9 +326,13 @@ impl Runtime {
         entry.request_stop(self.grace_for(entry, grace));
         entry.wait_done().await;
         self.store.remove_if_same(entry);
-        let dirs: Vec<PathBuf> = std::iter::once(self.settings.pod_dir(entry))
-            .chain(self.settings.pod_log_dir(&entry.key, &entry.uid))
-            .collect();
+        let dirs: Vec<PathBuf> = [
+            self.settings.record_dir(&entry.key, &entry.uid),
+            self.settings.pod_dir(entry),
+        ]
+        .into_iter()
+        .chain(self.settings.pod_log_dir(&entry.key, &entry.uid))
+        .collect();
         let key = entry.key.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for dir in dirs {
@@ -331,48 +407,97 @@ impl Runtime {
     }
 }
 
-/// The pod worker: init containers in order, then every app container concurrently. (The pod
-/// directory is created by the first container start that uses it, off the async threads.)
+/// Writes the pod's observed state (atomically). Failures are logged: the supervisors still
+/// hold what a restart needs, and the next change retries.
+pub(crate) async fn save_status(entry: &PodEntry, settings: &Settings) {
+    let _turn = entry.save_lock.lock().await;
+    let saved = entry.saved_status();
+    let dir = settings.record_dir(&entry.key, &entry.uid);
+    let result =
+        tokio::task::spawn_blocking(move || crate::persist::save_status(&dir, &saved)).await;
+    if let Ok(Err(e)) = result {
+        tracing::warn!(pod = %entry.key, error = %e, "could not record pod status");
+    }
+}
+
+/// How a container's supervision begins, from its recorded state.
+fn begin(c: &ContainerStatus, policy: RestartPolicy) -> Option<container::Begin> {
+    match (&c.state, &c.supervisor) {
+        (status::ContainerState::Running { .. }, Some(name)) => {
+            Some(container::Begin::Resume(name.clone()))
+        }
+        (status::ContainerState::Running { .. }, None) => Some(container::Begin::Lost),
+        (status::ContainerState::Terminated(t), _) if !policy.restarts(t.exit_code) => None,
+        (status::ContainerState::Terminated(_), _) => Some(container::Begin::Restart),
+        (status::ContainerState::Waiting { .. }, _) if c.last_termination.is_some() => {
+            Some(container::Begin::Restart)
+        }
+        (status::ContainerState::Waiting { .. }, _) => Some(container::Begin::Fresh),
+    }
+}
+
+/// The pod worker: init containers in order, then every app container concurrently. A pod
+/// restored after a procnode restart continues where its record says it was: finished init
+/// containers are not run again, running containers are re-attached. (The pod directory is
+/// created by the first container start that uses it, off the async threads.)
 async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
     let (n_init, n_app, policy) = {
         let mut st = entry.state.lock().expect("state lock");
-        st.start_time = Some(Timestamp::now());
+        st.start_time.get_or_insert_with(Timestamp::now);
         (st.init.len(), st.containers.len(), st.restart_policy)
     };
+    save_status(&entry, &settings).await;
     // Init containers are retried on failure unless the pod never restarts anything.
     let init_policy = match policy {
         RestartPolicy::Never => RestartPolicy::Never,
         _ => RestartPolicy::OnFailure,
     };
     for idx in 0..n_init {
-        match container::supervise(entry.clone(), idx, init_policy, settings.clone(), None).await {
-            container::Outcome::Exited(0) => {}
-            _ => {
-                entry.mark_done();
-                return;
+        let how = entry.update_container(idx, |c| begin(c, init_policy));
+        let outcome = match how {
+            None => container::Outcome::Exited(entry.update_container(idx, |c| match &c.state {
+                status::ContainerState::Terminated(t) => t.exit_code,
+                _ => 1,
+            })),
+            Some(how) => {
+                container::supervise(entry.clone(), idx, init_policy, settings.clone(), how).await
             }
+        };
+        if outcome != container::Outcome::Exited(0) {
+            entry.mark_done();
+            return;
         }
     }
     if n_init > 0 {
         let mut st = entry.state.lock().expect("state lock");
         for c in st.containers.iter_mut() {
-            c.state = status::ContainerState::Waiting {
-                reason: reason::CONTAINER_CREATING,
-                message: None,
-            };
+            if c.state
+                == (status::ContainerState::Waiting {
+                    reason: reason::POD_INITIALIZING,
+                    message: None,
+                })
+            {
+                c.state = status::ContainerState::Waiting {
+                    reason: reason::CONTAINER_CREATING,
+                    message: None,
+                };
+            }
         }
         st.refresh(Timestamp::now());
     }
     let mut tasks = JoinSet::new();
     for idx in n_init..n_init + n_app {
-        tasks.spawn(container::supervise(
-            entry.clone(),
-            idx,
-            policy,
-            settings.clone(),
-            None,
-        ));
+        if let Some(how) = entry.update_container(idx, |c| begin(c, policy)) {
+            tasks.spawn(container::supervise(
+                entry.clone(),
+                idx,
+                policy,
+                settings.clone(),
+                how,
+            ));
+        }
     }
     while tasks.join_next().await.is_some() {}
     entry.mark_done();
+    save_status(&entry, &settings).await;
 }

@@ -18,6 +18,14 @@ pub mod reason {
     pub const ERROR: &str = "Error";
     pub const START_ERROR: &str = "StartError";
     pub const CONTAINER_STATUS_UNKNOWN: &str = "ContainerStatusUnknown";
+
+    /// The waiting reason `s` names, as a constant (read back from a saved record).
+    pub fn known(s: &str) -> &'static str {
+        [POD_INITIALIZING, CRASH_LOOP_BACK_OFF, RUN_CONTAINER_ERROR]
+            .into_iter()
+            .find(|r| *r == s)
+            .unwrap_or(CONTAINER_CREATING)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +79,8 @@ impl Phase {
 }
 
 /// How one run of a container ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Termination {
     pub exit_code: i32,
     pub signal: Option<i32>,
@@ -80,6 +89,28 @@ pub struct Termination {
     pub started_at: Option<Timestamp>,
     pub finished_at: Timestamp,
     pub container_id: Option<String>,
+}
+
+impl Termination {
+    /// A run whose supervisor vanished without reporting an exit.
+    pub fn supervisor_gone(
+        started_at: Option<Timestamp>,
+        container_id: Option<String>,
+    ) -> Termination {
+        Termination {
+            exit_code: 137,
+            signal: None,
+            reason: reason::CONTAINER_STATUS_UNKNOWN.into(),
+            message: Some(
+                "the container's supervisor process is gone, so its exit status is unknown; \
+                 what was left of the container was stopped"
+                    .into(),
+            ),
+            started_at,
+            finished_at: Timestamp::now(),
+            container_id,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,217 @@
+//! Pod records on disk, so that pods and what happened to them survive a procnode restart
+//! (also `kill -9`): `STATE_DIR/records/NS_NAME_UID/pod.json` is the pod JSON as last received
+//! (desired state, written before a create or update is acknowledged) and `status.json` the
+//! observed state (container states, exit codes, restart counts, times, supervisors).
+//!
+//! Every write is atomic: a temporary file, fsync, rename. A record that cannot be read back is
+//! moved to `STATE_DIR/corrupt/` and reported; the others load.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::status::{reason, ContainerState, ContainerStatus, Termination};
+
+pub const POD_FILE: &str = "pod.json";
+pub const STATUS_FILE: &str = "status.json";
+
+/// Writes `data` to `path` atomically: a temporary file beside it, fsync, rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes the pod JSON of a new or updated pod.
+pub fn save_pod(dir: &Path, raw: &str) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_atomic(&dir.join(POD_FILE), raw.as_bytes())
+}
+
+/// The observed state of a pod, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedStatus {
+    pub start_time: Option<Timestamp>,
+    pub failure: Option<(String, String)>,
+    pub init: Vec<SavedContainer>,
+    pub containers: Vec<SavedContainer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedContainer {
+    pub name: String,
+    pub state: SavedState,
+    pub last_termination: Option<Termination>,
+    pub restart_count: i32,
+    pub pid: Option<i32>,
+    pub container_id: Option<String>,
+    pub supervisor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SavedState {
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started_at: Timestamp,
+    },
+    Terminated(Termination),
+}
+
+impl SavedContainer {
+    pub fn from_status(c: &ContainerStatus) -> SavedContainer {
+        SavedContainer {
+            name: c.name.clone(),
+            state: match &c.state {
+                ContainerState::Waiting { reason, message } => SavedState::Waiting {
+                    reason: reason.to_string(),
+                    message: message.clone(),
+                },
+                ContainerState::Running { started_at } => SavedState::Running {
+                    started_at: *started_at,
+                },
+                ContainerState::Terminated(t) => SavedState::Terminated(t.clone()),
+            },
+            last_termination: c.last_termination.clone(),
+            restart_count: c.restart_count,
+            pid: c.pid,
+            container_id: c.container_id.clone(),
+            supervisor: c.supervisor.clone(),
+        }
+    }
+
+    /// Puts the saved state back into `c` (a freshly created status of the same container).
+    pub fn restore_into(self, c: &mut ContainerStatus) {
+        c.state = match self.state {
+            SavedState::Waiting { reason, message } => ContainerState::Waiting {
+                reason: reason::known(&reason),
+                message,
+            },
+            SavedState::Running { started_at } => ContainerState::Running { started_at },
+            SavedState::Terminated(t) => ContainerState::Terminated(t),
+        };
+        c.last_termination = self.last_termination;
+        c.restart_count = self.restart_count;
+        c.pid = self.pid;
+        c.container_id = self.container_id;
+        c.supervisor = self.supervisor;
+        c.ready = matches!(c.state, ContainerState::Running { .. });
+    }
+}
+
+pub fn save_status(dir: &Path, status: &SavedStatus) -> io::Result<()> {
+    let data = serde_json::to_vec(status).map_err(io::Error::other)?;
+    write_atomic(&dir.join(STATUS_FILE), &data)
+}
+
+/// A pod found on disk.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub raw: Vec<u8>,
+    pub status: Option<SavedStatus>,
+}
+
+/// Reads every pod record under `records`. Unreadable ones are moved to `corrupt` and
+/// reported in the second list.
+pub fn load_all(records: &Path, corrupt: &Path) -> (Vec<Loaded>, Vec<String>) {
+    let mut loaded = Vec::new();
+    let mut problems = Vec::new();
+    let Ok(entries) = std::fs::read_dir(records) else {
+        return (loaded, problems);
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let raw = std::fs::read(dir.join(POD_FILE));
+        let status = match std::fs::read(dir.join(STATUS_FILE)) {
+            Ok(bytes) => serde_json::from_slice::<SavedStatus>(&bytes)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        };
+        let valid_pod = raw.as_ref().map_err(|e| e.to_string()).and_then(|r| {
+            serde_json::from_slice::<serde_json::Value>(r)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        match (raw, valid_pod, status) {
+            (Ok(raw), Ok(()), Ok(status)) => loaded.push(Loaded { dir, raw, status }),
+            (_, pod, status) => {
+                let why = pod.err().or(status.err()).unwrap_or_default();
+                let name = entry.file_name();
+                let _ = std::fs::create_dir_all(corrupt);
+                let aside = corrupt.join(format!(
+                    "{}-{}",
+                    name.to_string_lossy(),
+                    Timestamp::now().as_second()
+                ));
+                let _ = std::fs::rename(&dir, &aside);
+                problems.push(format!(
+                    "pod record {} is unreadable ({why}); moved to {}",
+                    dir.display(),
+                    aside.display()
+                ));
+            }
+        }
+    }
+    (loaded, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_leave_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    }
+
+    #[test]
+    fn corrupt_records_are_set_aside_and_the_rest_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = dir.path().join("records");
+        save_pod(&records.join("good"), r#"{"metadata":{"name":"a"}}"#).unwrap();
+        save_pod(&records.join("bad"), r#"{"metadata":{"name":"#).unwrap();
+        std::fs::create_dir_all(records.join("badstatus")).unwrap();
+        save_pod(&records.join("badstatus"), r#"{"metadata":{"name":"b"}}"#).unwrap();
+        std::fs::write(records.join("badstatus").join(STATUS_FILE), b"{trunc").unwrap();
+        let (loaded, problems) = load_all(&records, &dir.path().join("corrupt"));
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(!records.join("bad").exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("corrupt"))
+                .unwrap()
+                .count(),
+            2
+        );
+    }
+}
