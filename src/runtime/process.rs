@@ -256,6 +256,13 @@ pub fn signal_group(pgid: i32, sig: Signal) -> bool {
     }
 }
 
+/// Starts the reaper thread now (it otherwise starts with the first spawn). A process that
+/// becomes a subreaper without spawning through this module (a test harness) needs it to
+/// collect the orphans it inherits.
+pub fn start_reaper() {
+    Reaper::get();
+}
+
 /// Makes procnode the reaper of orphaned descendants (see the module docs).
 pub fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)

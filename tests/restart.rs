@@ -1,0 +1,296 @@
+//! Fault tests: the real binary killed with SIGKILL while pods run and while a Job finishes,
+//! started again on the same state directory; supervisors killed under a running procnode;
+//! corrupt records. Every test is bounded in time and ends with no process of its own left.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use support::{container, container_pid, group_members, phase, pid_alive, pod, sh, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_procnode");
+
+/// A procnode process on 127.0.0.1:0 with the given state directory.
+struct Procnode {
+    pid: i32,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Procnode {
+    fn start(state_dir: &std::path::Path, extra: &[&str]) -> Procnode {
+        // Orphans (supervisors of a killed procnode) come back to this test process and are
+        // reaped here; the real binary's own exit is collected the same way.
+        procnode::runtime::process::become_subreaper().unwrap();
+        procnode::runtime::process::start_reaper();
+        let mut child = Command::new(BIN)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--backoff-initial",
+                "100ms",
+            ])
+            .args(extra)
+            .env("PROCNODE_STATE_DIR", state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("procnode exited before serving")
+                .unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["fields"]["message"] == "procnode serving" {
+                break v["fields"]["addr"].as_str().unwrap().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Procnode {
+            pid: child.id() as i32,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> u16 {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn delete(&self, body: &Value) -> u16 {
+        self.http
+            .delete(format!("{}/deletePod", self.base))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn status_of(&self, name: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!(
+                "{}/getPodStatus?namespace=default&name={name}",
+                self.base
+            ))
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    async fn wait_status(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_until(what, Duration::from_secs(20), || async {
+            self.status_of(name).await.filter(|s| pred(s))
+        })
+        .await
+    }
+
+    async fn logs(&self, name: &str) -> String {
+        self.http
+            .get(format!(
+                "{}/getContainerLogs?namespace=default&podName={name}&containerName=main",
+                self.base
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn kill9(self) {
+        kill(Pid::from_raw(self.pid), Signal::SIGKILL).unwrap();
+        wait_until("procnode to die", Duration::from_secs(10), || async {
+            (!pid_alive(self.pid)).then_some(())
+        })
+        .await;
+    }
+
+    async fn terminate(self) {
+        kill(Pid::from_raw(self.pid), Signal::SIGTERM).unwrap();
+        wait_until("procnode to exit", Duration::from_secs(30), || async {
+            (!pid_alive(self.pid)).then_some(())
+        })
+        .await;
+    }
+}
+
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pods_and_exit_codes_survive_kill_9_and_containers_are_reattached() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    let go = marks.path().join("go");
+    let a = Procnode::start(dir.path(), &[]);
+
+    let sleeper = pod("sleeper", &sh("echo before; exec sleep 300"), "Always");
+    // A Job-like pod that finishes while procnode is down, writing output then.
+    let mut job = pod("job", &sh("echo started; while [ ! -f \"$GO\" ]; do sleep 0.05; done; echo finished-while-down; exit 3"), "Never");
+    job["spec"]["containers"][0]["env"] = json!([{"name": "GO", "value": go.to_str().unwrap()}]);
+    let done = pod("done", &sh("echo quick; exit 0"), "Never");
+    for p in [&sleeper, &job, &done] {
+        assert_eq!(a.post("/createPod", p).await, 201);
+    }
+    let s = a
+        .wait_status("sleeper", "sleeper running", |s| phase(s) == "Running")
+        .await;
+    let sleeper_pid = container_pid(&s, "main").unwrap();
+    let s = a
+        .wait_status("job", "job running", |s| phase(s) == "Running")
+        .await;
+    let job_pid = container_pid(&s, "main").unwrap();
+    a.wait_status("done", "done succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    wait_until("job output", Duration::from_secs(10), || async {
+        (a.logs("job").await == "started\n").then_some(())
+    })
+    .await;
+
+    a.kill9().await;
+    // While procnode is down: the long-running container keeps running, the job finishes.
+    assert!(pid_alive(sleeper_pid), "containers outlive procnode");
+    std::fs::write(&go, "").unwrap();
+    wait_until(
+        "job to finish while procnode is down",
+        Duration::from_secs(10),
+        || async { (!pid_alive(job_pid)).then_some(()) },
+    )
+    .await;
+
+    let b = Procnode::start(dir.path(), &[]);
+    let s = b
+        .wait_status("sleeper", "sleeper restored", |s| phase(s) == "Running")
+        .await;
+    assert_eq!(
+        container_pid(&s, "main"),
+        Some(sleeper_pid),
+        "re-attached, not restarted"
+    );
+    assert_eq!(container(&s, "main")["restartCount"], 0);
+    let s = b
+        .wait_status("job", "job's exit recorded", |s| phase(s) == "Failed")
+        .await;
+    let t = &container(&s, "main")["state"]["terminated"];
+    assert_eq!(
+        t["exitCode"], 3,
+        "the exit code of a run that ended while procnode was down: {t}"
+    );
+    assert_eq!(t["reason"], "Error");
+    assert!(
+        b.logs("job").await.contains("finished-while-down\n"),
+        "output written while procnode was down was waiting in the pipe"
+    );
+    let s = b
+        .status_of("done")
+        .await
+        .expect("finished pods are restored too");
+    assert_eq!(phase(&s), "Succeeded");
+    assert_eq!(container(&s, "main")["state"]["terminated"]["exitCode"], 0);
+
+    // The restored procnode still controls the re-attached container.
+    assert_eq!(b.delete(&sleeper).await, 200);
+    assert!(group_members(sleeper_pid).0.is_empty());
+    for p in [&job, &done] {
+        assert_eq!(b.delete(p).await, 200);
+    }
+    b.terminate().await;
+    assert!(
+        std::fs::read_dir(dir.path().join("records"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "deleted pods leave no record"
+    );
+}
+
+#[tokio::test]
+async fn a_vanished_supervisor_is_reported_and_the_container_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Procnode::start(dir.path(), &[]);
+    let always = pod("orphaned", &sh("sleep 300 & wait"), "Always");
+    assert_eq!(p.post("/createPod", &always).await, 201);
+    let s = p
+        .wait_status("orphaned", "running", |s| phase(s) == "Running")
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    let shim = parent_of(pid);
+    kill(Pid::from_raw(shim), Signal::SIGKILL).unwrap();
+    let s = p
+        .wait_status("orphaned", "restarted", |s| {
+            container(s, "main")["restartCount"] == 1 && phase(s) == "Running"
+        })
+        .await;
+    let last = &container(&s, "main")["lastState"]["terminated"];
+    assert_eq!(last["reason"], "ContainerStatusUnknown", "{last}");
+    assert!(last["message"].as_str().unwrap().contains("supervisor"));
+    assert!(
+        group_members(pid).0.is_empty(),
+        "the unsupervised container was stopped"
+    );
+    assert_ne!(container_pid(&s, "main"), Some(pid));
+    assert_eq!(p.delete(&always).await, 200);
+    p.terminate().await;
+}
+
+#[tokio::test]
+async fn corrupt_records_are_set_aside_and_the_rest_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Procnode::start(dir.path(), &[]);
+    let ok = pod("kept", &sh("exit 0"), "Never");
+    assert_eq!(a.post("/createPod", &ok).await, 201);
+    a.wait_status("kept", "done", |s| phase(s) == "Succeeded")
+        .await;
+    a.kill9().await;
+    let broken = dir.path().join("records/default_broken_uid-broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("pod.json"), "{\"metadata\": {\"na").unwrap();
+
+    let b = Procnode::start(dir.path(), &[]);
+    let s = b.status_of("kept").await.expect("the good record restores");
+    assert_eq!(phase(&s), "Succeeded");
+    assert!(b.status_of("broken").await.is_none());
+    assert!(!broken.exists(), "the corrupt record was moved aside");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("corrupt"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert_eq!(b.delete(&ok).await, 200);
+    b.terminate().await;
+}
