@@ -23,6 +23,9 @@ struct Procnode {
 }
 
 impl Procnode {
+    // The child is collected by the reaper thread started below, not by `Child::wait`
+    // (waiting here would race with it).
+    #[allow(clippy::zombie_processes)]
     fn start(state_dir: &std::path::Path, extra: &[&str]) -> Procnode {
         // Orphans (supervisors of a killed procnode) come back to this test process and are
         // reaped here; the real binary's own exit is collected the same way.
