@@ -159,7 +159,7 @@ async fn pods_and_exit_codes_survive_kill_9_and_containers_are_reattached() {
     let dir = tempfile::tempdir().unwrap();
     let marks = tempfile::tempdir().unwrap();
     let go = marks.path().join("go");
-    let a = Procnode::start(dir.path(), &[]);
+    let a = Procnode::start(dir.path(), &["--log-files"]);
 
     let sleeper = pod("sleeper", &sh("echo before; exec sleep 300"), "Always");
     // A Job-like pod that finishes while procnode is down, writing output then.
@@ -195,10 +195,16 @@ async fn pods_and_exit_codes_survive_kill_9_and_containers_are_reattached() {
     )
     .await;
 
-    let b = Procnode::start(dir.path(), &[]);
+    let b = Procnode::start(dir.path(), &["--log-files"]);
     let s = b
         .wait_status("sleeper", "sleeper restored", |s| phase(s) == "Running")
         .await;
+    assert_eq!(
+        b.logs("sleeper").await,
+        "before\n",
+        "output from before the crash, read back from the log file"
+    );
+    assert_eq!(b.logs("done").await, "quick\n");
     assert_eq!(
         container_pid(&s, "main"),
         Some(sleeper_pid),
@@ -214,9 +220,10 @@ async fn pods_and_exit_codes_survive_kill_9_and_containers_are_reattached() {
         "the exit code of a run that ended while procnode was down: {t}"
     );
     assert_eq!(t["reason"], "Error");
-    assert!(
-        b.logs("job").await.contains("finished-while-down\n"),
-        "output written while procnode was down was waiting in the pipe"
+    assert_eq!(
+        b.logs("job").await,
+        "started\nfinished-while-down\n",
+        "output from before the crash (log file) and from while procnode was down (pipe)"
     );
     let s = b
         .status_of("done")

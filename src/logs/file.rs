@@ -118,6 +118,60 @@ impl LogFile {
     }
 }
 
+/// Reads back the entries of run `run` from `dir` (rotated files first, oldest first): each
+/// entry's stream, bytes (with its newline when it ended a line) and capture time. Lines that do
+/// not parse are skipped.
+pub fn read_run(dir: &std::path::Path, run: u64) -> Vec<(Stream, Vec<u8>, i64)> {
+    let mut files: Vec<(usize, PathBuf)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let base = format!("{run}.log");
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == base {
+                files.push((0, e.path()));
+            } else if let Some(n) = name
+                .strip_prefix(&format!("{base}."))
+                .and_then(|n| n.parse().ok())
+            {
+                files.push((n, e.path()));
+            }
+        }
+    }
+    // Higher numbers are older.
+    files.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut out = Vec::new();
+    for (_, path) in files {
+        let Ok(data) = std::fs::read(&path) else {
+            continue;
+        };
+        for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let mut fields = line.splitn(4, |b| *b == b' ');
+            let (Some(ts), Some(stream), Some(tag)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let content = fields.next().unwrap_or_default();
+            let Some(time) = std::str::from_utf8(ts)
+                .ok()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            else {
+                continue;
+            };
+            let stream = match stream {
+                b"stdout" => Stream::Stdout,
+                b"stderr" => Stream::Stderr,
+                _ => continue,
+            };
+            let mut bytes = content.to_vec();
+            if tag == b"F" {
+                bytes.push(b'\n');
+            }
+            out.push((stream, bytes, time.as_nanosecond() as i64));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +198,35 @@ mod tests {
              1970-01-01T00:00:02.000000000Z stdout F o\n\
              1970-01-01T00:00:03.000000000Z stderr F err\n"
         );
+    }
+
+    #[test]
+    fn reads_back_what_it_wrote_across_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("c");
+        let mut f = LogFile::new(
+            d.clone(),
+            2,
+            FileConfig {
+                max_size: 80,
+                max_files: 10,
+            },
+        );
+        let mut want = Vec::new();
+        for i in 0..10 {
+            let text = format!("line {i}\n");
+            let stream = if i % 3 == 0 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            f.write(stream, text.as_bytes(), i * 1000);
+            want.push((stream, text.into_bytes(), i * 1000));
+        }
+        f.write(Stream::Stdout, b"partial", 99_000);
+        want.push((Stream::Stdout, b"partial".to_vec(), 99_000));
+        assert_eq!(read_run(&d, 2), want);
+        assert!(read_run(&d, 1).is_empty());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use buffer::{format_rfc3339_nanos, LogBuffer, LogQuery, ReadState, Stream, StreamFilter};
-pub use file::{FileConfig, LogFile};
+pub use file::{read_run, FileConfig, LogFile};
 
 /// Output a container always keeps, whatever the node-wide budget says.
 pub const FLOOR_BYTES: usize = 64 * 1024;
@@ -111,6 +111,26 @@ impl ContainerLogs {
         self.run += 1;
         self.finished = false;
         self.file = None;
+        self.account();
+    }
+
+    /// After a procnode restart: continue at run `run` (the container's restart count) and, when
+    /// log files are kept, load this run's and the previous run's output back from them.
+    pub fn restore(&mut self, run: u64) {
+        self.run = run;
+        let Some(dir) = self.file_dir.clone() else {
+            return;
+        };
+        if run > 0 {
+            let mut previous = LogBuffer::new(self.config.per_container);
+            for (stream, data, time) in read_run(&dir, run - 1) {
+                previous.append(stream, &data, time);
+            }
+            self.previous = Some(previous);
+        }
+        for (stream, data, time) in read_run(&dir, run) {
+            self.current.append(stream, &data, time);
+        }
         self.account();
     }
 

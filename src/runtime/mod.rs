@@ -227,16 +227,31 @@ impl Runtime {
             let admitted = pod.status.as_ref().is_none_or(|s| s.failure.is_none());
             let entry = Arc::new(self.new_entry(new, true));
             if let Some(saved) = pod.status {
-                let mut st = entry.state.lock().expect("state lock");
-                st.start_time = saved.start_time;
-                st.failure = saved.failure;
-                for (c, s) in st.init.iter_mut().zip(saved.init) {
-                    s.restore_into(c);
-                }
-                for (c, s) in st.containers.iter_mut().zip(saved.containers) {
-                    s.restore_into(c);
-                }
-                st.refresh(Timestamp::now());
+                let runs: Vec<u64> = {
+                    let mut st = entry.state.lock().expect("state lock");
+                    st.start_time = saved.start_time;
+                    st.failure = saved.failure;
+                    for (c, s) in st.init.iter_mut().zip(saved.init) {
+                        s.restore_into(c);
+                    }
+                    for (c, s) in st.containers.iter_mut().zip(saved.containers) {
+                        s.restore_into(c);
+                    }
+                    st.refresh(Timestamp::now());
+                    st.init
+                        .iter()
+                        .chain(st.containers.iter())
+                        .map(|c| c.restart_count.max(0) as u64)
+                        .collect()
+                };
+                // Bring the logs back from the log files (when kept), off the async threads.
+                let slots = entry.logs.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (slot, run) in slots.iter().zip(runs) {
+                        slot.update(|l| l.restore(run));
+                    }
+                })
+                .await;
             }
             if self.store.insert_new(entry.clone()).is_err() {
                 continue;
