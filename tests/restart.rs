@@ -20,6 +20,22 @@ struct Procnode {
     pid: i32,
     base: String,
     http: reqwest::Client,
+    /// Set once the test has stopped it itself.
+    stopped: bool,
+}
+
+/// A test that fails half-way still stops procnode, and with it every pod it runs.
+impl Drop for Procnode {
+    fn drop(&mut self) {
+        if !self.stopped && kill(Pid::from_raw(self.pid), Signal::SIGTERM).is_ok() {
+            for _ in 0..500 {
+                if reaped(self.pid) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 impl Procnode {
@@ -63,6 +79,7 @@ impl Procnode {
             pid: child.id() as i32,
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
+            stopped: false,
         }
     }
 
@@ -125,21 +142,32 @@ impl Procnode {
             .unwrap()
     }
 
-    async fn kill9(self) {
+    async fn kill9(mut self) {
+        self.stopped = true;
         kill(Pid::from_raw(self.pid), Signal::SIGKILL).unwrap();
-        wait_until("procnode to die", Duration::from_secs(10), || async {
-            (!pid_alive(self.pid)).then_some(())
-        })
+        wait_until(
+            "procnode to die and be reaped",
+            Duration::from_secs(10),
+            || async { reaped(self.pid).then_some(()) },
+        )
         .await;
     }
 
-    async fn terminate(self) {
+    async fn terminate(mut self) {
+        self.stopped = true;
         kill(Pid::from_raw(self.pid), Signal::SIGTERM).unwrap();
-        wait_until("procnode to exit", Duration::from_secs(30), || async {
-            (!pid_alive(self.pid)).then_some(())
-        })
+        wait_until(
+            "procnode to exit and be reaped",
+            Duration::from_secs(30),
+            || async { reaped(self.pid).then_some(()) },
+        )
         .await;
     }
+}
+
+/// Gone entirely: exited and collected by this process's reaper (not even a zombie).
+fn reaped(pid: i32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn parent_of(pid: i32) -> i32 {

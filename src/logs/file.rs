@@ -138,7 +138,7 @@ pub fn read_run(dir: &std::path::Path, run: u64) -> Vec<(Stream, Vec<u8>, i64)> 
         }
     }
     // Higher numbers are older.
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     let mut out = Vec::new();
     for (_, path) in files {
         let Ok(data) = std::fs::read(&path) else {

@@ -182,8 +182,7 @@ impl Runtime {
         if admitted {
             tokio::spawn(run_pod(entry.clone(), self.settings.clone()));
         } else {
-            entry.mark_done();
-            save_status(&entry, &self.settings).await;
+            finish(&entry, &self.settings).await;
         }
         Ok(Created::New(entry))
     }
@@ -479,7 +478,7 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
             }
         };
         if outcome != container::Outcome::Exited(0) {
-            entry.mark_done();
+            finish(&entry, &settings).await;
             return;
         }
     }
@@ -513,6 +512,12 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
         }
     }
     while tasks.join_next().await.is_some() {}
+    finish(&entry, &settings).await;
+}
+
+/// The pod worker's last step: record the final state, then let a waiting delete proceed
+/// (which removes the record; saving after that would bring it back).
+async fn finish(entry: &PodEntry, settings: &Settings) {
+    save_status(entry, settings).await;
     entry.mark_done();
-    save_status(&entry, &settings).await;
 }
