@@ -3,7 +3,9 @@
 //! (desired state, written before a create or update is acknowledged) and `status.json` the
 //! observed state (container states, exit codes, restart counts, times, supervisors).
 //!
-//! Every write is atomic: a temporary file, fsync, rename. A record that cannot be read back is
+//! Every write is atomic (a temporary file renamed over the old one). `pod.json`, and
+//! `status.json` whenever it records an exit, are fsync'd first; a status that only records a
+//! start is not, because a lost start is found again from the supervisor's well-known name. A record that cannot be read back is
 //! moved to `STATE_DIR/corrupt/` and reported; the others load.
 
 use std::io::{self, Write};
@@ -19,11 +21,20 @@ pub const STATUS_FILE: &str = "status.json";
 
 /// Writes `data` to `path` atomically: a temporary file beside it, fsync, rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_replacing(path, data, true)
+}
+
+/// Writes `data` to `path` by renaming a temporary file over it, so a reader (or a crash) sees
+/// the old or the new content, never a mix; with `durable`, the data is fsync'd before the
+/// rename, so it also survives a power loss.
+pub fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         drop(f);
         std::fs::rename(&tmp, path)
     })();
@@ -115,9 +126,12 @@ impl SavedContainer {
     }
 }
 
-pub fn save_status(dir: &Path, status: &SavedStatus) -> io::Result<()> {
+/// Writes the observed state; `durable` (fsync) for what must not be lost: an exit about to be
+/// released by its supervisor. Other changes (a container started) can be re-discovered from
+/// the supervisors themselves after a crash.
+pub fn save_status(dir: &Path, status: &SavedStatus, durable: bool) -> io::Result<()> {
     let data = serde_json::to_vec(status).map_err(io::Error::other)?;
-    write_atomic(&dir.join(STATUS_FILE), &data)
+    write_replacing(&dir.join(STATUS_FILE), &data, durable)
 }
 
 /// A pod found on disk.

@@ -332,3 +332,42 @@ async fn corrupt_records_are_set_aside_and_the_rest_restores() {
     assert_eq!(b.delete(&ok).await, 200);
     b.terminate().await;
 }
+
+#[tokio::test]
+async fn a_start_missing_from_the_record_is_found_again_not_started_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Procnode::start(dir.path(), &[]);
+    let p = pod("unrecorded", &["sleep", "300"], "Always");
+    assert_eq!(a.post("/createPod", &p).await, 201);
+    let s = a
+        .wait_status("unrecorded", "running", |s| phase(s) == "Running")
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    a.kill9().await;
+    // As if procnode had died between starting the container and recording it.
+    let status_file = dir
+        .path()
+        .join("records/default_unrecorded_uid-unrecorded/status.json");
+    let mut saved: Value = serde_json::from_slice(&std::fs::read(&status_file).unwrap()).unwrap();
+    saved["containers"][0]["state"] =
+        json!({"waiting": {"reason": "ContainerCreating", "message": null}});
+    saved["containers"][0]["supervisor"] = Value::Null;
+    saved["containers"][0]["pid"] = Value::Null;
+    std::fs::write(&status_file, saved.to_string()).unwrap();
+
+    let b = Procnode::start(dir.path(), &[]);
+    let s = b
+        .wait_status("unrecorded", "running again", |s| phase(s) == "Running")
+        .await;
+    assert_eq!(
+        container_pid(&s, "main"),
+        Some(pid),
+        "the running container was adopted"
+    );
+    assert_eq!(container(&s, "main")["restartCount"], 0);
+    let (live, _) = group_members(pid);
+    assert_eq!(live.len(), 1);
+    assert_eq!(b.delete(&p).await, 200);
+    assert!(group_members(pid).0.is_empty());
+    b.terminate().await;
+}

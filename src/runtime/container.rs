@@ -85,6 +85,15 @@ pub async fn supervise(
                 let started_at = Timestamp::from_nanosecond(sup.started_ns as i128)
                     .unwrap_or_else(|_| Timestamp::now());
                 let container_id = format!("procnode://{}", sup.pid);
+                // A run taken back after a restart may have been recorded as not started yet.
+                entry.update_container(idx, |c| {
+                    if !matches!(c.state, ContainerState::Running { .. }) {
+                        c.state = ContainerState::Running { started_at };
+                        c.ready = true;
+                    }
+                    c.pid = Some(sup.pid);
+                    c.container_id = Some(container_id.clone());
+                });
                 let end = run(&mut sup, &entry, idx, &mut stop).await;
                 let termination = match end {
                     Event::Exited(e) => {
@@ -146,7 +155,7 @@ pub async fn supervise(
             }
         });
         // Once the exit is on disk, the supervisor may go.
-        super::save_status(&entry, &settings).await;
+        super::save_status(&entry, &settings, true).await;
         if let Some(sup) = supervised {
             sup.release().await;
         }
@@ -221,7 +230,7 @@ async fn start(
         // Without a readiness probe, a running container is ready.
         c.ready = true;
     });
-    super::save_status(entry, settings).await;
+    super::save_status(entry, settings, false).await;
     Ok(sup)
 }
 
@@ -234,7 +243,13 @@ async fn resume_run(
     name: Option<&str>,
 ) -> Result<Supervised, Termination> {
     let attached = match name {
-        Some(name) => supervisor::attach(name).await.ok(),
+        Some(name) => match supervisor::attach(name).await {
+            Ok(sup) => Some(sup),
+            Err(e) => {
+                tracing::warn!(pod = %entry.key, supervisor = name, error = %e, "cannot re-attach to the container's supervisor");
+                None
+            }
+        },
         None => None,
     };
     match attached {

@@ -180,7 +180,7 @@ impl Runtime {
             }
         }
         if admitted {
-            tokio::spawn(run_pod(entry.clone(), self.settings.clone()));
+            tokio::spawn(run_pod(entry.clone(), self.settings.clone(), false));
         } else {
             finish(&entry, &self.settings).await;
         }
@@ -256,7 +256,7 @@ impl Runtime {
                 continue;
             }
             if admitted {
-                tokio::spawn(run_pod(entry, self.settings.clone()));
+                tokio::spawn(run_pod(entry, self.settings.clone(), true));
             } else {
                 entry.mark_done();
             }
@@ -421,14 +421,15 @@ impl Runtime {
     }
 }
 
-/// Writes the pod's observed state (atomically). Failures are logged: the supervisors still
-/// hold what a restart needs, and the next change retries.
-pub(crate) async fn save_status(entry: &PodEntry, settings: &Settings) {
+/// Writes the pod's observed state (atomically; `durable` also fsyncs it). Failures are
+/// logged: the supervisors still hold what a restart needs, and the next change retries.
+pub(crate) async fn save_status(entry: &PodEntry, settings: &Settings, durable: bool) {
     let _turn = entry.save_lock.lock().await;
     let saved = entry.saved_status();
     let dir = settings.record_dir(&entry.key, &entry.uid);
     let result =
-        tokio::task::spawn_blocking(move || crate::persist::save_status(&dir, &saved)).await;
+        tokio::task::spawn_blocking(move || crate::persist::save_status(&dir, &saved, durable))
+            .await;
     if let Ok(Err(e)) = result {
         tracing::warn!(pod = %entry.key, error = %e, "could not record pod status");
     }
@@ -454,13 +455,12 @@ fn begin(c: &ContainerStatus, policy: RestartPolicy) -> Option<container::Begin>
 /// restored after a procnode restart continues where its record says it was: finished init
 /// containers are not run again, running containers are re-attached. (The pod directory is
 /// created by the first container start that uses it, off the async threads.)
-async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
+async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, restored: bool) {
     let (n_init, n_app, policy) = {
         let mut st = entry.state.lock().expect("state lock");
         st.start_time.get_or_insert_with(Timestamp::now);
         (st.init.len(), st.containers.len(), st.restart_policy)
     };
-    save_status(&entry, &settings).await;
     // Init containers are retried on failure unless the pod never restarts anything.
     let init_policy = match policy {
         RestartPolicy::Never => RestartPolicy::Never,
@@ -468,6 +468,10 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
     };
     for idx in 0..n_init {
         let how = entry.update_container(idx, |c| begin(c, init_policy));
+        let how = match how {
+            Some(how) if restored => Some(adopt_unrecorded(&entry, idx, how, &settings)),
+            how => how,
+        };
         let outcome = match how {
             None => container::Outcome::Exited(entry.update_container(idx, |c| match &c.state {
                 status::ContainerState::Terminated(t) => t.exit_code,
@@ -502,6 +506,11 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
     let mut tasks = JoinSet::new();
     for idx in n_init..n_init + n_app {
         if let Some(how) = entry.update_container(idx, |c| begin(c, policy)) {
+            let how = if restored {
+                adopt_unrecorded(&entry, idx, how, &settings)
+            } else {
+                how
+            };
             tasks.spawn(container::supervise(
                 entry.clone(),
                 idx,
@@ -515,9 +524,41 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>) {
     finish(&entry, &settings).await;
 }
 
+/// After a restart, a container about to be started may in fact be running already: its start
+/// was not yet on disk when procnode stopped. Its supervisor answers at the name that run would
+/// have; adopt it instead of starting a second copy.
+fn adopt_unrecorded(
+    entry: &PodEntry,
+    idx: usize,
+    how: container::Begin,
+    settings: &Settings,
+) -> container::Begin {
+    let restart = match how {
+        container::Begin::Fresh => false,
+        container::Begin::Restart => true,
+        other => return other,
+    };
+    if !settings.supervise {
+        return how;
+    }
+    let run = entry.update_container(idx, |c| c.restart_count.max(0) as u64 + u64::from(restart));
+    let name = settings.supervisor_name(entry, idx, run);
+    let probe =
+        shim::address(&name).and_then(|addr| std::os::unix::net::UnixStream::connect_addr(&addr));
+    tracing::debug!(pod = %entry.key, supervisor = %name, found = probe.is_ok(), "looking for an unrecorded supervisor");
+    if probe.is_err() {
+        return how;
+    }
+    entry.update_container(idx, |c| {
+        c.restart_count = run as i32;
+        c.supervisor = Some(name.clone());
+    });
+    container::Begin::Resume(name)
+}
+
 /// The pod worker's last step: record the final state, then let a waiting delete proceed
 /// (which removes the record; saving after that would bring it back).
 async fn finish(entry: &PodEntry, settings: &Settings) {
-    save_status(entry, settings).await;
+    save_status(entry, settings, true).await;
     entry.mark_done();
 }
