@@ -1,7 +1,9 @@
 //! Pod records on disk, so that pods and what happened to them survive a procnode restart
-//! (also `kill -9`): `STATE_DIR/records/NS_NAME_UID/pod.json` is the pod JSON as last received
-//! (desired state, written before a create or update is acknowledged) and `status.json` the
-//! observed state (container states, exit codes, restart counts, times, supervisors).
+//! (also `kill -9`): `STATE_DIR/records/NS_NAME_UID.pod.json` is the pod JSON as last received
+//! (desired state, written before a create or update is acknowledged) and
+//! `NS_NAME_UID.status.json` the observed state (container states, exit codes, restart counts,
+//! times, supervisors). Flat files, no directory per pod: creating directories is the costliest
+//! file system operation on the create path.
 //!
 //! Every write is atomic (a temporary file renamed over the old one). `pod.json`, and
 //! `status.json` whenever it records an exit, are fsync'd first; a status that only records a
@@ -16,8 +18,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::status::{reason, ContainerState, ContainerStatus, Termination};
 
-pub const POD_FILE: &str = "pod.json";
-pub const STATUS_FILE: &str = "status.json";
+pub const POD_SUFFIX: &str = ".pod.json";
+pub const STATUS_SUFFIX: &str = ".status.json";
+
+/// The pod file of the record at `base` (`records/NS_NAME_UID`).
+pub fn pod_file(base: &Path) -> PathBuf {
+    with_suffix(base, POD_SUFFIX)
+}
+
+/// The status file of the record at `base`.
+pub fn status_file(base: &Path) -> PathBuf {
+    with_suffix(base, STATUS_SUFFIX)
+}
+
+fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+    let mut s = base.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Removes a record (both files).
+pub fn remove(base: &Path) -> io::Result<()> {
+    for f in [pod_file(base), status_file(base)] {
+        match std::fs::remove_file(&f) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// Writes `data` to `path` atomically: a temporary file beside it, fsync, rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
@@ -33,7 +62,7 @@ pub fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
         if durable {
-            f.sync_all()?;
+            f.sync_data()?;
         }
         drop(f);
         std::fs::rename(&tmp, path)
@@ -44,10 +73,16 @@ pub fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()
     result
 }
 
-/// Writes the pod JSON of a new or updated pod.
-pub fn save_pod(dir: &Path, raw: &str) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    write_atomic(&dir.join(POD_FILE), raw.as_bytes())
+/// Writes the pod JSON of a new or updated pod (durably).
+pub fn save_pod(base: &Path, raw: &str) -> io::Result<()> {
+    let file = pod_file(base);
+    match write_atomic(&file, raw.as_bytes()) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(base.parent().unwrap_or(base))?;
+            write_atomic(&file, raw.as_bytes())
+        }
+        other => other,
+    }
 }
 
 /// The observed state of a pod, as stored.
@@ -129,14 +164,14 @@ impl SavedContainer {
 /// Writes the observed state; `durable` (fsync) for what must not be lost: an exit about to be
 /// released by its supervisor. Other changes (a container started) can be re-discovered from
 /// the supervisors themselves after a crash.
-pub fn save_status(dir: &Path, status: &SavedStatus, durable: bool) -> io::Result<()> {
+pub fn save_status(base: &Path, status: &SavedStatus, durable: bool) -> io::Result<()> {
     let data = serde_json::to_vec(status).map_err(io::Error::other)?;
-    write_replacing(&dir.join(STATUS_FILE), &data, durable)
+    write_replacing(&status_file(base), &data, durable)
 }
 
 /// A pod found on disk.
 pub struct Loaded {
-    pub dir: PathBuf,
+    pub base: PathBuf,
     pub raw: Vec<u8>,
     pub status: Option<SavedStatus>,
 }
@@ -150,39 +185,42 @@ pub fn load_all(records: &Path, corrupt: &Path) -> (Vec<Loaded>, Vec<String>) {
         return (loaded, problems);
     };
     for entry in entries.flatten() {
-        let dir = entry.path();
-        if !dir.is_dir() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(POD_SUFFIX) else {
             continue;
-        }
-        let raw = std::fs::read(dir.join(POD_FILE));
-        let status = match std::fs::read(dir.join(STATUS_FILE)) {
+        };
+        let base = records.join(stem);
+        let raw = std::fs::read(pod_file(&base)).map_err(|e| e.to_string());
+        let status = match std::fs::read(status_file(&base)) {
             Ok(bytes) => serde_json::from_slice::<SavedStatus>(&bytes)
                 .map(Some)
                 .map_err(|e| e.to_string()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.to_string()),
         };
-        let valid_pod = raw.as_ref().map_err(|e| e.to_string()).and_then(|r| {
+        let valid_pod = raw.as_ref().map_err(Clone::clone).and_then(|r| {
             serde_json::from_slice::<serde_json::Value>(r)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });
         match (raw, valid_pod, status) {
-            (Ok(raw), Ok(()), Ok(status)) => loaded.push(Loaded { dir, raw, status }),
+            (Ok(raw), Ok(()), Ok(status)) => loaded.push(Loaded { base, raw, status }),
             (_, pod, status) => {
                 let why = pod.err().or(status.err()).unwrap_or_default();
-                let name = entry.file_name();
                 let _ = std::fs::create_dir_all(corrupt);
-                let aside = corrupt.join(format!(
-                    "{}-{}",
-                    name.to_string_lossy(),
-                    Timestamp::now().as_second()
-                ));
-                let _ = std::fs::rename(&dir, &aside);
+                let stamp = Timestamp::now().as_second();
+                for f in [pod_file(&base), status_file(&base)] {
+                    if let Some(file) = f.file_name() {
+                        let _ = std::fs::rename(
+                            &f,
+                            corrupt.join(format!("{}.{stamp}", file.to_string_lossy())),
+                        );
+                    }
+                }
                 problems.push(format!(
                     "pod record {} is unreadable ({why}); moved to {}",
-                    dir.display(),
-                    aside.display()
+                    pod_file(&base).display(),
+                    corrupt.display()
                 ));
             }
         }
@@ -214,18 +252,19 @@ mod tests {
         let records = dir.path().join("records");
         save_pod(&records.join("good"), r#"{"metadata":{"name":"a"}}"#).unwrap();
         save_pod(&records.join("bad"), r#"{"metadata":{"name":"#).unwrap();
-        std::fs::create_dir_all(records.join("badstatus")).unwrap();
         save_pod(&records.join("badstatus"), r#"{"metadata":{"name":"b"}}"#).unwrap();
-        std::fs::write(records.join("badstatus").join(STATUS_FILE), b"{trunc").unwrap();
+        std::fs::write(status_file(&records.join("badstatus")), b"{trunc").unwrap();
         let (loaded, problems) = load_all(&records, &dir.path().join("corrupt"));
         assert_eq!(loaded.len(), 1);
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(!records.join("bad").exists());
+        assert!(!pod_file(&records.join("bad")).exists());
         assert_eq!(
             std::fs::read_dir(dir.path().join("corrupt"))
                 .unwrap()
                 .count(),
-            2
+            3
         );
+        remove(&records.join("good")).unwrap();
+        assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
     }
 }

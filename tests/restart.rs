@@ -314,9 +314,10 @@ async fn corrupt_records_are_set_aside_and_the_rest_restores() {
     a.wait_status("kept", "done", |s| phase(s) == "Succeeded")
         .await;
     a.kill9().await;
-    let broken = dir.path().join("records/default_broken_uid-broken");
-    std::fs::create_dir_all(&broken).unwrap();
-    std::fs::write(broken.join("pod.json"), "{\"metadata\": {\"na").unwrap();
+    let broken = dir
+        .path()
+        .join("records/default_broken_uid-broken.pod.json");
+    std::fs::write(&broken, "{\"metadata\": {\"na").unwrap();
 
     let b = Procnode::start(dir.path(), &[]);
     let s = b.status_of("kept").await.expect("the good record restores");
@@ -347,7 +348,7 @@ async fn a_start_missing_from_the_record_is_found_again_not_started_twice() {
     // As if procnode had died between starting the container and recording it.
     let status_file = dir
         .path()
-        .join("records/default_unrecorded_uid-unrecorded/status.json");
+        .join("records/default_unrecorded_uid-unrecorded.status.json");
     let mut saved: Value = serde_json::from_slice(&std::fs::read(&status_file).unwrap()).unwrap();
     saved["containers"][0]["state"] =
         json!({"waiting": {"reason": "ContainerCreating", "message": null}});

@@ -92,8 +92,8 @@ impl Settings {
         )
     }
 
-    /// Where the pod's records (pod.json, status.json) live.
-    pub fn record_dir(&self, key: &PodKey, uid: &str) -> PathBuf {
+    /// Where the pod's record files live (this path plus `.pod.json` / `.status.json`).
+    pub fn record_base(&self, key: &PodKey, uid: &str) -> PathBuf {
         self.state_dir.join("records").join(pod_dir_name(key, uid))
     }
 
@@ -189,7 +189,7 @@ impl Runtime {
 
     /// Writes the pod JSON record (fsync'd) before a create or update is acknowledged.
     async fn save_pod(&self, key: &PodKey, uid: &str, raw: &str) -> Result<(), RuntimeError> {
-        let dir = self.settings.record_dir(key, uid);
+        let dir = self.settings.record_base(key, uid);
         let raw = raw.to_string();
         tokio::task::spawn_blocking(move || crate::persist::save_pod(&dir, &raw))
             .await
@@ -218,7 +218,7 @@ impl Runtime {
                 Err(e) => {
                     problems.push(format!(
                         "pod record {} is not a valid pod: {e}",
-                        pod.dir.display()
+                        crate::persist::pod_file(&pod.base).display()
                     ));
                     continue;
                 }
@@ -340,15 +340,15 @@ impl Runtime {
         entry.request_stop(self.grace_for(entry, grace));
         entry.wait_done().await;
         self.store.remove_if_same(entry);
-        let dirs: Vec<PathBuf> = [
-            self.settings.record_dir(&entry.key, &entry.uid),
-            self.settings.pod_dir(entry),
-        ]
-        .into_iter()
-        .chain(self.settings.pod_log_dir(&entry.key, &entry.uid))
-        .collect();
+        let record = self.settings.record_base(&entry.key, &entry.uid);
+        let dirs: Vec<PathBuf> = std::iter::once(self.settings.pod_dir(entry))
+            .chain(self.settings.pod_log_dir(&entry.key, &entry.uid))
+            .collect();
         let key = entry.key.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::persist::remove(&record) {
+                tracing::warn!(pod = %key, error = %e, "could not remove pod record");
+            }
             for dir in dirs {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -426,7 +426,7 @@ impl Runtime {
 pub(crate) async fn save_status(entry: &PodEntry, settings: &Settings, durable: bool) {
     let _turn = entry.save_lock.lock().await;
     let saved = entry.saved_status();
-    let dir = settings.record_dir(&entry.key, &entry.uid);
+    let dir = settings.record_base(&entry.key, &entry.uid);
     let result =
         tokio::task::spawn_blocking(move || crate::persist::save_status(&dir, &saved, durable))
             .await;
