@@ -9,6 +9,7 @@ fn main() -> std::process::ExitCode {
         let code = procnode::runtime::shim::main(&args[2]);
         return std::process::ExitCode::from(code as u8);
     }
+    procnode::runtime::process::close_inherited_fds_on_exec();
     serve()
 }
 

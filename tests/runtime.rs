@@ -574,3 +574,27 @@ async fn each_container_runs_under_its_own_supervisor() {
     .await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_container_gets_stdin_stdout_stderr_and_nothing_else() {
+    // A descriptor without close-on-exec in procnode's process, as a careless parent leaves them.
+    let inherited = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let srv = Server::start(&[]).await;
+    let p = pod("fds", &sh("ls /proc/self/fd"), "Never");
+    srv.create(&p).await;
+    srv.wait_status("fds", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    // ls itself opens one descriptor to read the directory.
+    let (_, text) = srv.logs("fds", "main", "").await;
+    let fds: Vec<&str> = text.lines().collect();
+    assert_eq!(fds.len(), 4, "{fds:?}");
+    assert_eq!(&fds[..3], ["0", "1", "2"]);
+    srv.delete(&p).await;
+    srv.stop().await;
+    drop(inherited);
+}

@@ -198,6 +198,29 @@ pub fn spawn_direct(req: &SpawnRequest) -> Result<SpawnedDirect, SpawnError> {
     })
 }
 
+/// Marks every open file descriptor above stderr close-on-exec, so that descriptors this
+/// process inherited without that flag (from whatever started it) do not leak into containers.
+/// Call it early, from a single thread, before any container is started.
+pub fn close_inherited_fds_on_exec() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: only the flags of `fd` are changed, for the duration of this call; a
+        // descriptor that was the directory listing itself (now closed) just fails with EBADF.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = nix::fcntl::fcntl(
+            borrowed,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+}
+
 /// Takes ownership of file descriptors received from another process (SCM_RIGHTS).
 pub fn own_received_fds(fds: &[RawFd]) -> Vec<OwnedFd> {
     // SAFETY: the kernel just installed these descriptors in this process for this message;

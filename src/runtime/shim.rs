@@ -88,6 +88,7 @@ pub fn main(name: &str) -> i32 {
 }
 
 fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
+    process::close_inherited_fds_on_exec();
     let mut spec_line = String::new();
     io::BufReader::new(&*first).read_line(&mut spec_line)?;
     let spec: SpawnRequest = serde_json::from_str(&spec_line).map_err(io::Error::other)?;
