@@ -5,9 +5,11 @@
 //! times, supervisors). Flat files, no directory per pod: creating directories is the costliest
 //! file system operation on the create path.
 //!
-//! Every write is atomic (a temporary file renamed over the old one). `pod.json`, and
-//! `status.json` whenever it records an exit, are fsync'd first; a status that only records a
-//! start is not, because a lost start is found again from the supervisor's well-known name. A record that cannot be read back is
+//! Every write is atomic (a temporary file renamed over the old one), which is all a procnode
+//! crash needs: the page cache outlives the process. For a machine crash, `pod.json` and a
+//! `status.json` that records a container's own exit are fsync'd first; a status that records a
+//! start is not (a lost start is found again through the supervisor's well-known name), nor one
+//! that records an exit procnode caused itself (delete, shutdown). A record that cannot be read back is
 //! moved to `STATE_DIR/corrupt/` and reported; the others load.
 
 use std::io::{self, Write};

@@ -154,8 +154,9 @@ pub async fn supervise(
                 c.state = ContainerState::Terminated(termination);
             }
         });
-        // Once the exit is on disk, the supervisor may go.
-        super::save_status(&entry, &settings, true).await;
+        // Once the exit is on disk, the supervisor may go. An exit the pod asked for (delete,
+        // shutdown) is not fsync'd: its record goes away next, or it is re-created on start.
+        super::save_status(&entry, &settings, !stopped).await;
         if let Some(sup) = supervised {
             sup.release().await;
         }

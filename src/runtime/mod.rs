@@ -559,6 +559,7 @@ fn adopt_unrecorded(
 /// The pod worker's last step: record the final state, then let a waiting delete proceed
 /// (which removes the record; saving after that would bring it back).
 async fn finish(entry: &PodEntry, settings: &Settings) {
-    save_status(entry, settings, true).await;
+    // Every exit was already recorded (durably) by its container task.
+    save_status(entry, settings, false).await;
     entry.mark_done();
 }
