@@ -654,6 +654,23 @@ async fn bench(scale: Scale) {
         ));
     }
 
+    // What durability costs here: an fsync'd atomic write of a pod-sized file, alone.
+    let mut fsync_lat = Vec::new();
+    let scratch = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    for i in 0..200 {
+        let t = Instant::now();
+        procnode::persist::write_atomic(&scratch.path().join(format!("p{}", i % 20)), SLEEPER.as_bytes()).unwrap();
+        fsync_lat.push(t.elapsed());
+    }
+    fsync_lat.sort();
+    rows.push(row(
+        "2. baseline: fsync'd atomic write of a 2 KB file (the create path's pod record)",
+        format!("{} / {}", ms(pct(&fsync_lat, 0.5)), ms(pct(&fsync_lat, 0.99))),
+        "-".into(),
+        "-".into(),
+        "",
+    ));
+
     // 2. Start latency: create request → Running in getPodStatus.
     let mut create_lat = Vec::new();
     let mut running_lat = Vec::new();
