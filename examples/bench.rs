@@ -659,13 +659,21 @@ async fn bench(scale: Scale) {
     let scratch = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
     for i in 0..200 {
         let t = Instant::now();
-        procnode::persist::write_atomic(&scratch.path().join(format!("p{}", i % 20)), SLEEPER.as_bytes()).unwrap();
+        procnode::persist::write_atomic(
+            &scratch.path().join(format!("p{}", i % 20)),
+            SLEEPER.as_bytes(),
+        )
+        .unwrap();
         fsync_lat.push(t.elapsed());
     }
     fsync_lat.sort();
     rows.push(row(
         "2. baseline: fsync'd atomic write of a 2 KB file (the create path's pod record)",
-        format!("{} / {}", ms(pct(&fsync_lat, 0.5)), ms(pct(&fsync_lat, 0.99))),
+        format!(
+            "{} / {}",
+            ms(pct(&fsync_lat, 0.5)),
+            ms(pct(&fsync_lat, 0.99))
+        ),
         "-".into(),
         "-".into(),
         "",

@@ -137,17 +137,21 @@ impl Server {
         // Orphaned grandchildren of pods must come back to this process to be reaped.
         procnode::runtime::process::become_subreaper().expect("subreaper");
         let state_dir = tempfile::tempdir().expect("tempdir");
-        let mut args = vec![
-            "procnode".to_string(),
-            "--state-dir".into(),
-            state_dir.path().display().to_string(),
+        let mut args = vec!["procnode".to_string()];
+        if !extra_args.contains(&"--state-dir") {
+            args.extend([
+                "--state-dir".to_string(),
+                state_dir.path().display().to_string(),
+            ]);
+        }
+        args.extend([
             "--backoff-initial".into(),
             "100ms".into(),
             "--backoff-max".into(),
             "400ms".into(),
             "--shim-path".into(),
             env!("CARGO_BIN_EXE_procnode").into(),
-        ];
+        ]);
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let config = procnode::Config::parse_from_env_free(args);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
