@@ -263,8 +263,11 @@ async fn resume_run(
                 };
                 (started, c.container_id.clone(), c.pid)
             });
-            if let Some(pid) = pid {
-                process::signal_group(pid, Signal::SIGKILL);
+            // Nobody supervises what may be left of it: stop it, if that pid is still it.
+            if let (Some(pid), Some(started)) = (pid, started_at) {
+                if process::is_same_process(pid, started.as_nanosecond() as i64) {
+                    process::signal_group(pid, Signal::SIGKILL);
+                }
             }
             Err(Termination::supervisor_gone(started_at, container_id))
         }

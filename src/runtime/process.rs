@@ -286,6 +286,34 @@ pub fn start_reaper() {
     Reaper::get();
 }
 
+/// Whether `pid` is a process that started within a couple of seconds of `started_ns` (Unix
+/// nanoseconds): that it is still the process procnode recorded, not an unrelated one that got
+/// the same pid since (after a reboot, say). Signals to a recorded group are sent only then.
+pub fn is_same_process(pid: i32, started_ns: i64) -> bool {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    let start_ticks: Option<u64> = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok());
+    let boot_secs: Option<u64> = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+    });
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    match (start_ticks, boot_secs) {
+        (Some(ticks), Some(boot)) => {
+            let started = (boot as f64 + ticks as f64 / ticks_per_sec as f64) * 1e9;
+            (started - started_ns as f64).abs() < 3e9
+        }
+        _ => false,
+    }
+}
+
 /// Makes procnode the reaper of orphaned descendants (see the module docs).
 pub fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
@@ -417,6 +445,23 @@ mod tests {
             resolve_program("bin/sh", DEFAULT_PATH, Path::new("/usr")).unwrap(),
             PathBuf::from("/usr/bin/sh")
         );
+    }
+
+    #[test]
+    fn recognises_a_process_by_its_start_time() {
+        let me = std::process::id() as i32;
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(!stat.is_empty());
+        // This process started a moment ago (test binaries are short-lived) ...
+        let now = crate::logs::now_ns();
+        let uptime_of_me = (0..600).any(|s| is_same_process(me, now - s * 1_000_000_000));
+        assert!(
+            uptime_of_me,
+            "the test process started within the last 10 minutes"
+        );
+        // ... and not in 1970.
+        assert!(!is_same_process(me, 0));
+        assert!(!is_same_process(i32::MAX, now));
     }
 
     #[test]
