@@ -142,25 +142,23 @@ impl Procnode {
             .unwrap()
     }
 
-    async fn kill9(mut self) {
-        self.stopped = true;
-        kill(Pid::from_raw(self.pid), Signal::SIGKILL).unwrap();
-        wait_until(
-            "procnode to die and be reaped",
-            Duration::from_secs(10),
-            || async { reaped(self.pid).then_some(()) },
-        )
-        .await;
+    async fn kill9(self) {
+        self.stop_with(Signal::SIGKILL, Duration::from_secs(10))
+            .await
     }
 
-    async fn terminate(mut self) {
+    async fn terminate(self) {
+        self.stop_with(Signal::SIGTERM, Duration::from_secs(30))
+            .await
+    }
+
+    /// Sends `signal` and waits until procnode has exited and been reaped.
+    async fn stop_with(mut self, signal: Signal, limit: Duration) {
         self.stopped = true;
-        kill(Pid::from_raw(self.pid), Signal::SIGTERM).unwrap();
-        wait_until(
-            "procnode to exit and be reaped",
-            Duration::from_secs(30),
-            || async { reaped(self.pid).then_some(()) },
-        )
+        kill(Pid::from_raw(self.pid), signal).unwrap();
+        wait_until("procnode to exit and be reaped", limit, || async {
+            reaped(self.pid).then_some(())
+        })
         .await;
     }
 }

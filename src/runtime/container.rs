@@ -96,24 +96,13 @@ pub async fn supervise(
                 });
                 let end = run(&mut sup, &entry, idx, &mut stop).await;
                 let termination = match end {
-                    Event::Exited(e) => {
-                        let code = e.status.exit_code();
-                        Termination {
-                            exit_code: code,
-                            signal: e.status.signal(),
-                            reason: if code == 0 {
-                                reason::COMPLETED
-                            } else {
-                                reason::ERROR
-                            }
-                            .into(),
-                            message: None,
-                            started_at: Some(started_at),
-                            finished_at: Timestamp::from_nanosecond(e.finished_ns as i128)
-                                .unwrap_or_else(|_| Timestamp::now()),
-                            container_id: Some(container_id),
-                        }
-                    }
+                    Event::Exited(e) => Termination::exited(
+                        e.status,
+                        Some(started_at),
+                        Timestamp::from_nanosecond(e.finished_ns as i128)
+                            .unwrap_or_else(|_| Timestamp::now()),
+                        Some(container_id),
+                    ),
                     Event::Gone => {
                         Termination::supervisor_gone(Some(started_at), Some(container_id))
                     }

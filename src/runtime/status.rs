@@ -92,6 +92,30 @@ pub struct Termination {
 }
 
 impl Termination {
+    /// A run that ended by itself: reason `Completed` for exit code 0, else `Error`.
+    pub fn exited(
+        status: super::process::ExitStatus,
+        started_at: Option<Timestamp>,
+        finished_at: Timestamp,
+        container_id: Option<String>,
+    ) -> Termination {
+        let exit_code = status.exit_code();
+        Termination {
+            exit_code,
+            signal: status.signal(),
+            reason: if exit_code == 0 {
+                reason::COMPLETED
+            } else {
+                reason::ERROR
+            }
+            .into(),
+            message: None,
+            started_at,
+            finished_at,
+            container_id,
+        }
+    }
+
     /// A run whose supervisor vanished without reporting an exit.
     pub fn supervisor_gone(
         started_at: Option<Timestamp>,
@@ -490,20 +514,12 @@ mod tests {
     use super::*;
 
     fn t(exit: i32) -> Termination {
-        Termination {
-            exit_code: exit,
-            signal: None,
-            reason: if exit == 0 {
-                reason::COMPLETED
-            } else {
-                reason::ERROR
-            }
-            .into(),
-            message: None,
-            started_at: None,
-            finished_at: Timestamp::UNIX_EPOCH,
-            container_id: None,
-        }
+        Termination::exited(
+            crate::runtime::process::ExitStatus::Exited(exit),
+            None,
+            Timestamp::UNIX_EPOCH,
+            None,
+        )
     }
 
     fn pod(policy: RestartPolicy, states: Vec<ContainerState>) -> PodState {
