@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -68,38 +67,45 @@ async fn a_thousand_requests_during_five_hundred_creations_lose_nothing() {
     srv.stop().await;
 }
 
-/// Mounts a small tmpfs at a fresh directory; `None` where mounting is not allowed.
+/// Mounts a small tmpfs at a fresh directory; `None` where mounting is not allowed. Uses the
+/// mount system calls directly: this test process has procnode's reaper running, so it may not
+/// wait for child processes of its own (such as `mount`).
 struct SmallDisk {
     dir: tempfile::TempDir,
 }
 
 impl SmallDisk {
     fn new(size: &str) -> Option<SmallDisk> {
+        use nix::mount::{mount, MsFlags};
         let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk { dir })
+        let options = format!("size={size}");
+        mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .ok()?;
+        Some(SmallDisk { dir })
     }
 
     fn remount_read_only(&self) {
-        let ok = Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(self.dir.path())
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        use nix::mount::{mount, MsFlags};
+        mount(
+            None::<&str>,
+            self.dir.path(),
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .expect("remount read-only");
     }
 }
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
