@@ -27,6 +27,8 @@ pub const DEFAULT_LOG_TOTAL_BYTES: usize = 256 * 1024 * 1024;
 pub const DEFAULT_LOG_FILE_MAX_SIZE: &str = "10Mi";
 /// Log files kept per container run, the current one included (the kubelet's containerLogMaxFiles).
 pub const DEFAULT_LOG_FILE_MAX_FILES: usize = 5;
+/// Log follow streams open at once.
+pub const DEFAULT_MAX_FOLLOW_STREAMS: usize = 64;
 /// Largest request body accepted; larger ones get 413.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// First CrashLoopBackOff delay (the kubelet's).
@@ -46,10 +48,11 @@ pub const DEFAULT_PID_PRESSURE_PERCENT: u8 = 90;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "procnode", version, about, long_about = None)]
 pub struct Config {
-    /// Address to listen on, `HOST:PORT` or just `PORT` (127.0.0.1 is used then).
+    /// Address to listen on: `HOST:PORT`, just `PORT` (127.0.0.1 is used then), or
+    /// `unix:PATH` for a unix socket (created with mode 0600).
     /// Default: 127.0.0.1 and the port from `PORT`, else 3000.
     #[arg(long, env = "PROCNODE_LISTEN", value_parser = parse_listen)]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<ListenAddr>,
 
     /// Port used when no --listen is given.
     #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
@@ -107,6 +110,20 @@ pub struct Config {
           value_parser = parse_max_files)]
     pub log_file_max_files: usize,
 
+    /// File holding a bearer token; when set, every request but `GET /` and `GET /healthz` must
+    /// carry `Authorization: Bearer TOKEN` (401 otherwise).
+    #[arg(long, env = "PROCNODE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Longest time a request may take before 408 (follow streams are not limited once they
+    /// have started). Default: the maximum grace period plus 60 s, so a delete always fits.
+    #[arg(long, env = "PROCNODE_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+
+    /// Log follow streams open at once; more get 429.
+    #[arg(long, env = "PROCNODE_MAX_FOLLOW_STREAMS", default_value_t = DEFAULT_MAX_FOLLOW_STREAMS)]
+    pub max_follow_streams: usize,
+
     /// Largest request body accepted (413 above it).
     #[arg(long, env = "PROCNODE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -154,6 +171,22 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Where the API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SupervisorMode {
     Shim,
@@ -188,10 +221,38 @@ impl Config {
         <Config as clap::FromArgMatches>::from_arg_matches(&matches).expect("valid defaults")
     }
 
-    /// The socket address to bind.
-    pub fn listen_addr(&self) -> SocketAddr {
+    /// Where to listen.
+    pub fn listen_addr(&self) -> ListenAddr {
         self.listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.port)))
+            .clone()
+            .unwrap_or_else(|| ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], self.port))))
+    }
+
+    /// The request timeout, resolved to its default.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+            .unwrap_or(self.max_grace_period + Duration::from_secs(60))
+    }
+
+    /// The bearer token from `--token-file`, if one is configured.
+    pub fn token(&self) -> std::io::Result<Option<String>> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("reading token file {}: {e}", path.display()),
+            )
+        })?;
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "token file {} is empty",
+                path.display()
+            )));
+        }
+        Ok(Some(token))
     }
 
     /// The state directory, resolved to its default when not configured.
@@ -231,12 +292,19 @@ impl Config {
     }
 }
 
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = s.parse::<u16>() {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("`unix:` needs a path, for example unix:/run/procnode.sock".into());
+        }
+        return Ok(ListenAddr::Unix(PathBuf::from(path)));
     }
-    s.parse::<SocketAddr>()
-        .map_err(|_| format!("`{s}` is not HOST:PORT or PORT (for example 127.0.0.1:3000)"))
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+        format!("`{s}` is not HOST:PORT, PORT or unix:PATH (for example 127.0.0.1:3000)")
+    })
 }
 
 fn parse_max_files(s: &str) -> Result<usize, String> {
@@ -259,8 +327,15 @@ mod tests {
     #[test]
     fn defaults_listen_on_loopback_3000() {
         let c = Config::defaults();
-        assert_eq!(c.listen_addr(), "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(
+            c.listen_addr(),
+            ListenAddr::Tcp("127.0.0.1:3000".parse().unwrap())
+        );
         assert_eq!(c.max_pods, DEFAULT_MAX_PODS);
+        assert_eq!(
+            c.request_timeout(),
+            DEFAULT_MAX_GRACE + Duration::from_secs(60)
+        );
         assert_eq!(c.max_grace_period, DEFAULT_MAX_GRACE);
         assert_eq!(c.backoff_initial, DEFAULT_BACKOFF_INITIAL);
         assert_eq!(c.backoff_max, DEFAULT_BACKOFF_MAX);
@@ -269,13 +344,16 @@ mod tests {
 
     #[test]
     fn listen_flag_beats_port_and_accepts_a_bare_port() {
+        let tcp = |s: &str| ListenAddr::Tcp(s.parse().unwrap());
         let c =
             Config::parse_from_env_free(["procnode", "--port", "4000", "--listen", "0.0.0.0:5000"]);
-        assert_eq!(c.listen_addr(), "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(c.listen_addr(), tcp("0.0.0.0:5000"));
         let c = Config::parse_from_env_free(["procnode", "--listen", "7000"]);
-        assert_eq!(c.listen_addr(), "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(c.listen_addr(), tcp("127.0.0.1:7000"));
         let c = Config::parse_from_env_free(["procnode", "--port", "4000"]);
-        assert_eq!(c.listen_addr(), "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(c.listen_addr(), tcp("127.0.0.1:4000"));
+        let c = Config::parse_from_env_free(["procnode", "--listen", "unix:/run/p.sock"]);
+        assert_eq!(c.listen_addr(), ListenAddr::Unix("/run/p.sock".into()));
     }
 
     #[test]

@@ -36,13 +36,17 @@ pub fn build(config: &Config) -> (Arc<runtime::Runtime>, Arc<node::Node>) {
     (Arc::new(runtime::Runtime::new(settings)), node)
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then stops every pod with its
-/// grace period and returns once no pod process is left.
-pub async fn run(
-    listener: tokio::net::TcpListener,
+/// Serves the API on `listener` (TCP or unix socket) until `shutdown` completes, then stops
+/// every pod with its grace period and returns once no pod process is left.
+pub async fn run<L>(
+    listener: L,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir).map_err(|e| {
         std::io::Error::new(
@@ -59,12 +63,9 @@ pub async fn run(
         tracing::info!(pods = restored, "restored pods from the state directory");
     }
     let refresher = tokio::spawn(node.clone().refresh_every(config.host_refresh));
-    let app = api::router(api::AppState {
-        runtime: runtime.clone(),
-        node,
-        max_body_bytes: config.max_body_bytes,
-    });
-    tracing::info!(addr = %listener.local_addr()?, state_dir = %state_dir.display(), "procnode serving");
+    let app = api::router(api::AppState::new(runtime.clone(), node, &config)?);
+    let addr = listener.local_addr()?;
+    tracing::info!(addr = %format!("{addr:?}").trim_matches('"'), state_dir = %state_dir.display(), "procnode serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

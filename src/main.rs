@@ -1,5 +1,5 @@
 use clap::Parser;
-use procnode::config::{Config, LogFormat};
+use procnode::config::{Config, ListenAddr, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -30,20 +30,42 @@ async fn serve() -> std::process::ExitCode {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned pod processes go to PID 1");
     }
     let addr = config.listen_addr();
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("procnode: cannot listen on {addr}: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let served = match &addr {
+        ListenAddr::Tcp(a) => match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => procnode::run(l, config, shutdown_signal()).await,
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr}: {e}"),
+            )),
+        },
+        ListenAddr::Unix(path) => match bind_unix(path) {
+            Ok(l) => procnode::run(l, config, shutdown_signal()).await,
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr}: {e}"),
+            )),
+        },
     };
-    match procnode::run(listener, config, shutdown_signal()).await {
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("procnode: {e}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A unix socket only procnode's own user can connect to (a stale socket file is replaced).
+fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::symlink_metadata(path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -29,11 +29,8 @@ fn app_with(args: &[&str]) -> App {
     all.extend_from_slice(args);
     let config = procnode::Config::parse_from_env_free(all);
     let (runtime, node) = procnode::build(&config);
-    let router = procnode::api::router(procnode::api::AppState {
-        runtime,
-        node,
-        max_body_bytes: config.max_body_bytes,
-    });
+    let router =
+        procnode::api::router(procnode::api::AppState::new(runtime, node, &config).unwrap());
     App {
         router,
         _state_dir: dir,
@@ -426,4 +423,67 @@ async fn get_pods_stays_within_the_brokers_read_limit() {
     for p in &pods {
         assert!(app.delete(p).await.is_success());
     }
+}
+
+#[tokio::test]
+async fn with_a_token_every_request_but_health_needs_it_and_a_refused_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let app = app_with(&["--token-file", token_file.to_str().unwrap()]);
+    let p = pod("guarded", &["sleep", "30"], "Never");
+    let send =
+        |auth: Option<&'static str>, method: Method, uri: &'static str, body: Option<String>| {
+            let router = app.router.clone();
+            async move {
+                let mut req = Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .header("Content-Type", "application/json");
+                if let Some(a) = auth {
+                    req = req.header("Authorization", a);
+                }
+                let resp = router
+                    .oneshot(
+                        req.body(body.map(Body::from).unwrap_or_else(Body::empty))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let challenge = resp.headers().get("www-authenticate").cloned();
+                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, challenge, bytes)
+            }
+        };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cret-toke"),
+        Some("s3cret-token"),
+    ] {
+        let (s, challenge, body) =
+            send(auth, Method::POST, "/createPod", Some(p.to_string())).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(challenge.unwrap(), "Bearer");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("bearer token"));
+        let (s, _, _) = send(auth, Method::GET, "/capacity", None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    for health in ["/", "/healthz"] {
+        let (s, _, _) = send(None, Method::GET, health, None).await;
+        assert_eq!(s, StatusCode::OK, "{health} stays open for probes");
+    }
+    let good = Some("Bearer s3cret-token");
+    let (s, _, body) = send(good, Method::GET, "/getPods", None).await;
+    assert_eq!(
+        (s, &body[..]),
+        (StatusCode::OK, &b"[]"[..]),
+        "refused creates stored nothing"
+    );
+    let (s, _, _) = send(good, Method::POST, "/createPod", Some(p.to_string())).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _, _) = send(good, Method::DELETE, "/deletePod", Some(p.to_string())).await;
+    assert_eq!(s, StatusCode::OK);
 }

@@ -160,3 +160,42 @@ fn invalid_configuration_exits_non_zero_with_a_clear_message() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("not-an-address"), "{err}");
 }
+
+#[tokio::test]
+async fn serves_on_a_unix_socket_only_its_user_can_open() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("procnode.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut child = Command::new(BIN)
+        .args(["--listen", &listen])
+        .env("PROCNODE_STATE_DIR", dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    support::wait_until("the socket", Duration::from_secs(10), || async {
+        sock.exists().then_some(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(b"GET /operatingSystem HTTP/1.1\r\nHost: procnode\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("linux"), "{answer}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+}

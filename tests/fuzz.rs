@@ -46,11 +46,7 @@ impl App {
             .unwrap();
         let router = rt.block_on(async {
             let (runtime, node) = procnode::build(&config);
-            procnode::api::router(procnode::api::AppState {
-                runtime,
-                node,
-                max_body_bytes: config.max_body_bytes,
-            })
+            procnode::api::router(procnode::api::AppState::new(runtime, node, &config).unwrap())
         });
         App {
             router,

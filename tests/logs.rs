@@ -301,3 +301,43 @@ async fn binary_output_and_very_long_lines_pass_through_untouched() {
     srv.delete(&p).await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn follow_streams_are_capped_and_a_closed_one_frees_its_slot() {
+    let srv = Server::start(&["--max-follow-streams", "1"]).await;
+    let p = pod(
+        "capped",
+        &sh("while :; do echo tick; sleep 0.05; done"),
+        "Always",
+    );
+    srv.create(&p).await;
+    srv.wait_status("capped", "Running", |s| phase(s) == "Running")
+        .await;
+    let url = srv.url(
+        "/getContainerLogs?namespace=default&podName=capped&containerName=main&follow=true&tail=1",
+    );
+    let first = srv.http.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let mut body = first.bytes_stream();
+    tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let second = srv.http.get(&url).send().await.unwrap();
+    assert_eq!(second.status(), 429);
+    // Plain reads are not follow streams and are not capped.
+    assert_eq!(srv.logs("capped", "main", "&tail=1").await.0, 200);
+    drop(body);
+    wait_until(
+        "the slot to be free again",
+        Duration::from_secs(10),
+        || async {
+            let r = reqwest::get(&url).await.ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
+    srv.delete(&p).await;
+    srv.stop().await;
+}

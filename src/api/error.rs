@@ -25,6 +25,10 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("no such endpoint: {0}")]
     NoRoute(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("too many log follow streams are open (see --max-follow-streams); try again later")]
+    TooManyFollowers,
 }
 
 impl From<RuntimeError> for ApiError {
@@ -58,6 +62,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             // The state directory is full or read-only: nothing was stored.
             ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyFollowers => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -69,6 +75,13 @@ impl IntoResponse for ApiError {
             "error": self.to_string(),
             "status": status.as_u16(),
         });
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }

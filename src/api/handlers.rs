@@ -303,8 +303,16 @@ pub async fn get_container_logs(
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if req.follow && !req.previous {
         let slot = s.runtime.log_slot(&req.key, &req.container)?;
-        let stream = crate::logs::follow(slot, req.query)
-            .map(|chunk| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)));
+        let permit = s
+            .follow_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyFollowers)?;
+        // The permit lives as long as the stream: released when it ends or the client leaves.
+        let stream = crate::logs::follow(slot, req.query).map(move |chunk| {
+            let _held = &permit;
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk))
+        });
         return Ok((StatusCode::OK, text, axum::body::Body::from_stream(stream)).into_response());
     }
     let bytes = s

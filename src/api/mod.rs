@@ -24,11 +24,36 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     pub node: Arc<Node>,
     pub max_body_bytes: usize,
+    /// The bearer token every request (but health) must carry, when configured.
+    pub token: Option<Arc<str>>,
+    /// Permits for log follow streams; a stream holds one while it is open.
+    pub follow_slots: Arc<tokio::sync::Semaphore>,
+    /// Longest time a request may take to produce its response.
+    pub request_timeout: std::time::Duration,
+}
+
+impl AppState {
+    /// State with no token, the default follow cap and request timeout.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        node: Arc<Node>,
+        config: &crate::Config,
+    ) -> std::io::Result<AppState> {
+        Ok(AppState {
+            runtime,
+            node,
+            max_body_bytes: config.max_body_bytes,
+            token: config.token()?.map(Arc::from),
+            follow_slots: Arc::new(tokio::sync::Semaphore::new(config.max_follow_streams)),
+            request_timeout: config.request_timeout(),
+        })
+    }
 }
 
 /// The whole API; `main` and the tests both use it.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
+    let timeout = state.request_timeout;
     Router::new()
         // pods
         .route("/createPod", post(handlers::create_pod))
@@ -48,6 +73,14 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(handlers::health))
         .route("/healthz", get(handlers::health))
         .fallback(handlers::no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .layer(axum::middleware::from_fn(server_timing))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(extract::BodyLimit(limit)))
@@ -67,4 +100,32 @@ async fn server_timing(
         resp.headers_mut().insert("server-timing", v);
     }
     resp
+}
+
+/// With a token configured, every request but the health endpoints must carry
+/// `Authorization: Bearer TOKEN`; the comparison takes the same time whatever the guess.
+async fn authorize(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use subtle::ConstantTimeEq;
+    let Some(token) = &state.token else {
+        return next.run(req).await;
+    };
+    if req.method() == axum::http::Method::GET && matches!(req.uri().path(), "/" | "/healthz") {
+        return next.run(req).await;
+    }
+    let offered = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if offered.as_bytes().ct_eq(token.as_bytes()).into() {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
 }
