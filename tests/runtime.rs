@@ -598,3 +598,78 @@ async fn a_container_gets_stdin_stdout_stderr_and_nothing_else() {
     srv.stop().await;
     drop(inherited);
 }
+
+#[tokio::test]
+async fn active_deadline_stops_the_pod_and_fails_it() {
+    let srv = Server::start(&[]).await;
+    let mut p = pod("deadline", &["sleep", "300"], "Always");
+    p["spec"]["activeDeadlineSeconds"] = json!(1);
+    srv.create(&p).await;
+    let s = srv
+        .wait_status("deadline", "Running", |s| phase(s) == "Running")
+        .await;
+    let pgid = container_pid(&s, "main").unwrap();
+    let s = srv
+        .wait_status("deadline", "Failed", |s| phase(s) == "Failed")
+        .await;
+    assert_eq!(s["reason"], "DeadlineExceeded");
+    assert!(s["message"].as_str().unwrap().contains("deadline"));
+    assert!(
+        container(&s, "main")["state"]["terminated"].is_object(),
+        "{s}"
+    );
+    support::assert_groups_gone(&[pgid]).await;
+    srv.delete(&p).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn termination_messages_come_from_the_file_or_the_log_tail() {
+    let srv = Server::start(&[]).await;
+    let marks = tempfile::tempdir().unwrap();
+    let file = marks.path().join("why");
+    let mut from_file = pod(
+        "msg-file",
+        &sh("printf 'all done' > \"$WHY\"; exit 0"),
+        "Never",
+    );
+    from_file["spec"]["containers"][0]["env"] =
+        json!([{"name": "WHY", "value": file.to_str().unwrap()}]);
+    from_file["spec"]["containers"][0]["terminationMessagePath"] = json!(file.to_str().unwrap());
+    let mut from_logs = pod(
+        "msg-logs",
+        &sh("echo first; echo 'fatal: it broke'; exit 2"),
+        "Never",
+    );
+    from_logs["spec"]["containers"][0]["terminationMessagePolicy"] = json!("FallbackToLogsOnError");
+    let mut quiet = pod("msg-none", &sh("echo fine; exit 0"), "Never");
+    quiet["spec"]["containers"][0]["terminationMessagePolicy"] = json!("FallbackToLogsOnError");
+    for p in [&from_file, &from_logs, &quiet] {
+        srv.create(p).await;
+    }
+    let s = srv
+        .wait_status("msg-file", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    assert_eq!(
+        container(&s, "main")["state"]["terminated"]["message"],
+        "all done"
+    );
+    let s = srv
+        .wait_status("msg-logs", "Failed", |s| phase(s) == "Failed")
+        .await;
+    assert_eq!(
+        container(&s, "main")["state"]["terminated"]["message"],
+        "first\nfatal: it broke\n"
+    );
+    let s = srv
+        .wait_status("msg-none", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    assert!(
+        container(&s, "main")["state"]["terminated"]["message"].is_null(),
+        "no fallback on success"
+    );
+    for p in [&from_file, &from_logs, &quiet] {
+        srv.delete(p).await;
+    }
+    srv.stop().await;
+}

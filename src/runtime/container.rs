@@ -96,13 +96,17 @@ pub async fn supervise(
                 });
                 let end = run(&mut sup, &entry, idx, &mut stop).await;
                 let termination = match end {
-                    Event::Exited(e) => Termination::exited(
-                        e.status,
-                        Some(started_at),
-                        Timestamp::from_nanosecond(e.finished_ns as i128)
-                            .unwrap_or_else(|_| Timestamp::now()),
-                        Some(container_id),
-                    ),
+                    Event::Exited(e) => {
+                        let mut t = Termination::exited(
+                            e.status,
+                            Some(started_at),
+                            Timestamp::from_nanosecond(e.finished_ns as i128)
+                                .unwrap_or_else(|_| Timestamp::now()),
+                            Some(container_id),
+                        );
+                        t.message = termination_message(&entry, idx, &settings, t.exit_code).await;
+                        t
+                    }
                     Event::Gone => {
                         Termination::supervisor_gone(Some(started_at), Some(container_id))
                     }
@@ -160,6 +164,63 @@ pub async fn supervise(
             _ = stop.wait_for(Option::is_some) => return Outcome::Stopped,
         }
     }
+}
+
+/// Default of `terminationMessagePath`. On a host it would name the host's own file, shared by
+/// every container, so it is not read; a container that sets another path gets it read.
+const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// The kubelet's bounds: 4 KiB from the file; from the logs, the last 80 lines up to 2 KiB.
+const TERMINATION_MESSAGE_MAX: usize = 4096;
+const FALLBACK_LOG_LINES: usize = 80;
+const FALLBACK_LOG_BYTES: usize = 2048;
+
+/// `terminated.message`: the file at `terminationMessagePath` (relative paths from the working
+/// directory), or with `FallbackToLogsOnError` and a failed run, the end of the log.
+async fn termination_message(
+    entry: &Arc<PodEntry>,
+    idx: usize,
+    settings: &Arc<Settings>,
+    exit_code: i32,
+) -> Option<String> {
+    let container = entry.container_spec(idx);
+    let path = container
+        .termination_message_path
+        .as_deref()
+        .filter(|p| !p.is_empty() && *p != DEFAULT_TERMINATION_MESSAGE_PATH)
+        .map(|p| match container.working_dir.as_deref() {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir).join(p),
+            _ => settings.pod_dir(entry).join(p),
+        });
+    let from_file = match path {
+        Some(path) => tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut buf = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(TERMINATION_MESSAGE_MAX as u64).read_to_end(&mut buf))
+                .ok()
+                .map(|_| String::from_utf8_lossy(&buf).into_owned())
+        })
+        .await
+        .ok()
+        .flatten(),
+        None => None,
+    };
+    let from_file = from_file.filter(|m| !m.is_empty());
+    let fallback = container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+    if from_file.is_some() || !fallback || exit_code == 0 {
+        return from_file;
+    }
+    let tail = entry.logs[idx]
+        .logs
+        .lock()
+        .expect("logs lock")
+        .current
+        .read(&crate::logs::LogQuery {
+            tail: Some(FALLBACK_LOG_LINES),
+            ..Default::default()
+        });
+    let tail = &tail[tail.len().saturating_sub(FALLBACK_LOG_BYTES)..];
+    (!tail.is_empty()).then(|| String::from_utf8_lossy(tail).into_owned())
 }
 
 fn start_error(message: String) -> Termination {

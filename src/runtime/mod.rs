@@ -360,18 +360,8 @@ impl Runtime {
         .await;
     }
 
-    /// The grace period: the delete's own, else the pod's, else 30 s; never above the cap.
     fn grace_for(&self, entry: &PodEntry, requested: Option<Duration>) -> Duration {
-        let from_spec = entry
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
-            .map(|s| Duration::from_secs(s.max(0) as u64));
-        requested
-            .or(from_spec)
-            .unwrap_or(DEFAULT_GRACE)
-            .min(self.settings.max_grace)
+        grace_period(entry, &self.settings, requested)
     }
 
     /// The log slot of one container.
@@ -421,6 +411,55 @@ impl Runtime {
     }
 }
 
+/// The grace period: the delete's own, else the pod's, else 30 s; never above the cap.
+fn grace_period(entry: &PodEntry, settings: &Settings, requested: Option<Duration>) -> Duration {
+    let from_spec = entry
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .map(|s| Duration::from_secs(s.max(0) as u64));
+    requested
+        .or(from_spec)
+        .unwrap_or(DEFAULT_GRACE)
+        .min(settings.max_grace)
+}
+
+/// `activeDeadlineSeconds`: once the pod has been active that long, it is stopped and Failed
+/// with reason `DeadlineExceeded`, as the kubelet does. Ends early when the pod finishes.
+async fn enforce_deadline(entry: Arc<PodEntry>, settings: Arc<Settings>) {
+    let (Some(seconds), Some(start)) = (
+        entry
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.active_deadline_seconds),
+        entry.state.lock().expect("state lock").start_time,
+    ) else {
+        return;
+    };
+    let deadline = start + jiff::SignedDuration::from_secs(seconds.max(0));
+    let left = Timestamp::now().duration_until(deadline);
+    let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+    tokio::select! {
+        _ = entry.wait_done() => return,
+        _ = tokio::time::sleep(left) => {}
+    }
+    {
+        let mut st = entry.state.lock().expect("state lock");
+        if st.phase().is_terminal() {
+            return;
+        }
+        st.failure = Some((
+            "DeadlineExceeded".into(),
+            "Pod was active on the node longer than the specified deadline".into(),
+        ));
+        st.refresh(Timestamp::now());
+    }
+    tracing::info!(pod = %entry.key, "active deadline exceeded; stopping the pod");
+    entry.request_stop(grace_period(&entry, &settings, None));
+}
+
 /// Writes the pod's observed state (atomically; `durable` also fsyncs it). Failures are
 /// logged: the supervisors still hold what a restart needs, and the next change retries.
 pub(crate) async fn save_status(entry: &PodEntry, settings: &Settings, durable: bool) {
@@ -461,6 +500,7 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, restored: bool) 
         st.start_time.get_or_insert_with(Timestamp::now);
         (st.init.len(), st.containers.len(), st.restart_policy)
     };
+    tokio::spawn(enforce_deadline(entry.clone(), settings.clone()));
     // Init containers are retried on failure unless the pod never restarts anything.
     let init_policy = match policy {
         RestartPolicy::Never => RestartPolicy::Never,
