@@ -154,6 +154,16 @@ pub struct Config {
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub pid_pressure_percent: u8,
 
+    /// Uids containers may run as: `any`, or a list like `1000-1999,65534`. A container asking
+    /// for another one fails to start with a message saying so.
+    #[arg(long, env = "PROCNODE_ALLOWED_UIDS", default_value = "any")]
+    pub allowed_uids: crate::runtime::users::UidPolicy,
+
+    /// When procnode runs as root: the uid of containers that set no `runAsUser` (for example
+    /// 65534). Unset: such containers run as root.
+    #[arg(long, env = "PROCNODE_DEFAULT_UID")]
+    pub default_uid: Option<u32>,
+
     /// How containers are held: `shim` starts each under its own small supervisor process, so
     /// it keeps running (and its exit status is kept) across a procnode crash or upgrade;
     /// `none` makes each container procnode's own child: faster to start, but it does not

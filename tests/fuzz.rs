@@ -177,10 +177,18 @@ fn mutated_pod() -> impl Strategy<Value = Value> {
         })
 }
 
+/// 300 cases per property. Under CI the seed is fixed, so a run is reproducible; elsewhere it
+/// is random, so every local run explores new inputs (a failure prints its seed).
 fn config() -> ProptestConfig {
+    let rng_seed = if std::env::var_os("CI").is_some() {
+        proptest::test_runner::RngSeed::Fixed(0x70c0_de5e_ed00_0001)
+    } else {
+        proptest::test_runner::RngSeed::Random
+    };
     ProptestConfig {
         cases: 300,
         failure_persistence: None,
+        rng_seed,
         ..ProptestConfig::default()
     }
 }

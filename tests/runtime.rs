@@ -673,3 +673,57 @@ async fn termination_messages_come_from_the_file_or_the_log_tail() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn security_context_users_are_applied_and_policed() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let srv = Server::start(&["--allowed-uids", "0,1000-2000,65534"]).await;
+    let mut as_nobody = pod(
+        "as-nobody",
+        &sh("id -u; id -g; id -G; pwd; touch mine && echo wrote"),
+        "Never",
+    );
+    as_nobody["spec"]["securityContext"] =
+        json!({"runAsUser": 65534, "runAsGroup": 65534, "supplementalGroups": [1234]});
+    let mut container_wins = pod("container-wins", &sh("id -u"), "Never");
+    container_wins["spec"]["securityContext"] = json!({"runAsUser": 65534});
+    container_wins["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 1500});
+    let mut refused = pod("refused", &["true"], "Never");
+    refused["spec"]["securityContext"] = json!({"runAsUser": 4242});
+    let mut non_root = pod("non-root", &["true"], "Never");
+    non_root["spec"]["securityContext"] = json!({"runAsNonRoot": true});
+    for p in [&as_nobody, &container_wins, &refused, &non_root] {
+        srv.create(p).await;
+    }
+    srv.wait_status("as-nobody", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    let (_, text) = srv.logs("as-nobody", "main", "").await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(&lines[..2], ["65534", "65534"], "{text}");
+    assert!(
+        lines[2].split(' ').any(|g| g == "1234"),
+        "supplementary groups: {text}"
+    );
+    assert_eq!(
+        lines[4], "wrote",
+        "the pod directory belongs to the container's user: {text}"
+    );
+    srv.wait_status("container-wins", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    assert_eq!(srv.logs("container-wins", "main", "").await.1, "1500\n");
+    for (name, needle) in [("refused", "uid policy"), ("non-root", "runAsNonRoot")] {
+        let s = srv
+            .wait_status(name, "Failed", |s| phase(s) == "Failed")
+            .await;
+        let t = &container(&s, "main")["state"]["terminated"];
+        assert_eq!(t["reason"], "StartError");
+        assert!(t["message"].as_str().unwrap().contains(needle), "{t}");
+    }
+    for p in [&as_nobody, &container_wins, &refused, &non_root] {
+        srv.delete(p).await;
+    }
+    srv.stop().await;
+}

@@ -18,7 +18,7 @@ use super::backoff::Backoff;
 use super::process::{self, SpawnRequest};
 use super::status::{reason, ContainerState, RestartPolicy, Termination};
 use super::supervisor::{self, Event, Supervised};
-use super::{env, Settings};
+use super::{env, users, Settings};
 use crate::logs::{now_ns, LogSlot, Stream};
 use crate::store::PodEntry;
 
@@ -246,18 +246,32 @@ async fn start(
     let env = env::environment(&entry.pod, container, &settings.node)
         .map_err(|e| start_error(e.to_string()))?;
     let argv = env::argv(container, &env);
+    let user = users::resolve(&entry.pod, container, &settings.users)
+        .map_err(|e| start_error(e.to_string()))?;
     let (cwd, in_pod_dir) = match container.working_dir.as_deref() {
         Some(dir) if !dir.is_empty() => (dir.into(), false),
         _ => (settings.pod_dir(entry), true),
     };
     if in_pod_dir {
-        let dir: PathBuf = cwd.clone();
-        tokio::task::spawn_blocking(move || std::fs::create_dir_all(&dir).map_err(|e| (dir, e)))
-            .await
-            .map_err(|e| start_error(e.to_string()))?
-            .map_err(|(dir, e)| start_error(process::SpawnError::PodDir(dir, e).to_string()))?;
+        // The pod directory belongs to the user the container runs as.
+        let (dir, owner): (PathBuf, _) = (cwd.clone(), user.as_ref().map(|u| (u.uid, u.gid)));
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| start_error(e.to_string()))?
+        .map_err(|e| start_error(process::SpawnError::PodDir(cwd.clone(), e).to_string()))?;
     }
-    let req = SpawnRequest { argv, env, cwd };
+    let req = SpawnRequest {
+        argv,
+        env,
+        cwd,
+        user,
+    };
     let run_no = entry.update_container(idx, |c| c.restart_count as u64 + u64::from(restart));
     let (sup, name) = if settings.supervise {
         let name = settings.supervisor_name(entry, idx, run_no);

@@ -16,6 +16,7 @@ pub mod process;
 pub mod shim;
 pub mod status;
 mod supervisor;
+pub mod users;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ use crate::store::{NewPod, PodEntry, PodError, PodKey, Store};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub state_dir: PathBuf,
+    /// Which users containers may run as.
+    pub users: users::UserPolicy,
     /// Start each container under its own supervisor process (so it survives procnode).
     pub supervise: bool,
     /// The executable run as `EXE shim NAME` to supervise each container.
@@ -51,6 +54,11 @@ impl Settings {
     pub fn from_config(config: &Config, node: NodeFacts) -> Settings {
         Settings {
             state_dir: config.state_dir(),
+            users: users::UserPolicy {
+                allowed: config.allowed_uids.clone(),
+                default_uid: config.default_uid,
+                own_uid: nix::unistd::geteuid().as_raw(),
+            },
             supervise: config.supervisor == crate::config::SupervisorMode::Shim,
             shim_exe: config.shim_exe(),
             logs: LogConfig {

@@ -65,6 +65,9 @@ pub struct SpawnRequest {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// The identity to take before exec; `None` keeps the spawner's.
+    #[serde(default)]
+    pub user: Option<super::users::UserSpec>,
 }
 
 /// Why a command could not be started. The messages follow the wording users know from
@@ -120,6 +123,25 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
+    if let Some(user) = req.user.clone() {
+        let groups: Vec<nix::unistd::Gid> = user
+            .groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        let gid = nix::unistd::Gid::from_raw(user.gid);
+        let uid = nix::unistd::Uid::from_raw(user.uid);
+        // SAFETY: runs in the forked child before exec; it only makes the setgroups, setgid
+        // and setuid system calls on data prepared before the fork (no allocation, no locks).
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setgroups(&groups)?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
+                Ok(())
+            });
+        }
+    }
     Ok(cmd)
 }
 
