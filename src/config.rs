@@ -27,6 +27,8 @@ pub const DEFAULT_LOG_TOTAL_BYTES: usize = 256 * 1024 * 1024;
 pub const DEFAULT_LOG_FILE_MAX_SIZE: &str = "10Mi";
 /// Log files kept per container run, the current one included (the kubelet's containerLogMaxFiles).
 pub const DEFAULT_LOG_FILE_MAX_FILES: usize = 5;
+/// uid of containers without `runAsUser` when procnode runs as root (`nobody`).
+pub const DEFAULT_UID: u32 = 65534;
 /// Log follow streams open at once.
 pub const DEFAULT_MAX_FOLLOW_STREAMS: usize = 64;
 /// Largest request body accepted; larger ones get 413.
@@ -159,10 +161,10 @@ pub struct Config {
     #[arg(long, env = "PROCNODE_ALLOWED_UIDS", default_value = "any")]
     pub allowed_uids: crate::runtime::users::UidPolicy,
 
-    /// When procnode runs as root: the uid of containers that set no `runAsUser` (for example
-    /// 65534). Unset: such containers run as root.
-    #[arg(long, env = "PROCNODE_DEFAULT_UID")]
-    pub default_uid: Option<u32>,
+    /// When procnode runs as root: the uid of containers that set no `runAsUser` (`nobody` by
+    /// default, so that a root agent does not run every pod as root; 0 restores that).
+    #[arg(long, env = "PROCNODE_DEFAULT_UID", default_value_t = DEFAULT_UID)]
+    pub default_uid: u32,
 
     /// How containers are held: `shim` starts each under its own small supervisor process, so
     /// it keeps running (and its exit status is kept) across a procnode crash or upgrade;

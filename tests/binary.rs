@@ -199,3 +199,53 @@ async fn serves_on_a_unix_socket_only_its_user_can_open() {
     .unwrap();
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
+
+#[tokio::test]
+async fn a_root_agent_runs_pods_without_run_as_user_as_nobody() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the default user applies when procnode runs as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = start(dir.path(), &[]);
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let mut p: Value = serde_json::from_str(include_str!("fixtures/pod-hello.json")).unwrap();
+    p["spec"]["containers"][0]["command"] =
+        serde_json::json!(["sh", "-c", "id -u; touch here && echo can-write-own-dir"]);
+    assert_eq!(
+        http.post(format!("{base}/createPod"))
+            .body(p.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let logs = support::wait_until("output", Duration::from_secs(20), || async {
+        let text = http
+            .get(format!(
+                "{base}/getContainerLogs?namespace=default&podName=hello&containerName=hello"
+            ))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (text.lines().count() == 2).then_some(text)
+    })
+    .await;
+    assert_eq!(logs, "65534\ncan-write-own-dir\n");
+    http.delete(format!("{base}/deletePod"))
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+}

@@ -55,6 +55,9 @@ impl Procnode {
                 "json",
                 "--backoff-initial",
                 "100ms",
+                // The Job pod reads a file in this test's root-only temporary directory.
+                "--default-uid",
+                "0",
             ])
             .args(extra)
             .env("PROCNODE_STATE_DIR", state_dir)

@@ -56,7 +56,7 @@ impl Settings {
             state_dir: config.state_dir(),
             users: users::UserPolicy {
                 allowed: config.allowed_uids.clone(),
-                default_uid: config.default_uid,
+                default_uid: Some(config.default_uid),
                 own_uid: nix::unistd::geteuid().as_raw(),
             },
             supervise: config.supervisor == crate::config::SupervisorMode::Shim,

@@ -152,6 +152,10 @@ impl Server {
             "--shim-path".into(),
             env!("CARGO_BIN_EXE_procnode").into(),
         ]);
+        // Tests hand containers files in the test's own (root-only) temporary directories.
+        if !extra_args.contains(&"--default-uid") {
+            args.extend(["--default-uid".to_string(), "0".to_string()]);
+        }
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let config = procnode::Config::parse_from_env_free(args);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
