@@ -117,6 +117,19 @@ pub struct Config {
     #[arg(long, env = "PROCNODE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "PROCNODE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "PROCNODE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require a client certificate signed by this CA (PEM); connections without one are
+    /// refused during the TLS handshake.
+    #[arg(long, env = "PROCNODE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Longest time a request may take before 408 (follow streams are not limited once they
     /// have started). Default: the maximum grace period plus 60 s, so a delete always fits.
     #[arg(long, env = "PROCNODE_REQUEST_TIMEOUT", value_parser = parse_duration)]

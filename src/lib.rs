@@ -11,6 +11,7 @@
 //!   `runtime::process` is the only code that spawns, signals or reaps.
 //! - [`logs`]: bounded per-container output buffers.
 //! - [`node`]: capacity, conditions and addresses from live host metrics.
+//! - [`persist`]: pod records on disk; [`tls`]: the TLS listener.
 //!
 //! [`run`] takes its listener and shutdown signal from the caller, so tests drive the real
 //! server on port 0.
@@ -23,6 +24,7 @@ pub mod persist;
 pub mod quantity;
 pub mod runtime;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;

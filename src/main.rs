@@ -29,28 +29,40 @@ async fn serve() -> std::process::ExitCode {
     if let Err(e) = procnode::runtime::process::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned pod processes go to PID 1");
     }
-    let addr = config.listen_addr();
-    let served = match &addr {
-        ListenAddr::Tcp(a) => match tokio::net::TcpListener::bind(a).await {
-            Ok(l) => procnode::run(l, config, shutdown_signal()).await,
-            Err(e) => Err(std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr}: {e}"),
-            )),
-        },
-        ListenAddr::Unix(path) => match bind_unix(path) {
-            Ok(l) => procnode::run(l, config, shutdown_signal()).await,
-            Err(e) => Err(std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr}: {e}"),
-            )),
-        },
-    };
+    let served = serve_on(config.listen_addr(), config).await;
     match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("procnode: {e}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds `addr` (TCP, TCP with TLS, or a unix socket) and serves until a shutdown signal.
+async fn serve_on(addr: ListenAddr, config: Config) -> std::io::Result<()> {
+    let cannot =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    match &addr {
+        ListenAddr::Tcp(a) => {
+            let tcp = tokio::net::TcpListener::bind(a).await.map_err(cannot)?;
+            match (&config.tls_cert, &config.tls_key) {
+                (Some(cert), Some(key)) => {
+                    let tls =
+                        procnode::tls::server_config(cert, key, config.tls_client_ca.as_deref())
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    let listener = procnode::tls::TlsListener::new(tcp, tls)?;
+                    procnode::run(listener, config, shutdown_signal()).await
+                }
+                _ => procnode::run(tcp, config, shutdown_signal()).await,
+            }
+        }
+        ListenAddr::Unix(_) if config.tls_cert.is_some() => Err(std::io::Error::other(
+            "TLS is for TCP listeners; a unix socket is protected by its file mode",
+        )),
+        ListenAddr::Unix(path) => {
+            let listener = bind_unix(path).map_err(cannot)?;
+            procnode::run(listener, config, shutdown_signal()).await
         }
     }
 }
