@@ -182,3 +182,32 @@ async fn a_full_or_read_only_state_dir_is_a_clear_error_and_corrupts_nothing() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_fork_heavy_pod_is_stopped_completely() {
+    let srv = Server::start(&[]).await;
+    // 300 background processes, some of them forking again.
+    let p = pod(
+        "forky",
+        &support::sh("i=0; while [ $i -lt 150 ]; do sleep 300 & sh -c 'sleep 300 & wait' & i=$((i+1)); done; echo spawned; wait"),
+        "Always",
+    );
+    srv.create(&p).await;
+    let s = srv
+        .wait_status("forky", "Running", |s| phase(s) == "Running")
+        .await;
+    let pgid = support::container_pid(&s, "main").unwrap();
+    wait_until("all children started", Duration::from_secs(30), || async {
+        (support::group_members(pgid).0.len() > 400).then_some(())
+    })
+    .await;
+    assert_eq!(srv.delete(&p).await.status(), 200);
+    let (live, zombies) = support::group_members(pgid);
+    assert!(
+        live.is_empty() && zombies.is_empty(),
+        "{} left, {} zombies",
+        live.len(),
+        zombies.len()
+    );
+    srv.stop().await;
+}
