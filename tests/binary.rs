@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,32 +11,8 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_procnode");
 
-/// Starts the binary on 127.0.0.1:0 and returns it with the address it reports.
 fn start(state_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(extra)
-        .env("PROCNODE_STATE_DIR", state_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start procnode");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("procnode exited before serving")
-            .unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if v["fields"]["message"] == "procnode serving" {
-            break v["fields"]["addr"].as_str().unwrap().to_string();
-        }
-    };
-    // Keep draining stderr so procnode never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    support::start_binary(state_dir, extra)
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {

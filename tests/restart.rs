@@ -4,16 +4,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 use support::{container, container_pid, group_members, phase, pid_alive, pod, sh, wait_until};
-
-const BIN: &str = env!("CARGO_BIN_EXE_procnode");
 
 /// A procnode process on 127.0.0.1:0 with the given state directory.
 struct Procnode {
@@ -47,37 +43,11 @@ impl Procnode {
         // reaped here; the real binary's own exit is collected the same way.
         procnode::runtime::process::become_subreaper().unwrap();
         procnode::runtime::process::start_reaper();
-        let mut child = Command::new(BIN)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--backoff-initial",
-                "100ms",
-                // The Job pod reads a file in this test's root-only temporary directory.
-                "--default-uid",
-                "0",
-            ])
-            .args(extra)
-            .env("PROCNODE_STATE_DIR", state_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("procnode exited before serving")
-                .unwrap();
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if v["fields"]["message"] == "procnode serving" {
-                break v["fields"]["addr"].as_str().unwrap().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let mut args = vec!["--backoff-initial", "100ms", "--default-uid", "0"];
+        // (--default-uid 0: the Job pod reads a file in this test's root-only temporary
+        // directory.)
+        args.extend_from_slice(extra);
+        let (child, addr) = support::start_binary(state_dir, &args);
         Procnode {
             pid: child.id() as i32,
             base: format!("http://{addr}"),

@@ -2,8 +2,8 @@
 //! configured CA is served; one without, or with a certificate from another CA, never reaches
 //! HTTP.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +12,7 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BIN: &str = env!("CARGO_BIN_EXE_procnode");
 
 struct Ca {
     cert: rcgen::Certificate,
@@ -105,34 +102,17 @@ async fn only_clients_with_a_certificate_from_the_configured_ca_are_served() {
         write("server.key", &server_key),
         write("ca.pem", &trusted.cert.pem()),
     );
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args([
+    let (mut child, addr) = support::start_binary(
+        &dir.path().join("state"),
+        &[
             "--tls-cert",
             &cert,
             "--tls-key",
             &key,
             "--tls-client-ca",
             &client_ca,
-        ])
-        .env("PROCNODE_STATE_DIR", dir.path().join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("procnode exited before serving")
-            .unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if v["fields"]["message"] == "procnode serving" {
-            break v["fields"]["addr"].as_str().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+        ],
+    );
 
     let ca_pem = trusted.cert.pem();
     assert_eq!(

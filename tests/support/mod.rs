@@ -121,6 +121,36 @@ pub fn container_pid(status: &Value, container: &str) -> Option<i32> {
     None
 }
 
+/// Starts the real `procnode` binary on 127.0.0.1:0 with `state_dir` and `extra` flags, and
+/// returns it with the address it reports in its JSON start-up log (stderr keeps being drained
+/// so it never blocks). Waiting for it is the caller's business.
+#[allow(clippy::zombie_processes)]
+pub fn start_binary(state_dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_procnode"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(extra)
+        .env("PROCNODE_STATE_DIR", state_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start procnode");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("procnode exited before serving")
+            .expect("stderr line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
+        if v["fields"]["message"] == "procnode serving" {
+            break v["fields"]["addr"].as_str().expect("addr").to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
 /// A procnode server running in this process on 127.0.0.1:0 with its own state dir.
 pub struct Server {
     pub base: String,
