@@ -186,6 +186,11 @@ pub struct Config {
     #[arg(long, env = "PROCNODE_SUPERVISOR", value_enum, default_value_t = SupervisorMode::Shim)]
     pub supervisor: SupervisorMode,
 
+    /// On SIGTERM/SIGINT, exit without stopping the pods: with supervisors they keep running and
+    /// the next procnode re-adopts them (for upgrades). Default: stop every pod first.
+    #[arg(long, env = "PROCNODE_KEEP_PODS_ON_EXIT")]
+    pub keep_pods_on_exit: bool,
+
     /// The executable started as `EXE shim NAME` to supervise each container (this procnode
     /// binary by default).
     #[arg(long, env = "PROCNODE_SHIM_PATH")]

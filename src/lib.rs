@@ -38,8 +38,9 @@ pub fn build(config: &Config) -> (Arc<runtime::Runtime>, Arc<node::Node>) {
     (Arc::new(runtime::Runtime::new(settings)), node)
 }
 
-/// Serves the API on `listener` (TCP or unix socket) until `shutdown` completes, then stops
-/// every pod with its grace period and returns once no pod process is left.
+/// Serves the API on `listener` (TCP, TLS or unix socket) until `shutdown` completes, then stops
+/// every pod with its grace period and returns once no pod process is left (or, with
+/// `--keep-pods-on-exit`, leaves them to their supervisors).
 pub async fn run<L>(
     listener: L,
     config: Config,
@@ -71,9 +72,13 @@ where
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
-    tracing::info!("stopping every pod");
-    runtime.shutdown().await;
+    if config.keep_pods_on_exit && config.supervisor == config::SupervisorMode::Shim {
+        tracing::info!("leaving every pod running under its supervisor for the next procnode");
+    } else {
+        tracing::info!("stopping every pod");
+        runtime.shutdown().await;
+        tracing::info!("all pods stopped");
+    }
     refresher.abort();
-    tracing::info!("all pods stopped");
     Ok(())
 }

@@ -343,3 +343,25 @@ async fn a_start_missing_from_the_record_is_found_again_not_started_twice() {
     assert!(group_members(pid).0.is_empty());
     b.terminate().await;
 }
+
+#[tokio::test]
+async fn with_keep_pods_on_exit_an_upgrade_leaves_pods_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Procnode::start(dir.path(), &["--keep-pods-on-exit"]);
+    let p = pod("survivor", &["sleep", "300"], "Always");
+    assert_eq!(a.post("/createPod", &p).await, 201);
+    let s = a
+        .wait_status("survivor", "running", |s| phase(s) == "Running")
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    a.terminate().await;
+    assert!(pid_alive(pid), "SIGTERM left the pod running");
+    let b = Procnode::start(dir.path(), &[]);
+    let s = b
+        .wait_status("survivor", "re-adopted", |s| phase(s) == "Running")
+        .await;
+    assert_eq!(container_pid(&s, "main"), Some(pid));
+    assert_eq!(b.delete(&p).await, 200);
+    assert!(group_members(pid).0.is_empty());
+    b.terminate().await;
+}
