@@ -159,7 +159,9 @@ impl SavedContainer {
         c.pid = self.pid;
         c.container_id = self.container_id;
         c.supervisor = self.supervisor;
+        // Probes (if any) decide again once the run is taken back.
         c.ready = matches!(c.state, ContainerState::Running { .. });
+        c.started = c.ready;
     }
 }
 

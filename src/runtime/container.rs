@@ -18,7 +18,7 @@ use super::backoff::Backoff;
 use super::process::{self, SpawnRequest};
 use super::status::{reason, ContainerState, RestartPolicy, Termination};
 use super::supervisor::{self, Event, Supervised};
-use super::{env, users, Settings};
+use super::{env, probe, users, Settings};
 use crate::logs::{now_ns, LogSlot, Stream};
 use crate::store::PodEntry;
 
@@ -86,15 +86,22 @@ pub async fn supervise(
                     .unwrap_or_else(|_| Timestamp::now());
                 let container_id = format!("procnode://{}", sup.pid);
                 // A run taken back after a restart may have been recorded as not started yet.
+                let spec = entry.container_spec(idx);
+                let (probed_ready, probed_start) = (
+                    probe::has(spec, probe::Kind::Readiness),
+                    probe::has(spec, probe::Kind::Startup),
+                );
                 entry.update_container(idx, |c| {
-                    if !matches!(c.state, ContainerState::Running { .. }) {
-                        c.state = ContainerState::Running { started_at };
-                        c.ready = true;
-                    }
+                    c.state = ContainerState::Running { started_at };
+                    // Without a readiness (startup) probe a running container is ready (started).
+                    c.ready = !probed_ready;
+                    c.started = !probed_start;
                     c.pid = Some(sup.pid);
                     c.container_id = Some(container_id.clone());
                 });
-                let end = run(&mut sup, &entry, idx, &mut stop).await;
+                let probes = exec_context(&entry, idx, &settings);
+                let (end, probe_failure) =
+                    run(&mut sup, &entry, idx, &mut stop, &settings, probes).await;
                 let termination = match end {
                     Event::Exited(e) => {
                         let mut t = Termination::exited(
@@ -104,7 +111,9 @@ pub async fn supervise(
                                 .unwrap_or_else(|_| Timestamp::now()),
                             Some(container_id),
                         );
-                        t.message = termination_message(&entry, idx, &settings, t.exit_code).await;
+                        t.message = termination_message(&entry, idx, &settings, t.exit_code)
+                            .await
+                            .or(probe_failure);
                         t
                     }
                     Event::Gone => {
@@ -125,6 +134,7 @@ pub async fn supervise(
             c.pid = None;
             c.supervisor = None;
             c.ready = false;
+            c.started = false;
             if restarts {
                 let (reason, message) = if start_failed {
                     (reason::RUN_CONTAINER_ERROR, message)
@@ -292,8 +302,6 @@ async fn start(
         c.pid = Some(sup.pid);
         c.supervisor = name;
         c.container_id = Some(format!("procnode://{}", sup.pid));
-        // Without a readiness probe, a running container is ready.
-        c.ready = true;
     });
     super::save_status(entry, settings, false).await;
     Ok(sup)
@@ -345,7 +353,18 @@ async fn run(
     entry: &PodEntry,
     idx: usize,
     stop: &mut watch::Receiver<Option<Duration>>,
-) -> Event {
+    settings: &Settings,
+    probes: Option<probe::ExecContext>,
+) -> (Event, Option<String>) {
+    let grace = super::grace_period(entry, settings, None);
+    let probing = async {
+        match probes {
+            Some(ctx) => probe::watch(entry, idx, ctx).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(probing);
+    let mut probe_failure: Option<String> = None;
     let logs = &entry.logs[idx];
     let pgid = sup.pid;
     let pump = |pipe: &pipe::Receiver, stream| read_available(pipe, stream, logs);
@@ -364,6 +383,13 @@ async fn run(
             event = sup.events.next() => break event,
             grace = stop.wait_for(Option::is_some), if kill_at.is_none() => {
                 let grace = grace.ok().and_then(|g| *g).unwrap_or_default();
+                process::signal_group(pgid, Signal::SIGTERM);
+                kill_at = Some(tokio::time::Instant::now() + grace);
+            }
+            reason = &mut probing, if kill_at.is_none() && probe_failure.is_none() => {
+                // A failed liveness or startup probe: stop this run, as the kubelet does.
+                tracing::info!(pod = %entry.key, container = idx, %reason, "stopping container");
+                probe_failure = Some(reason);
                 process::signal_group(pgid, Signal::SIGTERM);
                 kill_at = Some(tokio::time::Instant::now() + grace);
             }
@@ -399,7 +425,24 @@ async fn run(
         }
     };
     let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, drain).await;
-    event
+    (event, probe_failure)
+}
+
+/// What exec probes of container `idx` run with; `None` when it has no probe.
+fn exec_context(entry: &PodEntry, idx: usize, settings: &Settings) -> Option<probe::ExecContext> {
+    let c = entry.container_spec(idx);
+    if c.startup_probe.is_none() && c.liveness_probe.is_none() && c.readiness_probe.is_none() {
+        return None;
+    }
+    let env = env::environment(&entry.pod, c, &settings.node).unwrap_or_default();
+    let cwd = match c.working_dir.as_deref() {
+        Some(dir) if !dir.is_empty() => dir.into(),
+        _ => settings.pod_dir(entry),
+    };
+    let user = users::resolve(&entry.pod, c, &settings.users)
+        .ok()
+        .flatten();
+    Some(probe::ExecContext { env, cwd, user })
 }
 
 /// Reads what is available on `pipe` into the logs. Returns false at EOF or on error.

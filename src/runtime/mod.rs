@@ -12,6 +12,7 @@
 mod backoff;
 mod container;
 mod env;
+mod probe;
 pub mod process;
 pub mod shim;
 pub mod status;

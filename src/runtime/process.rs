@@ -243,6 +243,19 @@ pub fn close_inherited_fds_on_exec() {
     }
 }
 
+/// Starts `req` as procnode's own child with its output discarded (probes, hooks): its pid and
+/// its exit.
+pub fn spawn_quiet(req: &SpawnRequest) -> Result<(i32, oneshot::Receiver<ExitStatus>), SpawnError> {
+    let mut cmd = command(req, Stdio::null(), Stdio::null())?;
+    let reaper = Reaper::get();
+    let ticket = reaper.begin_spawn();
+    let first = req.argv.first().cloned().unwrap_or_default();
+    let child = cmd.spawn().map_err(|e| SpawnError::Exec(first, e))?;
+    let pid = child.id() as i32;
+    drop(child);
+    Ok((pid, reaper.register(pid, ticket)))
+}
+
 /// Takes ownership of file descriptors received from another process (SCM_RIGHTS).
 pub fn own_received_fds(fds: &[RawFd]) -> Vec<OwnedFd> {
     // SAFETY: the kernel just installed these descriptors in this process for this message;

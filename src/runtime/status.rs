@@ -157,6 +157,8 @@ pub struct ContainerStatus {
     pub last_termination: Option<Termination>,
     pub restart_count: i32,
     pub ready: bool,
+    /// Running and past its startup probe (if any).
+    pub started: bool,
     /// Pid (and process group id) of the current run, while it runs.
     pub pid: Option<i32>,
     /// `containerID` of the current or last run.
@@ -177,6 +179,7 @@ impl ContainerStatus {
             last_termination: None,
             restart_count: 0,
             ready: false,
+            started: false,
             pid: None,
             container_id: None,
             supervisor: None,
@@ -192,7 +195,7 @@ impl ContainerStatus {
             container_id: self.container_id.clone(),
             ready: self.ready,
             restart_count: self.restart_count,
-            started: Some(running),
+            started: Some(running && self.started),
             state: Some(state_to_k8s(&self.state)),
             last_state: Some(
                 self.last_termination

@@ -1,0 +1,307 @@
+//! Probes, as the kubelet runs them: `startupProbe` first (liveness and readiness wait for it),
+//! then `livenessProbe` and `readinessProbe` side by side; each with an exec, httpGet or
+//! tcpSocket handler and `initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`,
+//! `successThreshold`, `failureThreshold`.
+//!
+//! [`watch`] is a future the container task polls next to the process it runs (no task of its
+//! own: it ends with the run). Readiness and startup are written into the container's status; a
+//! failed liveness or startup probe makes the future return the reason, and the container task
+//! then stops the run (TERM, grace period, KILL), after which the restart policy applies.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::process::{self, SpawnRequest};
+use crate::store::PodEntry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Startup => "Startup",
+            Kind::Liveness => "Liveness",
+            Kind::Readiness => "Readiness",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Handler {
+    Exec(Vec<String>),
+    Http {
+        host: String,
+        port: u16,
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    kind: Kind,
+    handler: Handler,
+    initial_delay: Duration,
+    period: Duration,
+    timeout: Duration,
+    success_threshold: u32,
+    failure_threshold: u32,
+}
+
+fn secs(v: Option<i32>, default: i32, min: i32) -> Duration {
+    Duration::from_secs(v.unwrap_or(default).max(min) as u64)
+}
+
+fn port(p: &IntOrString, c: &Container) -> Result<u16, String> {
+    match p {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} is out of range")),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+            .and_then(|cp| u16::try_from(cp.container_port).ok())
+            .ok_or_else(|| format!("no container port named {name:?}")),
+    }
+}
+
+fn spec(kind: Kind, p: &Probe, c: &Container) -> Result<Spec, String> {
+    let handler = if let Some(exec) = &p.exec {
+        Handler::Exec(exec.command.clone().unwrap_or_default())
+    } else if let Some(h) = &p.http_get {
+        if h.scheme
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+        {
+            return Err("httpGet probes with scheme HTTPS are not supported".into());
+        }
+        Handler::Http {
+            host: h
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: port(&h.port, c)?,
+            path: h
+                .path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            headers: h
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        }
+    } else if let Some(t) = &p.tcp_socket {
+        Handler::Tcp {
+            host: t
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: port(&t.port, c)?,
+        }
+    } else {
+        return Err(
+            "the probe has no exec, httpGet or tcpSocket handler (grpc is not supported)".into(),
+        );
+    };
+    Ok(Spec {
+        kind,
+        handler,
+        initial_delay: secs(p.initial_delay_seconds, 0, 0),
+        period: secs(p.period_seconds, 10, 1),
+        timeout: secs(p.timeout_seconds, 1, 1),
+        // Liveness and startup probes must use 1 (the API server enforces it).
+        success_threshold: match kind {
+            Kind::Readiness => p.success_threshold.unwrap_or(1).max(1) as u32,
+            _ => 1,
+        },
+        failure_threshold: p.failure_threshold.unwrap_or(3).max(1) as u32,
+    })
+}
+
+/// What exec probes run with: the container's environment, user and working directory.
+#[derive(Debug, Clone)]
+pub struct ExecContext {
+    pub env: Vec<(String, String)>,
+    pub cwd: std::path::PathBuf,
+    pub user: Option<super::users::UserSpec>,
+}
+
+/// Runs one check. `Err` carries what the kubelet would put in its event.
+async fn check(handler: &Handler, timeout: Duration, ctx: &ExecContext) -> Result<(), String> {
+    match handler {
+        Handler::Exec(argv) => {
+            let req = SpawnRequest {
+                argv: argv
+                    .iter()
+                    .map(|a| super::env::expand(a, &ctx.env))
+                    .collect(),
+                env: ctx.env.clone(),
+                cwd: ctx.cwd.clone(),
+                user: ctx.user.clone(),
+            };
+            let spawned = tokio::task::spawn_blocking(move || process::spawn_quiet(&req))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let (pid, mut exit) = spawned;
+            match tokio::time::timeout(timeout, &mut exit).await {
+                Ok(Ok(status)) if status.exit_code() == 0 => Ok(()),
+                Ok(Ok(status)) => Err(format!("command exited with {}", status.exit_code())),
+                Ok(Err(_)) => Err("command vanished".into()),
+                Err(_) => {
+                    process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = exit.await;
+                    Err(format!("command timed out after {timeout:?}"))
+                }
+            }
+        }
+        Handler::Tcp { host, port } => {
+            match tokio::time::timeout(
+                timeout,
+                tokio::net::TcpStream::connect((host.as_str(), *port)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
+                Err(_) => Err(format!("dial tcp {host}:{port}: timeout")),
+            }
+        }
+        Handler::Http {
+            host,
+            port,
+            path,
+            headers,
+        } => {
+            let attempt = async {
+                let mut s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/procnode\r\nAccept: */*\r\nConnection: close\r\n");
+                for (k, v) in headers {
+                    req.push_str(&format!("{k}: {v}\r\n"));
+                }
+                req.push_str("\r\n");
+                s.write_all(req.as_bytes()).await?;
+                let mut head = vec![0u8; 64];
+                let n = s.read(&mut head).await?;
+                std::io::Result::Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+            };
+            let line = match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok(text)) => text,
+                Ok(Err(e)) => return Err(format!("Get http://{host}:{port}{path}: {e}")),
+                Err(_) => return Err(format!("Get http://{host}:{port}{path}: timeout")),
+            };
+            let code: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("HTTP probe failed with statuscode: {code}"))
+            }
+        }
+    }
+}
+
+/// Runs the probes of container `idx` for one run. Returns only to ask for the run to be
+/// stopped (a failed liveness or startup probe), with the reason; otherwise never.
+pub async fn watch(entry: &PodEntry, idx: usize, ctx: ExecContext) -> String {
+    let c = entry.container_spec(idx);
+    let parse = |kind, p: &Option<Probe>| p.as_ref().map(|p| spec(kind, p, c));
+    let probes = [
+        parse(Kind::Startup, &c.startup_probe),
+        parse(Kind::Liveness, &c.liveness_probe),
+        parse(Kind::Readiness, &c.readiness_probe),
+    ];
+    let mut specs = Vec::new();
+    for p in probes.into_iter().flatten() {
+        match p {
+            Ok(s) => specs.push(s),
+            Err(e) => return format!("invalid probe: {e}"),
+        }
+    }
+    let get = |k: Kind| specs.iter().find(|s| s.kind == k).cloned();
+    if let Some(startup) = get(Kind::Startup) {
+        if let Some(reason) = run_until(&startup, entry, idx, &ctx).await {
+            return reason;
+        }
+        entry.update_container(idx, |c| c.started = true);
+    }
+    let liveness = async {
+        match get(Kind::Liveness) {
+            Some(s) => run_until(&s, entry, idx, &ctx).await.unwrap_or_default(),
+            None => std::future::pending().await,
+        }
+    };
+    let readiness = async {
+        if let Some(s) = get(Kind::Readiness) {
+            run_until(&s, entry, idx, &ctx).await;
+        }
+        std::future::pending::<String>().await
+    };
+    tokio::select! {
+        reason = liveness => reason,
+        reason = readiness => reason,
+    }
+}
+
+/// Probes periodically. Startup: returns `None` on the first success, the reason after
+/// `failureThreshold` failures. Liveness: returns the reason after `failureThreshold` failures
+/// in a row. Readiness: never returns; flips the container's `ready` by the thresholds.
+async fn run_until(s: &Spec, entry: &PodEntry, idx: usize, ctx: &ExecContext) -> Option<String> {
+    tokio::time::sleep(s.initial_delay).await;
+    let (mut successes, mut failures) = (0u32, 0u32);
+    loop {
+        match check(&s.handler, s.timeout, ctx).await {
+            Ok(()) => {
+                successes += 1;
+                failures = 0;
+                match s.kind {
+                    Kind::Startup => return None,
+                    Kind::Readiness if successes >= s.success_threshold => {
+                        entry.update_container(idx, |c| c.ready = true)
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                successes = 0;
+                if failures >= s.failure_threshold {
+                    match s.kind {
+                        Kind::Readiness => entry.update_container(idx, |c| c.ready = false),
+                        _ => return Some(format!("{} probe failed: {e}", s.kind.name())),
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(s.period).await;
+    }
+}
+
+/// Whether the container has a probe of `kind`.
+pub fn has(c: &Container, kind: Kind) -> bool {
+    match kind {
+        Kind::Startup => c.startup_probe.is_some(),
+        Kind::Liveness => c.liveness_probe.is_some(),
+        Kind::Readiness => c.readiness_probe.is_some(),
+    }
+}

@@ -1,0 +1,218 @@
+//! Probes against real processes and real sockets: readiness flips `ready` and the Ready
+//! condition both ways, a failing liveness probe restarts the container, a startup probe holds
+//! the others back and kills a container that never starts, httpGet and tcpSocket handlers.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{container, phase, pod, wait_until, Server};
+
+fn ready_condition(s: &Value) -> String {
+    s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| c["status"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn readiness_follows_an_exec_probe_both_ways() {
+    let srv = Server::start(&[]).await;
+    let marks = tempfile::tempdir().unwrap();
+    let flag = marks.path().join("ready");
+    let mut p = pod("ready", &["sleep", "300"], "Always");
+    p["spec"]["containers"][0]["env"] = json!([{"name": "FLAG", "value": flag.to_str().unwrap()}]);
+    p["spec"]["containers"][0]["readinessProbe"] = json!({"exec": {"command": ["sh", "-c", "test -f $(FLAG)"]}, "periodSeconds": 1, "failureThreshold": 1});
+    srv.create(&p).await;
+    let s = srv
+        .wait_status("ready", "Running", |s| phase(s) == "Running")
+        .await;
+    assert_eq!(
+        container(&s, "main")["ready"],
+        false,
+        "not ready before the probe passes"
+    );
+    assert_eq!(ready_condition(&s), "False");
+    std::fs::write(&flag, "").unwrap();
+    let s = srv
+        .wait_status("ready", "ready", |s| container(s, "main")["ready"] == true)
+        .await;
+    assert_eq!(ready_condition(&s), "True");
+    std::fs::remove_file(&flag).unwrap();
+    let s = srv
+        .wait_status("ready", "not ready again", |s| {
+            container(s, "main")["ready"] == false
+        })
+        .await;
+    assert_eq!(ready_condition(&s), "False");
+    assert_eq!(
+        container(&s, "main")["restartCount"],
+        0,
+        "readiness never restarts"
+    );
+    srv.delete(&p).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_the_container() {
+    let srv = Server::start(&[]).await;
+    let mut p = pod("alive", &["sleep", "300"], "Always");
+    p["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    p["spec"]["containers"][0]["livenessProbe"] =
+        json!({"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2});
+    srv.create(&p).await;
+    let s = srv
+        .wait_status("alive", "a restart", |s| {
+            container(s, "main")["restartCount"].as_i64() >= Some(1)
+        })
+        .await;
+    let last = &container(&s, "main")["lastState"]["terminated"];
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("Liveness probe failed"),
+        "{last}"
+    );
+    assert_eq!(last["exitCode"], 143, "stopped with SIGTERM");
+    srv.delete(&p).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn startup_probes_gate_the_others_and_kill_a_container_that_never_starts() {
+    let srv = Server::start(&[]).await;
+    let marks = tempfile::tempdir().unwrap();
+    let flag = marks.path().join("started");
+    let mut slow = pod("slow", &["sleep", "300"], "Always");
+    slow["spec"]["containers"][0]["env"] =
+        json!([{"name": "FLAG", "value": flag.to_str().unwrap()}]);
+    slow["spec"]["containers"][0]["startupProbe"] = json!({"exec": {"command": ["sh", "-c", "test -f $(FLAG)"]}, "periodSeconds": 1, "failureThreshold": 30});
+    // Would fail at once if it ran before the startup probe passed.
+    slow["spec"]["containers"][0]["livenessProbe"] = json!({"exec": {"command": ["sh", "-c", "test -f $(FLAG)"]}, "periodSeconds": 1, "failureThreshold": 1});
+    let mut never = pod("never", &["sleep", "300"], "Never");
+    never["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    never["spec"]["containers"][0]["startupProbe"] =
+        json!({"tcpSocket": {"port": 1}, "periodSeconds": 1, "failureThreshold": 2});
+    srv.create(&slow).await;
+    srv.create(&never).await;
+    let s = srv
+        .wait_status("slow", "Running", |s| phase(s) == "Running")
+        .await;
+    assert_eq!(container(&s, "main")["started"], false);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let s = srv.status("slow").await.unwrap();
+    assert_eq!(
+        container(&s, "main")["restartCount"],
+        0,
+        "liveness waits for startup"
+    );
+    std::fs::write(&flag, "").unwrap();
+    srv.wait_status("slow", "started", |s| {
+        container(s, "main")["started"] == true
+    })
+    .await;
+    let s = srv
+        .wait_status("never", "killed", |s| phase(s) == "Failed")
+        .await;
+    let t = &container(&s, "main")["state"]["terminated"];
+    assert!(
+        t["message"]
+            .as_str()
+            .unwrap()
+            .contains("Startup probe failed"),
+        "{t}"
+    );
+    srv.delete(&slow).await;
+    srv.delete(&never).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn http_and_tcp_probes_talk_to_real_sockets() {
+    let srv = Server::start(&[]).await;
+    // A tiny HTTP server: 200 on /healthy, 500 elsewhere.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                break;
+            };
+            let mut buf = vec![0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let status = if head.starts_with("GET /healthy ") {
+                "200 OK"
+            } else {
+                "500 Internal Server Error"
+            };
+            let _ = s
+                .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                .await;
+        }
+    });
+    let with_probe = |name: &str, probe: Value| {
+        let mut p = pod(name, &["sleep", "300"], "Always");
+        p["spec"]["containers"][0]["ports"] = json!([{"name": "web", "containerPort": port}]);
+        p["spec"]["containers"][0]["readinessProbe"] = probe;
+        p
+    };
+    let pods = [
+        with_probe(
+            "http-ok",
+            json!({"httpGet": {"path": "/healthy", "port": "web"}, "periodSeconds": 1}),
+        ),
+        with_probe(
+            "http-500",
+            json!({"httpGet": {"path": "/broken", "port": port}, "periodSeconds": 1}),
+        ),
+        with_probe(
+            "tcp-ok",
+            json!({"tcpSocket": {"port": port}, "periodSeconds": 1}),
+        ),
+        with_probe(
+            "tcp-closed",
+            json!({"tcpSocket": {"port": 1}, "periodSeconds": 1}),
+        ),
+    ];
+    for p in &pods {
+        srv.create(p).await;
+    }
+    for name in ["http-ok", "tcp-ok"] {
+        srv.wait_status(name, "ready", |s| container(s, "main")["ready"] == true)
+            .await;
+    }
+    wait_until(
+        "failing probes to have run",
+        Duration::from_secs(10),
+        || async {
+            let mut all = true;
+            for name in ["http-500", "tcp-closed"] {
+                let s = srv.status(name).await?;
+                all &= phase(&s) == "Running" && container(&s, "main")["ready"] == false;
+            }
+            all.then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for name in ["http-500", "tcp-closed"] {
+        assert_eq!(
+            container(&srv.status(name).await.unwrap(), "main")["ready"],
+            false,
+            "{name}"
+        );
+    }
+    for p in &pods {
+        srv.delete(p).await;
+    }
+    server.abort();
+    srv.stop().await;
+}
