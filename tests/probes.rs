@@ -216,3 +216,59 @@ async fn http_and_tcp_probes_talk_to_real_sockets() {
     server.abort();
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn lifecycle_hooks_run_after_start_and_before_the_stop_signal() {
+    let srv = Server::start(&[]).await;
+    let marks = tempfile::tempdir().unwrap();
+    let trail = marks.path().join("trail");
+    let mut p = pod(
+        "hooked",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo term >> $TRAIL; exit 0' TERM; while :; do sleep 0.05; done",
+        ],
+        "Always",
+    );
+    p["spec"]["containers"][0]["env"] =
+        json!([{"name": "TRAIL", "value": trail.to_str().unwrap()}]);
+    p["spec"]["containers"][0]["lifecycle"] = json!({
+        "postStart": {"exec": {"command": ["sh", "-c", "echo post-start >> $(TRAIL)"]}},
+        "preStop": {"exec": {"command": ["sh", "-c", "echo pre-stop >> $(TRAIL); sleep 0.3"]}}
+    });
+    let mut failing = pod("bad-hook", &["sleep", "300"], "Never");
+    failing["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    failing["spec"]["containers"][0]["lifecycle"] =
+        json!({"postStart": {"exec": {"command": ["false"]}}});
+    srv.create(&p).await;
+    srv.create(&failing).await;
+    srv.wait_status("hooked", "Running", |s| phase(s) == "Running")
+        .await;
+    wait_until("postStart", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&trail)
+            .ok()
+            .filter(|t| t == "post-start\n")
+            .map(|_| ())
+    })
+    .await;
+    assert_eq!(srv.delete(&p).await.status(), 200);
+    assert_eq!(
+        std::fs::read_to_string(&trail).unwrap(),
+        "post-start\npre-stop\nterm\n",
+        "preStop before TERM"
+    );
+    let s = srv
+        .wait_status("bad-hook", "Failed", |s| phase(s) == "Failed")
+        .await;
+    let t = &container(&s, "main")["state"]["terminated"];
+    assert!(
+        t["message"]
+            .as_str()
+            .unwrap()
+            .contains("PostStartHook failed"),
+        "{t}"
+    );
+    srv.delete(&failing).await;
+    srv.stop().await;
+}

@@ -357,6 +357,9 @@ async fn run(
     probes: Option<probe::ExecContext>,
 ) -> (Event, Option<String>) {
     let grace = super::grace_period(entry, settings, None);
+    let container = entry.container_spec(idx);
+    let sup_pid = sup.pid;
+    let ctx = probes.clone();
     let probing = async {
         match probes {
             Some(ctx) => probe::watch(entry, idx, ctx).await,
@@ -365,6 +368,33 @@ async fn run(
     };
     tokio::pin!(probing);
     let mut probe_failure: Option<String> = None;
+    // postStart runs beside the process; if it fails the run is stopped.
+    let mut post_start = ctx.clone().and_then(|ctx| {
+        probe::hook(
+            container,
+            probe::Hook::PostStart,
+            ctx,
+            grace.max(Duration::from_secs(30)),
+        )
+    });
+    // preStop runs first when the run is to stop; the grace period counts from the request.
+    let mut pre_stop: Option<probe::HookRun> = None;
+    let mut stop_deadline = tokio::time::Instant::now();
+    // Starts stopping the run: preStop first if there is one, else TERM at once; KILL at the
+    // end of the grace period.
+    let begin_stop = |grace: Duration,
+                      deadline: &mut tokio::time::Instant,
+                      pre_stop: &mut Option<probe::HookRun>,
+                      kill_at: &mut Option<tokio::time::Instant>| {
+        *deadline = tokio::time::Instant::now() + grace;
+        *pre_stop = ctx
+            .clone()
+            .and_then(|ctx| probe::hook(container, probe::Hook::PreStop, ctx, grace));
+        if pre_stop.is_none() {
+            process::signal_group(sup_pid, Signal::SIGTERM);
+            *kill_at = Some(*deadline);
+        }
+    };
     let logs = &entry.logs[idx];
     let pgid = sup.pid;
     let pump = |pipe: &pipe::Receiver, stream| read_available(pipe, stream, logs);
@@ -381,17 +411,34 @@ async fn run(
         tokio::select! {
             biased;
             event = sup.events.next() => break event,
-            grace = stop.wait_for(Option::is_some), if kill_at.is_none() => {
-                let grace = grace.ok().and_then(|g| *g).unwrap_or_default();
-                process::signal_group(pgid, Signal::SIGTERM);
-                kill_at = Some(tokio::time::Instant::now() + grace);
+            requested = stop.wait_for(Option::is_some), if kill_at.is_none() && pre_stop.is_none() => {
+                let requested = requested.ok().and_then(|g| *g).unwrap_or_default();
+                begin_stop(requested, &mut stop_deadline, &mut pre_stop, &mut kill_at);
             }
-            reason = &mut probing, if kill_at.is_none() && probe_failure.is_none() => {
+            reason = &mut probing, if kill_at.is_none() && pre_stop.is_none() && probe_failure.is_none() => {
                 // A failed liveness or startup probe: stop this run, as the kubelet does.
                 tracing::info!(pod = %entry.key, container = idx, %reason, "stopping container");
                 probe_failure = Some(reason);
+                begin_stop(grace, &mut stop_deadline, &mut pre_stop, &mut kill_at);
+            }
+            result = async { post_start.as_mut().expect("guarded").await }, if post_start.is_some() => {
+                post_start = None;
+                if let Err(reason) = result {
+                    if kill_at.is_none() && pre_stop.is_none() && probe_failure.is_none() {
+                        tracing::info!(pod = %entry.key, container = idx, %reason, "stopping container");
+                        probe_failure = Some(reason);
+                        begin_stop(grace, &mut stop_deadline, &mut pre_stop, &mut kill_at);
+                    }
+                }
+            }
+            result = async { pre_stop.as_mut().expect("guarded").await }, if pre_stop.is_some() => {
+                pre_stop = None;
+                if let Err(reason) = result {
+                    tracing::info!(pod = %entry.key, container = idx, %reason, "preStop hook failed");
+                }
+                // The kubelet gives at least 2 s after the hook.
                 process::signal_group(pgid, Signal::SIGTERM);
-                kill_at = Some(tokio::time::Instant::now() + grace);
+                kill_at = Some(stop_deadline.max(tokio::time::Instant::now() + Duration::from_secs(2)));
             }
             _ = kill_timer => {
                 process::signal_group(pgid, Signal::SIGKILL);
@@ -428,10 +475,18 @@ async fn run(
     (event, probe_failure)
 }
 
-/// What exec probes of container `idx` run with; `None` when it has no probe.
+/// What exec probes and hooks of container `idx` run with; `None` when it has neither.
 fn exec_context(entry: &PodEntry, idx: usize, settings: &Settings) -> Option<probe::ExecContext> {
     let c = entry.container_spec(idx);
-    if c.startup_probe.is_none() && c.liveness_probe.is_none() && c.readiness_probe.is_none() {
+    let hooks = c
+        .lifecycle
+        .as_ref()
+        .is_some_and(|l| l.post_start.is_some() || l.pre_stop.is_some());
+    if c.startup_probe.is_none()
+        && c.liveness_probe.is_none()
+        && c.readiness_probe.is_none()
+        && !hooks
+    {
         return None;
     }
     let env = env::environment(&entry.pod, c, &settings.node).unwrap_or_default();

@@ -77,10 +77,15 @@ fn port(p: &IntOrString, c: &Container) -> Result<u16, String> {
     }
 }
 
-fn spec(kind: Kind, p: &Probe, c: &Container) -> Result<Spec, String> {
-    let handler = if let Some(exec) = &p.exec {
+fn handler(
+    exec: &Option<k8s_openapi::api::core::v1::ExecAction>,
+    http_get: &Option<k8s_openapi::api::core::v1::HTTPGetAction>,
+    tcp_socket: &Option<k8s_openapi::api::core::v1::TCPSocketAction>,
+    c: &Container,
+) -> Result<Handler, String> {
+    Ok(if let Some(exec) = exec {
         Handler::Exec(exec.command.clone().unwrap_or_default())
-    } else if let Some(h) = &p.http_get {
+    } else if let Some(h) = http_get {
         if h.scheme
             .as_deref()
             .is_some_and(|s| s.eq_ignore_ascii_case("https"))
@@ -106,7 +111,7 @@ fn spec(kind: Kind, p: &Probe, c: &Container) -> Result<Spec, String> {
                 .map(|h| (h.name.clone(), h.value.clone()))
                 .collect(),
         }
-    } else if let Some(t) = &p.tcp_socket {
+    } else if let Some(t) = tcp_socket {
         Handler::Tcp {
             host: t
                 .host
@@ -117,9 +122,13 @@ fn spec(kind: Kind, p: &Probe, c: &Container) -> Result<Spec, String> {
         }
     } else {
         return Err(
-            "the probe has no exec, httpGet or tcpSocket handler (grpc is not supported)".into(),
+            "no exec, httpGet or tcpSocket handler (grpc and sleep are not supported)".into(),
         );
-    };
+    })
+}
+
+fn spec(kind: Kind, p: &Probe, c: &Container) -> Result<Spec, String> {
+    let handler = handler(&p.exec, &p.http_get, &p.tcp_socket, c)?;
     Ok(Spec {
         kind,
         handler,
@@ -304,4 +313,34 @@ pub fn has(c: &Container, kind: Kind) -> bool {
         Kind::Liveness => c.liveness_probe.is_some(),
         Kind::Readiness => c.readiness_probe.is_some(),
     }
+}
+
+/// A running hook: resolves to `Err(reason)` if it failed.
+pub type HookRun = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// Which lifecycle hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    PostStart,
+    PreStop,
+}
+
+/// Runs container `c`'s `hook`, if it has one, bounded by `limit`. `Err` says why it failed.
+pub fn hook(c: &Container, which: Hook, ctx: ExecContext, limit: Duration) -> Option<HookRun> {
+    let lifecycle = c.lifecycle.as_ref()?;
+    let h = match which {
+        Hook::PostStart => lifecycle.post_start.as_ref()?,
+        Hook::PreStop => lifecycle.pre_stop.as_ref()?,
+    };
+    let name = match which {
+        Hook::PostStart => "PostStartHook",
+        Hook::PreStop => "PreStopHook",
+    };
+    let handler = handler(&h.exec, &h.http_get, &h.tcp_socket, c);
+    Some(Box::pin(async move {
+        let handler = handler.map_err(|e| format!("{name} failed: {e}"))?;
+        check(&handler, limit, &ctx)
+            .await
+            .map_err(|e| format!("{name} failed: {e}"))
+    }))
 }
