@@ -19,6 +19,7 @@
 pub mod api;
 pub mod config;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod persist;
 pub mod quantity;

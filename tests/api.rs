@@ -487,3 +487,38 @@ async fn with_a_token_every_request_but_health_needs_it_and_a_refused_one_change
     let (s, _, _) = send(good, Method::DELETE, "/deletePod", Some(p.to_string())).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn metrics_count_pods_requests_and_runs() {
+    let app = app();
+    let p = pod("metered", &["sh", "-c", "echo out"], "Never");
+    assert_eq!(app.create(&p).await, StatusCode::CREATED);
+    // Wait for the run to end (the exit is counted then).
+    for _ in 0..500 {
+        let (_, s) = app
+            .json(
+                Method::GET,
+                "/getPodStatus?namespace=default&name=metered",
+                None,
+            )
+            .await;
+        if s["phase"] == "Succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (s, body) = app.call(Method::GET, "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    for needle in [
+        "procnode_pods{phase=\"Succeeded\"} 1",
+        "procnode_container_starts_total 1",
+        "procnode_container_exits_total{reason=\"Completed\"} 1",
+        "procnode_log_bytes_captured_total 4",
+        "procnode_spawn_seconds_count 1",
+        "procnode_http_request_seconds_count{route=\"/createPod\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(app.delete(&p).await.is_success());
+}

@@ -342,6 +342,36 @@ pub async fn operating_system() -> &'static str {
     "linux"
 }
 
+/// Prometheus metrics: pods by phase, container starts, restarts and exits by reason, spawn
+/// latency, log bytes captured, dropped and held, request latency by route.
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    let mut phases = [
+        ("Pending", 0usize),
+        ("Running", 0),
+        ("Succeeded", 0),
+        ("Failed", 0),
+    ];
+    for entry in s.runtime.list() {
+        let phase = entry.state.lock().expect("state lock").phase().as_str();
+        if let Some(slot) = phases.iter_mut().find(|(p, _)| *p == phase) {
+            slot.1 += 1;
+        }
+    }
+    let budget = &s.runtime.settings().logs.budget;
+    let (captured, dropped) = budget.totals();
+    let text =
+        s.runtime
+            .settings()
+            .metrics
+            .render(&phases, captured, dropped, budget.used() as u64);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
 pub async fn health() -> &'static str {
     "ok"
 }

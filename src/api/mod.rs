@@ -69,7 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/nodeAddresses", get(handlers::node_addresses))
         .route("/nodeDaemonEndpoints", get(handlers::node_daemon_endpoints))
         .route("/operatingSystem", get(handlers::operating_system))
-        // health
+        // metrics and health
+        .route("/metrics", get(handlers::metrics))
         .route("/", get(handlers::health))
         .route("/healthz", get(handlers::health))
         .fallback(handlers::no_route)
@@ -81,21 +82,28 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        .layer(axum::middleware::from_fn(server_timing))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            server_timing,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(extract::BodyLimit(limit)))
         .with_state(state)
 }
 
-/// Adds `Server-Timing: app;dur=MILLISECONDS` to every response: the time spent in procnode
-/// for the request, so a client can tell server time from transport time.
+/// Adds `Server-Timing: app;dur=MILLISECONDS` to every response (the time spent in procnode for
+/// the request, so a client can tell server time from transport time) and records it by route.
 async fn server_timing(
+    axum::extract::State(state): axum::extract::State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let start = std::time::Instant::now();
+    let path = req.uri().path().to_string();
     let mut resp = next.run(req).await;
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = start.elapsed();
+    state.runtime.settings().metrics.request(&path, elapsed);
+    let ms = elapsed.as_secs_f64() * 1000.0;
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("app;dur={ms:.3}")) {
         resp.headers_mut().insert("server-timing", v);
     }

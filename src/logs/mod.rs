@@ -25,6 +25,9 @@ pub const FLOOR_BYTES: usize = 64 * 1024;
 pub struct LogBudget {
     limit: usize,
     used: AtomicUsize,
+    /// Bytes captured and dropped, over procnode's life (for metrics).
+    captured: std::sync::atomic::AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl LogBudget {
@@ -32,11 +35,21 @@ impl LogBudget {
         LogBudget {
             limit,
             used: AtomicUsize::new(0),
+            captured: Default::default(),
+            dropped: Default::default(),
         }
     }
 
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes captured and bytes dropped since procnode started.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.captured.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+        )
     }
 
     fn over(&self) -> bool {
@@ -92,7 +105,16 @@ impl ContainerLogs {
 
     /// Appends output of the current run.
     pub fn append(&mut self, stream: Stream, data: &[u8], time_ns: i64) {
+        let dropped_before = self.current.dropped_bytes();
         self.current.append(stream, data, time_ns);
+        let budget = &self.config.budget;
+        budget
+            .captured
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        budget.dropped.fetch_add(
+            self.current.dropped_bytes() - dropped_before,
+            Ordering::Relaxed,
+        );
         if let (Some(dir), Some(files)) = (&self.file_dir, self.config.files) {
             self.file
                 .get_or_insert_with(|| LogFile::new(dir.clone(), self.run, files))
@@ -156,7 +178,13 @@ impl ContainerLogs {
 
     /// Gives bytes back until the node is within budget or only the floor is left.
     fn shed(&mut self) {
-        if self.previous.take().is_some() {
+        let dropped_before = self.current.dropped_bytes();
+        if let Some(previous) = self.previous.take() {
+            let held = previous.used() as u64;
+            self.config
+                .budget
+                .dropped
+                .fetch_add(held, Ordering::Relaxed);
             self.account();
         }
         while self.config.budget.over() {
@@ -168,6 +196,10 @@ impl ContainerLogs {
                 _ => break,
             }
         }
+        self.config.budget.dropped.fetch_add(
+            self.current.dropped_bytes() - dropped_before,
+            Ordering::Relaxed,
+        );
     }
 }
 

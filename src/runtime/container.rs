@@ -124,6 +124,7 @@ pub async fn supervise(
             }
         };
         entry.logs[idx].update(|l| l.finish());
+        settings.metrics.container_exited(&termination.reason);
         let code = termination.exit_code;
         let start_failed = termination.reason == reason::START_ERROR;
         let stopped = stop.borrow().is_some();
@@ -252,6 +253,7 @@ async fn start(
     settings: &Arc<Settings>,
     restart: bool,
 ) -> Result<Supervised, Termination> {
+    let began = Instant::now();
     let container = entry.container_spec(idx);
     let env = env::environment(&entry.pod, container, &settings.node)
         .map_err(|e| start_error(e.to_string()))?;
@@ -294,6 +296,16 @@ async fn start(
     };
     let started_at =
         Timestamp::from_nanosecond(sup.started_ns as i128).unwrap_or_else(|_| Timestamp::now());
+    let metrics = &settings.metrics;
+    metrics.spawn_latency.observe(began.elapsed());
+    metrics
+        .container_starts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if restart {
+        metrics
+            .container_restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     entry.update_container(idx, |c| {
         if restart {
             c.restart_count += 1;

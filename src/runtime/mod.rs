@@ -37,6 +37,8 @@ use crate::store::{NewPod, PodEntry, PodError, PodKey, Store};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub state_dir: PathBuf,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Which users containers may run as.
     pub users: users::UserPolicy,
     /// Start each container under its own supervisor process (so it survives procnode).
@@ -55,6 +57,7 @@ impl Settings {
     pub fn from_config(config: &Config, node: NodeFacts) -> Settings {
         Settings {
             state_dir: config.state_dir(),
+            metrics: Arc::default(),
             users: users::UserPolicy {
                 allowed: config.allowed_uids.clone(),
                 default_uid: Some(config.default_uid),

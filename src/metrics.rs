@@ -1,0 +1,205 @@
+//! Prometheus metrics (`GET /metrics`, text format 0.0.4), kept in atomics so that recording
+//! costs a few nanoseconds and never locks.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                self.counts[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// The routes whose request latency is recorded (anything else is `other`).
+pub const ROUTES: [&str; 16] = [
+    "/createPod",
+    "/updatePod",
+    "/deletePod",
+    "/getPod",
+    "/getPodStatus",
+    "/getContainerLogs",
+    "/getPods",
+    "/capacity",
+    "/nodeConditions",
+    "/nodeAddresses",
+    "/nodeDaemonEndpoints",
+    "/operatingSystem",
+    "/",
+    "/healthz",
+    "/metrics",
+    "other",
+];
+
+/// Exit reasons counted separately.
+pub const EXIT_REASONS: [&str; 4] = ["Completed", "Error", "StartError", "ContainerStatusUnknown"];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub container_starts: AtomicU64,
+    pub container_restarts: AtomicU64,
+    exits: [AtomicU64; EXIT_REASONS.len()],
+    pub spawn_latency: Histogram,
+    requests: [Histogram; ROUTES.len()],
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn container_exited(&self, reason: &str) {
+        if let Some(i) = EXIT_REASONS.iter().position(|r| *r == reason) {
+            self.exits[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn request(&self, path: &str, d: Duration) {
+        let i = ROUTES
+            .iter()
+            .position(|r| *r == path)
+            .unwrap_or(ROUTES.len() - 1);
+        self.requests[i].observe(d);
+    }
+
+    /// The text exposition, with the pod and log figures the caller samples at scrape time.
+    pub fn render(
+        &self,
+        pods_by_phase: &[(&str, usize)],
+        log_captured: u64,
+        log_dropped: u64,
+        log_held: u64,
+    ) -> String {
+        let mut out = String::with_capacity(8192);
+        let _ = writeln!(
+            out,
+            "# HELP procnode_pods Pods known to procnode, by phase.\n# TYPE procnode_pods gauge"
+        );
+        for (phase, n) in pods_by_phase {
+            let _ = writeln!(out, "procnode_pods{{phase=\"{phase}\"}} {n}");
+        }
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            &mut out,
+            "procnode_container_starts_total",
+            "Container processes started.",
+            self.container_starts.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "procnode_container_restarts_total",
+            "Container restarts (by restart policy).",
+            self.container_restarts.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(out, "# HELP procnode_container_exits_total Container runs ended, by reason.\n# TYPE procnode_container_exits_total counter");
+        for (i, reason) in EXIT_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "procnode_container_exits_total{{reason=\"{reason}\"}} {}",
+                self.exits[i].load(Ordering::Relaxed)
+            );
+        }
+        counter(
+            &mut out,
+            "procnode_log_bytes_captured_total",
+            "Bytes of container output captured.",
+            log_captured,
+        );
+        counter(
+            &mut out,
+            "procnode_log_bytes_dropped_total",
+            "Bytes of container output dropped to stay within the bounds.",
+            log_dropped,
+        );
+        let _ = writeln!(out, "# HELP procnode_log_bytes_held Bytes of container output held in memory.\n# TYPE procnode_log_bytes_held gauge\nprocnode_log_bytes_held {log_held}");
+        let _ = writeln!(out, "# HELP procnode_spawn_seconds Time from the decision to start a container to its process running.\n# TYPE procnode_spawn_seconds histogram");
+        self.spawn_latency
+            .render(&mut out, "procnode_spawn_seconds", "");
+        let _ = writeln!(out, "# HELP procnode_http_request_seconds Time procnode spent on a request, by route.\n# TYPE procnode_http_request_seconds histogram");
+        for (i, route) in ROUTES.iter().enumerate() {
+            if self.requests[i].count.load(Ordering::Relaxed) > 0 {
+                self.requests[i].render(
+                    &mut out,
+                    "procnode_http_request_seconds",
+                    &format!("route=\"{route}\""),
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_render_as_prometheus_text() {
+        let m = Metrics::default();
+        m.spawn_latency.observe(Duration::from_micros(300));
+        m.spawn_latency.observe(Duration::from_millis(3));
+        m.request("/getPod", Duration::from_micros(50));
+        m.request("/nope", Duration::from_micros(50));
+        m.container_exited("Error");
+        let text = m.render(&[("Running", 2)], 10, 1, 5);
+        assert!(
+            text.contains("procnode_spawn_seconds_bucket{le=\"0.0005\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("procnode_spawn_seconds_bucket{le=\"0.005\"} 2"));
+        assert!(text.contains("procnode_spawn_seconds_count 2"));
+        assert!(text.contains("procnode_http_request_seconds_count{route=\"/getPod\"} 1"));
+        assert!(text.contains("procnode_http_request_seconds_count{route=\"other\"} 1"));
+        assert!(text.contains("procnode_container_exits_total{reason=\"Error\"} 1"));
+        assert!(text.contains("procnode_pods{phase=\"Running\"} 2"));
+    }
+}
