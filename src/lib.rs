@@ -17,6 +17,7 @@
 //! server on port 0.
 
 pub mod api;
+pub mod batch;
 pub mod config;
 pub mod logs;
 pub mod metrics;

@@ -10,7 +10,34 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(code as u8);
     }
     procnode::runtime::process::close_inherited_fds_on_exec();
+    // `procnode run FILE [FLAGS]`: run one Pod or Job manifest here and exit with its result.
+    if args.len() >= 3 && args[1] == "run" {
+        return run_manifest(&args[2], &args[3..]);
+    }
     serve()
+}
+
+#[tokio::main]
+async fn run_manifest(file: &str, flags: &[String]) -> std::process::ExitCode {
+    let state_dir = std::env::temp_dir().join(format!("procnode-run-{}", std::process::id()));
+    let mut all = vec!["procnode".to_string()];
+    all.extend_from_slice(flags);
+    // A private, throw-away state directory: nothing outlives this run. (Containers still run
+    // under supervisors: that is where a user switch happens safely, in a single-threaded
+    // process.)
+    all.extend(["--state-dir".to_string(), state_dir.display().to_string()]);
+    let config = match Config::try_parse_from(all) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let _ = procnode::runtime::process::become_subreaper();
+    match procnode::batch::run(std::path::Path::new(file), config).await {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("procnode run: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }
 
 #[tokio::main]

@@ -224,3 +224,43 @@ async fn a_root_agent_runs_pods_without_run_as_user_as_nobody() {
     .unwrap();
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
+
+#[test]
+fn run_executes_a_job_manifest_and_exits_with_the_pods_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: hello}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: main\n        image: busybox\n        command: [sh, -c, 'echo computing; echo 3.14159']\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", job.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "computing\n3.14159\n");
+
+    let failing = dir.path().join("pod.json");
+    let mut p: Value = serde_json::from_str(include_str!("fixtures/pod-hello.json")).unwrap();
+    p["spec"]["containers"][0]["command"] = serde_json::json!(["sh", "-c", "echo trying; exit 3"]);
+    std::fs::write(&failing, p.to_string()).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", failing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "trying\n");
+
+    let out = Command::new(BIN)
+        .args(["run", "/no/such/file.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.yaml"));
+}
