@@ -24,6 +24,9 @@ fn main() {
     if args.len() == 3 && args[1] == "shim" {
         std::process::exit(procnode::runtime::shim::main(&args[2]));
     }
+    if args.len() == 3 && args[1] == "exec-as" {
+        std::process::exit(procnode::runtime::process::exec_as_main(&args[2]));
+    }
     if args.get(1).map(String::as_str) == Some("--serve") {
         serve(&args[2..]);
         return;

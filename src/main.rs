@@ -9,6 +9,11 @@ fn main() -> std::process::ExitCode {
         let code = procnode::runtime::shim::main(&args[2]);
         return std::process::ExitCode::from(code as u8);
     }
+    // `procnode exec-as SPEC`: switch user and exec (for processes procnode starts itself).
+    if args.len() == 3 && args[1] == "exec-as" {
+        let code = procnode::runtime::process::exec_as_main(&args[2]);
+        return std::process::ExitCode::from(code as u8);
+    }
     procnode::runtime::process::close_inherited_fds_on_exec();
     // `procnode run FILE [FLAGS]`: run one Pod or Job manifest here and exit with its result.
     if args.len() >= 3 && args[1] == "run" {

@@ -727,3 +727,42 @@ async fn security_context_users_are_applied_and_policed() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn without_supervisors_a_user_switch_goes_through_the_exec_helper() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let srv = Server::start(&["--supervisor", "none"]).await;
+    // A program the target user cannot reach (its directory is root-only).
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let prog = private.path().join("prog");
+    std::fs::write(&prog, "#!/bin/sh\necho should-not-run\n").unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut blocked = pod("blocked", &[prog.to_str().unwrap()], "Never");
+    blocked["spec"]["securityContext"] = json!({"runAsUser": 65534});
+    let mut switched = pod("switched", &sh("id -u"), "Never");
+    switched["spec"]["securityContext"] = json!({"runAsUser": 65534});
+    srv.create(&blocked).await;
+    srv.create(&switched).await;
+    let s = srv
+        .wait_status("blocked", "Failed", |s| phase(s) == "Failed")
+        .await;
+    assert_eq!(
+        container(&s, "main")["state"]["terminated"]["exitCode"],
+        126
+    );
+    let (_, text) = srv.logs("blocked", "main", "").await;
+    assert!(text.contains("Permission denied"), "{text}");
+    srv.wait_status("switched", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    assert_eq!(srv.logs("switched", "main", "").await.1, "65534\n");
+    // procnode is still fine.
+    assert!(srv.status("switched").await.is_some());
+    srv.delete(&blocked).await;
+    srv.delete(&switched).await;
+    srv.stop().await;
+}

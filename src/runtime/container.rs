@@ -292,7 +292,12 @@ async fn start(
             .map_err(start_error)?;
         (sup, Some(name))
     } else {
-        (supervisor::direct(req).await.map_err(start_error)?, None)
+        (
+            supervisor::direct(req, &settings.shim_exe)
+                .await
+                .map_err(start_error)?,
+            None,
+        )
     };
     let started_at =
         Timestamp::from_nanosecond(sup.started_ns as i128).unwrap_or_else(|_| Timestamp::now());
@@ -509,7 +514,12 @@ fn exec_context(entry: &PodEntry, idx: usize, settings: &Settings) -> Option<pro
     let user = users::resolve(&entry.pod, c, &settings.users)
         .ok()
         .flatten();
-    Some(probe::ExecContext { env, cwd, user })
+    Some(probe::ExecContext {
+        env,
+        cwd,
+        user,
+        helper: settings.shim_exe.clone(),
+    })
 }
 
 /// Reads what is available on `pipe` into the logs. Returns false at EOF or on error.

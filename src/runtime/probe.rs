@@ -150,6 +150,8 @@ pub struct ExecContext {
     pub env: Vec<(String, String)>,
     pub cwd: std::path::PathBuf,
     pub user: Option<super::users::UserSpec>,
+    /// procnode's executable, which switches user for an exec probe (`exec-as`).
+    pub helper: std::path::PathBuf,
 }
 
 /// Runs one check. `Err` carries what the kubelet would put in its event.
@@ -165,7 +167,8 @@ async fn check(handler: &Handler, timeout: Duration, ctx: &ExecContext) -> Resul
                 cwd: ctx.cwd.clone(),
                 user: ctx.user.clone(),
             };
-            let spawned = tokio::task::spawn_blocking(move || process::spawn_quiet(&req))
+            let helper = ctx.helper.clone();
+            let spawned = tokio::task::spawn_blocking(move || process::spawn_quiet(&req, &helper))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;

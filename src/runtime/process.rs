@@ -190,6 +190,54 @@ pub fn spawn_shim(exe: &Path, name: &str) -> Result<SpawnedShim, SpawnError> {
     })
 }
 
+/// A request that switches user cannot be spawned from a process that runs the reaper: the
+/// standard library forks for it, and when exec then fails it waits for the failed child
+/// itself, racing the reaper (and panicking when it loses). Such a request is routed through
+/// `HELPER exec-as SPEC` (see [`exec_as_main`]): posix_spawn'd without a switch, the helper,
+/// single-threaded, switches user and replaces itself with the command.
+fn via_helper(req: &SpawnRequest, helper: &Path) -> SpawnRequest {
+    if req.user.is_none() {
+        return req.clone();
+    }
+    let spec = serde_json::to_string(req).expect("spawn request serialises");
+    SpawnRequest {
+        argv: vec![helper.display().to_string(), "exec-as".into(), spec],
+        env: Vec::new(),
+        cwd: PathBuf::from("/"),
+        user: None,
+    }
+}
+
+/// `procnode exec-as SPEC`: switch to the request's user and exec its command in place (no
+/// fork, so no wait). Returns only on failure: 127 when the command cannot be found, 126 when
+/// it cannot be executed, with the reason on stderr.
+pub fn exec_as_main(spec: &str) -> i32 {
+    let req: SpawnRequest = match serde_json::from_str(spec) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("procnode exec-as: bad spec: {e}");
+            return 127;
+        }
+    };
+    let mut cmd = match command(&req, Stdio::inherit(), Stdio::inherit()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("procnode exec-as: {e}");
+            return 127;
+        }
+    };
+    let err = cmd.exec();
+    eprintln!(
+        "procnode exec-as: {}: {err}",
+        req.argv.first().map(String::as_str).unwrap_or("")
+    );
+    if err.kind() == io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
+
 /// A container started directly as procnode's child (no supervisor).
 pub struct SpawnedDirect {
     pub pid: i32,
@@ -200,9 +248,10 @@ pub struct SpawnedDirect {
 
 /// Starts `req` as a direct child of procnode with its output on pipes. Blocks for the
 /// duration of posix_spawn; call it from a blocking context.
-pub fn spawn_direct(req: &SpawnRequest) -> Result<SpawnedDirect, SpawnError> {
+pub fn spawn_direct(req: &SpawnRequest, helper: &Path) -> Result<SpawnedDirect, SpawnError> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    let req = &via_helper(req, helper);
     let mut cmd = command(req, Stdio::from(out_w), Stdio::from(err_w))?;
     let reaper = Reaper::get();
     let ticket = reaper.begin_spawn();
@@ -245,7 +294,11 @@ pub fn close_inherited_fds_on_exec() {
 
 /// Starts `req` as procnode's own child with its output discarded (probes, hooks): its pid and
 /// its exit.
-pub fn spawn_quiet(req: &SpawnRequest) -> Result<(i32, oneshot::Receiver<ExitStatus>), SpawnError> {
+pub fn spawn_quiet(
+    req: &SpawnRequest,
+    helper: &Path,
+) -> Result<(i32, oneshot::Receiver<ExitStatus>), SpawnError> {
+    let req = &via_helper(req, helper);
     let mut cmd = command(req, Stdio::null(), Stdio::null())?;
     let reaper = Reaper::get();
     let ticket = reaper.begin_spawn();

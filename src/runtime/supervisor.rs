@@ -206,8 +206,9 @@ impl Events {
 
 /// Starts `req` as procnode's own child, without a supervisor: faster to start, but the
 /// container does not survive procnode.
-pub async fn direct(req: SpawnRequest) -> Result<Supervised, String> {
-    let spawned = tokio::task::spawn_blocking(move || process::spawn_direct(&req))
+pub async fn direct(req: SpawnRequest, helper: &Path) -> Result<Supervised, String> {
+    let helper = helper.to_path_buf();
+    let spawned = tokio::task::spawn_blocking(move || process::spawn_direct(&req, &helper))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
