@@ -190,6 +190,12 @@ pub fn load_all(records: &Path, corrupt: &Path) -> (Vec<Loaded>, Vec<String>) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
+        // A write that a crash interrupted before its rename: the previous version still
+        // stands, the temporary file is garbage.
+        if name.contains(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
         let Some(stem) = name.strip_suffix(POD_SUFFIX) else {
             continue;
         };
@@ -258,6 +264,8 @@ mod tests {
         save_pod(&records.join("bad"), r#"{"metadata":{"name":"#).unwrap();
         save_pod(&records.join("badstatus"), r#"{"metadata":{"name":"b"}}"#).unwrap();
         std::fs::write(status_file(&records.join("badstatus")), b"{trunc").unwrap();
+        // A write interrupted by a crash before its rename.
+        std::fs::write(records.join("good.status.tmp4242"), b"{\"half").unwrap();
         let (loaded, problems) = load_all(&records, &dir.path().join("corrupt"));
         assert_eq!(loaded.len(), 1);
         assert_eq!(problems.len(), 2, "{problems:?}");

@@ -238,13 +238,11 @@ async fn pods_and_exit_codes_survive_kill_9_and_containers_are_reattached() {
         assert_eq!(b.delete(p).await, 200);
     }
     b.terminate().await;
-    assert!(
-        std::fs::read_dir(dir.path().join("records"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "deleted pods leave no record"
-    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("records"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "deleted pods leave no record: {left:?}");
 }
 
 #[tokio::test]
