@@ -141,18 +141,6 @@ fn reaped(pid: i32) -> bool {
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn parent_of(pid: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn pods_and_exit_codes_survive_kill_9_and_containers_are_reattached() {
     let dir = tempfile::tempdir().unwrap();
@@ -255,7 +243,7 @@ async fn a_vanished_supervisor_is_reported_and_the_container_restarted() {
         .wait_status("orphaned", "running", |s| phase(s) == "Running")
         .await;
     let pid = container_pid(&s, "main").unwrap();
-    let shim = parent_of(pid);
+    let shim = support::parent_of(pid);
     kill(Pid::from_raw(shim), Signal::SIGKILL).unwrap();
     let s = p
         .wait_status("orphaned", "restarted", |s| {

@@ -511,18 +511,8 @@ async fn without_supervisors_containers_are_procnodes_own_children() {
         .wait_status("direct", "Running", |s| phase(s) == "Running")
         .await;
     let pid = container_pid(&s, "main").unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ppid: u32 = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
     assert_eq!(
-        ppid,
+        support::parent_of(pid) as u32,
         std::process::id(),
         "the container's parent is procnode itself"
     );
@@ -547,17 +537,7 @@ async fn each_container_runs_under_its_own_supervisor() {
         .wait_status("shimmed", "Running", |s| phase(s) == "Running")
         .await;
     let pid = container_pid(&s, "main").unwrap();
-    let parent = |pid: u32| -> u32 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        stat.rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let parent = |pid: u32| support::parent_of(pid as i32) as u32;
     let shim = parent(pid as u32);
     assert_ne!(shim, std::process::id());
     assert_eq!(

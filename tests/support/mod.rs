@@ -72,6 +72,17 @@ pub fn group_members(pgid: i32) -> (Vec<i32>, Vec<i32>) {
     (live, zombies)
 }
 
+/// The parent pid of `pid`, from /proc.
+pub fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = stat.rsplit_once(')').expect("stat format").1;
+    rest.split_whitespace()
+        .nth(1)
+        .expect("ppid")
+        .parse()
+        .expect("ppid number")
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
