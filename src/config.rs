@@ -1,7 +1,11 @@
-//! Configuration: one [`Config`] built from command-line flags and environment variables.
+//! Configuration: one [`Config`] built from command-line flags, environment variables and an
+//! optional TOML file.
 //!
-//! Precedence is flag > environment variable > built-in default. Every default is a named
-//! `DEFAULT_*` constant so that the README, `--help` and the code cannot drift apart.
+//! Precedence is flag > environment variable > config file > built-in default. Every default is
+//! a named `DEFAULT_*` constant so that the README, `--help` and the code cannot drift apart.
+//! The file's keys are the flags' long names (`max-pods = 50`; `max_pods` is accepted too): a
+//! file setting is passed to clap as the flag it names, unless the same flag or its environment
+//! variable is set, so one parser validates every source alike.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +54,15 @@ pub const DEFAULT_PID_PRESSURE_PERCENT: u8 = 90;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "procnode", version, about, long_about = None)]
 pub struct Config {
+    /// TOML file of settings, keyed by flag name (`max-pods = 50`); flags and environment
+    /// variables override it.
+    #[arg(long, env = "PROCNODE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective settings, each with where it came from, and exit (0 if valid).
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address to listen on: `HOST:PORT`, just `PORT` (127.0.0.1 is used then), or
     /// `unix:PATH` for a unix socket (created with mode 0600).
     /// Default: 127.0.0.1 and the port from `PORT`, else 3000.
@@ -201,6 +214,57 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// A parsed configuration and where each setting came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// `(flag name, raw value, source)` for every setting, in `--help` order.
+    pub sources: Vec<(String, Option<String>, &'static str)>,
+}
+
+impl Loaded {
+    /// The effective settings as TOML, each commented with its source (for `--print-config`).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (key, value, source) in &self.sources {
+            match value {
+                Some(v) => out.push_str(&format!(
+                    "{key} = {}  # {source}\n",
+                    toml::Value::String(v.clone())
+                )),
+                None => out.push_str(&format!("# {key} is not set\n")),
+            }
+        }
+        out
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// Help or version was asked for: print it and exit 0.
+    Exit(clap::Error),
+    /// One line saying what is wrong.
+    Invalid(String),
+}
+
+/// `--config PATH`, `--config=PATH`, else `PROCNODE_CONFIG`.
+fn config_file_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = s.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    std::env::var_os("PROCNODE_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Where the API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -249,6 +313,121 @@ impl Config {
         }
         let matches = cmd.get_matches_from(args);
         <Config as clap::FromArgMatches>::from_arg_matches(&matches).expect("valid defaults")
+    }
+
+    /// Parses `args` (program name first), the process environment and the TOML file named by
+    /// `--config` or `PROCNODE_CONFIG`. An invalid setting from any source is one line of
+    /// error; `--help` and `--version` come back as [`ConfigError::Exit`].
+    pub fn load<I, T>(args: I) -> Result<Loaded, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let cmd = <Config as clap::CommandFactory>::command();
+        let file = config_file_path(&args);
+        let mut from_file = Vec::new();
+        let mut injected = Vec::new();
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!("config file {}: {e}", path.display()))
+            })?;
+            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                let msg = e.message().to_string();
+                let line = e
+                    .span()
+                    .map(|r| text[..r.start].matches('\n').count() + 1)
+                    .map(|l| format!(" (line {l})"))
+                    .unwrap_or_default();
+                ConfigError::Invalid(format!("config file {}{line}: {msg}", path.display()))
+            })?;
+            for (key, value) in &table {
+                let flag = key.replace('_', "-");
+                let bad = |why: &str| {
+                    ConfigError::Invalid(format!("config file {}: `{key}` {why}", path.display()))
+                };
+                let Some(arg) = cmd
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some(flag.as_str()))
+                    .filter(|a| !matches!(a.get_long(), Some("config" | "print-config")))
+                else {
+                    return Err(bad(
+                        "is not a setting (the keys are the long flag names of procnode --help)",
+                    ));
+                };
+                let env_set = arg
+                    .get_env()
+                    .is_some_and(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+                let on_command_line = args.iter().skip(1).any(|a| {
+                    let a = a.to_string_lossy();
+                    a == format!("--{flag}") || a.starts_with(&format!("--{flag}="))
+                });
+                if env_set || on_command_line {
+                    continue;
+                }
+                let is_switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+                match value {
+                    toml::Value::Boolean(true) if is_switch => injected.push(format!("--{flag}")),
+                    toml::Value::Boolean(false) if is_switch => {}
+                    _ if is_switch => return Err(bad("takes true or false")),
+                    toml::Value::String(v) => injected.push(format!("--{flag}={v}")),
+                    toml::Value::Integer(v) => injected.push(format!("--{flag}={v}")),
+                    toml::Value::Float(v) => injected.push(format!("--{flag}={v}")),
+                    toml::Value::Boolean(v) => injected.push(format!("--{flag}={v}")),
+                    _ => return Err(bad("must be a string, number or boolean")),
+                }
+                from_file.push(arg.get_id().to_string());
+            }
+        }
+        let mut all = Vec::with_capacity(args.len() + injected.len());
+        all.extend(args.first().cloned());
+        all.extend(injected.into_iter().map(Into::into));
+        all.extend(args.iter().skip(1).cloned());
+        let matches = cmd.try_get_matches_from(all).map_err(|e| {
+            use clap::error::{ContextKind, ContextValue, ErrorKind};
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                return ConfigError::Exit(e);
+            }
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid configuration");
+            let first = first.trim_start_matches("error: ").to_string();
+            let arg_from_file = match e.get(ContextKind::InvalidArg) {
+                Some(ContextValue::String(a)) => from_file
+                    .iter()
+                    .any(|id| a.starts_with(&format!("--{} ", id.replace('_', "-")))),
+                _ => false,
+            };
+            match (&file, arg_from_file) {
+                (Some(path), true) => {
+                    ConfigError::Invalid(format!("config file {}: {first}", path.display()))
+                }
+                _ => ConfigError::Invalid(first),
+            }
+        })?;
+        let config = <Config as clap::FromArgMatches>::from_arg_matches(&matches)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut sources = Vec::new();
+        for arg in <Config as clap::CommandFactory>::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "print-config" | "help" | "version") {
+                continue;
+            }
+            let value = matches.get_raw(id).map(|vals| {
+                vals.map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            let source = match matches.value_source(id) {
+                _ if from_file.iter().any(|f| f == id) => "config file",
+                Some(clap::parser::ValueSource::CommandLine) => "flag",
+                Some(clap::parser::ValueSource::EnvVariable) => "environment",
+                Some(clap::parser::ValueSource::DefaultValue) => "default",
+                _ => "unset",
+            };
+            sources.push((long.to_string(), value, source));
+        }
+        Ok(Loaded { config, sources })
     }
 
     /// Where to listen.
@@ -397,5 +576,71 @@ mod tests {
         ]);
         assert_eq!(c.backoff_initial, Duration::from_millis(250));
         assert_eq!(c.reserved_memory.to_bytes(), Some(1 << 30));
+    }
+
+    fn load_with_file(toml: &str, flags: &[&str]) -> Result<Loaded, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("procnode.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut args = vec![
+            "procnode".to_string(),
+            format!("--config={}", path.display()),
+        ];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        Config::load(args)
+    }
+
+    fn invalid(r: Result<Loaded, ConfigError>) -> String {
+        match r {
+            Err(ConfigError::Invalid(msg)) => msg,
+            other => panic!("expected an invalid configuration, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_file_fills_what_flags_do_not_set() {
+        let toml = "max-pods = 50\nbackoff_initial = \"2s\"\nlog-files = true\nreserved-memory = \"1Gi\"\n";
+        let loaded = load_with_file(toml, &["--max-pods", "7"]).unwrap();
+        let c = &loaded.config;
+        assert_eq!(c.max_pods, 7, "a flag beats the file");
+        assert_eq!(c.backoff_initial, Duration::from_secs(2));
+        assert!(c.log_files);
+        assert_eq!(c.reserved_memory.to_bytes(), Some(1 << 30));
+        let source = |k: &str| loaded.sources.iter().find(|s| s.0 == k).unwrap().2;
+        assert_eq!(source("max-pods"), "flag");
+        assert_eq!(source("backoff-initial"), "config file");
+        assert_eq!(source("backoff-max"), "default");
+        let rendered = loaded.render();
+        assert!(
+            rendered.contains("backoff-initial = \"2s\"  # config file"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn bad_config_files_are_one_clear_line() {
+        let msg = invalid(load_with_file("port = \"abc\"\n", &[]));
+        assert!(
+            msg.contains("config file") && msg.contains("'abc'") && msg.contains("--port"),
+            "{msg}"
+        );
+        let msg = invalid(load_with_file("no-such-setting = 1\n", &[]));
+        assert!(msg.contains("`no-such-setting` is not a setting"), "{msg}");
+        let msg = invalid(load_with_file("max-pods = [\n", &[]));
+        assert!(msg.contains("line 1"), "{msg}");
+        let msg = invalid(load_with_file("log-files = \"yes\"\n", &[]));
+        assert!(msg.contains("takes true or false"), "{msg}");
+        let msg = invalid(load_with_file("port = { a = 1 }\n", &[]));
+        assert!(msg.contains("must be a string, number or boolean"), "{msg}");
+        for msg in [
+            invalid(load_with_file("port = 1\n", &["--max-pods=-3"])),
+            invalid(Config::load([
+                "procnode",
+                "--config",
+                "/nonexistent/procnode.toml",
+            ])),
+        ] {
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
     }
 }

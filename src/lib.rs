@@ -71,9 +71,22 @@ where
     let app = api::router(api::AppState::new(runtime.clone(), node, &config)?);
     let addr = listener.local_addr()?;
     tracing::info!(addr = %format!("{addr:?}").trim_matches('"'), state_dir = %state_dir.display(), "procnode serving");
+    // Under systemd (Type=notify): ready once the listener is bound and the pods are restored.
+    notify_service_manager(&[sd_notify::NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled().map(|every| {
+        tracing::info!(every = ?every, "pinging the systemd watchdog");
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 2);
+            loop {
+                tick.tick().await;
+                notify_service_manager(&[sd_notify::NotifyState::Watchdog]);
+            }
+        })
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
+    notify_service_manager(&[sd_notify::NotifyState::Stopping]);
     if config.keep_pods_on_exit && config.supervisor == config::SupervisorMode::Shim {
         tracing::info!("leaving every pod running under its supervisor for the next procnode");
     } else {
@@ -82,5 +95,16 @@ where
         tracing::info!("all pods stopped");
     }
     refresher.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     Ok(())
+}
+
+/// Tells systemd about a state change when it started procnode with `NOTIFY_SOCKET` (a no-op
+/// otherwise; containers never see the variable, their environment is built from the pod).
+fn notify_service_manager(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }

@@ -1,5 +1,4 @@
-use clap::Parser;
-use procnode::config::{Config, ListenAddr, LogFormat};
+use procnode::config::{Config, ConfigError, ListenAddr, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -19,7 +18,32 @@ fn main() -> std::process::ExitCode {
     if args.len() >= 3 && args[1] == "run" {
         return run_manifest(&args[2], &args[3..]);
     }
-    serve()
+    // `procnode serve [FLAGS]` is the default: `procnode [FLAGS]` means the same.
+    let mut flags = args;
+    if flags.get(1).is_some_and(|a| a == "serve") {
+        flags.remove(1);
+    }
+    let config = match load_config(flags) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    serve(config)
+}
+
+/// The configuration from flags, environment and config file; on error, one line and exit 2.
+fn load_config(args: Vec<String>) -> Result<Config, std::process::ExitCode> {
+    match Config::load(args) {
+        Ok(loaded) if loaded.config.print_config => {
+            print!("{}", loaded.render());
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Ok(loaded) => Ok(loaded.config),
+        Err(ConfigError::Exit(e)) => e.exit(),
+        Err(ConfigError::Invalid(msg)) => {
+            eprintln!("procnode: {msg}");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
 }
 
 #[tokio::main]
@@ -31,9 +55,9 @@ async fn run_manifest(file: &str, flags: &[String]) -> std::process::ExitCode {
     // under supervisors: that is where a user switch happens safely, in a single-threaded
     // process.)
     all.extend(["--state-dir".to_string(), state_dir.display().to_string()]);
-    let config = match Config::try_parse_from(all) {
+    let config = match load_config(all) {
         Ok(c) => c,
-        Err(e) => e.exit(),
+        Err(code) => return code,
     };
     let _ = procnode::runtime::process::become_subreaper();
     match procnode::batch::run(std::path::Path::new(file), config).await {
@@ -46,8 +70,7 @@ async fn run_manifest(file: &str, flags: &[String]) -> std::process::ExitCode {
 }
 
 #[tokio::main]
-async fn serve() -> std::process::ExitCode {
-    let config = Config::parse();
+async fn serve(config: Config) -> std::process::ExitCode {
     let filter = EnvFilter::try_from_env("PROCNODE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt()

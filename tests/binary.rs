@@ -120,6 +120,8 @@ fn help_lists_every_setting_with_its_default() {
         "--max-pods",
         "[default: 110]",
         "--max-grace-period",
+        "--config",
+        "PROCNODE_CONFIG",
     ] {
         assert!(help.contains(needle), "--help should mention {needle}");
     }
@@ -134,6 +136,112 @@ fn invalid_configuration_exits_non_zero_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("not-an-address"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn flags_beat_environment_beats_config_file_beats_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("procnode.toml");
+    std::fs::write(
+        &file,
+        "max-pods = 50\nbackoff-initial = \"2s\"\nhost-refresh = \"7s\"\nport = 4100\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--print-config", "--port", "4200"])
+        .env("PROCNODE_CONFIG", &file)
+        .env("PROCNODE_MAX_PODS", "9")
+        .env("PROCNODE_HOST_REFRESH", "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "max-pods = \"9\"  # environment",
+        "backoff-initial = \"2s\"  # config file",
+        "host-refresh = \"7s\"  # config file",
+        "port = \"4200\"  # flag",
+        "backoff-max = \"300s\"  # default",
+    ] {
+        assert!(printed.contains(line), "expected {line:?} in:\n{printed}");
+    }
+    // A bad value in the file names the file; the exit code is non-zero.
+    std::fs::write(&file, "max-grace-period = \"soon\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("procnode.toml") && err.contains("soon"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+/// Under systemd with `Type=notify`: READY=1 only once the API answers, watchdog pings at half
+/// the interval, STOPPING=1 on SIGTERM.
+#[tokio::test]
+async fn tells_systemd_when_ready_pings_the_watchdog_and_says_when_stopping() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("PROCNODE_STATE_DIR", dir.path().join("state"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "300000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("procnode exited").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["fields"]["message"] == "procnode serving" {
+            break v["fields"]["addr"].as_str().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(recv(), "READY=1\n");
+    // Ready means serving: the health check answers at once.
+    let health = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let started = Instant::now();
+    assert_eq!(recv(), "WATCHDOG=1\n");
+    assert_eq!(recv(), "WATCHDOG=1\n");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopping = loop {
+        let msg = recv();
+        if msg != "WATCHDOG=1\n" {
+            break msg;
+        }
+    };
+    assert_eq!(stopping, "STOPPING=1\n");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
 }
 
 #[tokio::test]
