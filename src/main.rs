@@ -18,6 +18,16 @@ fn main() -> std::process::ExitCode {
     if args.len() >= 3 && args[1] == "run" {
         return run_manifest(&args[2], &args[3..]);
     }
+    // `procnode health [FLAGS]`: exit 0 if the procnode these settings describe answers
+    // GET /healthz (for exec probes and container health checks).
+    if args.len() >= 2 && args[1] == "health" {
+        let mut flags = args;
+        flags.remove(1);
+        return match load_config(flags) {
+            Ok(config) => health(&config),
+            Err(code) => code,
+        };
+    }
     // `procnode serve [FLAGS]` is the default: `procnode [FLAGS]` means the same.
     let mut flags = args;
     if flags.get(1).is_some_and(|a| a == "serve") {
@@ -89,6 +99,57 @@ async fn serve(config: Config) -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("procnode: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Asks the procnode at `config`'s listen address for `GET /healthz` (plain HTTP; with TLS only
+/// the TCP connection is checked).
+fn health(config: &Config) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    fn exchange(
+        mut s: impl Read + Write,
+        plain_http: bool,
+    ) -> std::io::Result<Option<String>> {
+        if !plain_http {
+            return Ok(None);
+        }
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        s.take(4096).read_to_string(&mut answer)?;
+        Ok(Some(answer.lines().next().unwrap_or("").to_string()))
+    }
+    let addr = config.listen_addr();
+    let plain_http = config.tls_cert.is_none();
+    let answer = match &addr {
+        ListenAddr::Tcp(a) => {
+            let mut a = *a;
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            std::net::TcpStream::connect_timeout(&a, timeout).and_then(|s| {
+                s.set_read_timeout(Some(timeout))?;
+                exchange(s, plain_http)
+            })
+        }
+        ListenAddr::Unix(p) => std::os::unix::net::UnixStream::connect(p).and_then(|s| {
+            s.set_read_timeout(Some(timeout))?;
+            exchange(s, plain_http)
+        }),
+    };
+    match answer {
+        Ok(None) => std::process::ExitCode::SUCCESS,
+        Ok(Some(status)) if status.split(' ').nth(1) == Some("200") => {
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(Some(status)) => {
+            eprintln!("procnode health: {addr} answered {status:?}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("procnode health: {addr}: {e}");
             std::process::ExitCode::FAILURE
         }
     }

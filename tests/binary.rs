@@ -225,6 +225,12 @@ async fn tells_systemd_when_ready_pings_the_watchdog_and_says_when_stopping() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    // The exec probe of the chart: `procnode health` with the same listen setting.
+    let probe = Command::new(BIN)
+        .args(["health", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
     let started = Instant::now();
     assert_eq!(recv(), "WATCHDOG=1\n");
     assert_eq!(recv(), "WATCHDOG=1\n");
@@ -242,6 +248,12 @@ async fn tells_systemd_when_ready_pings_the_watchdog_and_says_when_stopping() {
     };
     assert_eq!(stopping, "STOPPING=1\n");
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    let probe = Command::new(BIN)
+        .args(["health", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(probe.status.code(), Some(1), "nothing listens any more");
+    assert!(String::from_utf8_lossy(&probe.stderr).contains(&addr));
 }
 
 #[tokio::test]
@@ -371,4 +383,39 @@ fn run_executes_a_job_manifest_and_exits_with_the_pods_result() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.yaml"));
+}
+
+/// examples/lifecycle.rs against the real binary: the README's "drive the API directly" path.
+#[test]
+fn the_lifecycle_example_runs_a_job_like_pod_to_success() {
+    // cargo test builds the examples next to the test binaries: target/debug/examples/.
+    let example = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples/lifecycle"))
+        .unwrap();
+    assert!(example.exists(), "{} not built", example.display());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = start(dir.path(), &["--backoff-initial", "200ms"]);
+    let out = Command::new(&example)
+        .arg(format!("http://{addr}"))
+        .output()
+        .unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        "waiting (CrashLoopBackOff), restarts 0, last exit 3 (Error)",
+        "phase Succeeded, container terminated (Completed), restarts 1",
+        "| first run: failing",
+        "| second run: done",
+        "GET /getPod after delete: 404",
+    ] {
+        assert!(printed.contains(needle), "expected {needle:?} in:\n{printed}");
+    }
 }
