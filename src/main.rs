@@ -109,10 +109,7 @@ async fn serve(config: Config) -> std::process::ExitCode {
 fn health(config: &Config) -> std::process::ExitCode {
     use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(5);
-    fn exchange(
-        mut s: impl Read + Write,
-        plain_http: bool,
-    ) -> std::io::Result<Option<String>> {
+    fn exchange(mut s: impl Read + Write, plain_http: bool) -> std::io::Result<Option<String>> {
         if !plain_http {
             return Ok(None);
         }

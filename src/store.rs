@@ -350,6 +350,11 @@ impl PodEntry {
     }
 
     /// Waits until the worker has finished.
+    /// Whether the pod's worker has finished (no process of the pod is left).
+    pub fn is_done(&self) -> bool {
+        *self.done.borrow()
+    }
+
     pub async fn wait_done(&self) {
         let mut rx = self.done.subscribe();
         let _ = rx.wait_for(|d| *d).await;

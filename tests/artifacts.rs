@@ -55,7 +55,10 @@ fn the_chart_manifest_wires_the_broker_to_procnode_with_the_rbac_a_node_needs() 
     let binding: ClusterRoleBinding = typed(of("ClusterRoleBinding")[0]);
 
     let spec = deployment.spec.unwrap().template.spec.unwrap();
-    assert_eq!(spec.service_account_name.as_ref(), account.metadata.name.as_ref());
+    assert_eq!(
+        spec.service_account_name.as_ref(),
+        account.metadata.name.as_ref()
+    );
     assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
     assert_eq!(
         binding.subjects.as_ref().unwrap()[0].name,
@@ -68,7 +71,10 @@ fn the_chart_manifest_wires_the_broker_to_procnode_with_the_rbac_a_node_needs() 
     let procnode::config::ListenAddr::Tcp(listen) = config.listen_addr() else {
         panic!("procnode should listen on TCP in the chart");
     };
-    assert!(listen.ip().is_loopback(), "only the broker may reach procnode");
+    assert!(
+        listen.ip().is_loopback(),
+        "only the broker may reach procnode"
+    );
     let broker = container(&spec, "broker");
     let env = |c: &Container, name: &str| {
         c.env
@@ -85,7 +91,15 @@ fn the_chart_manifest_wires_the_broker_to_procnode_with_the_rbac_a_node_needs() 
 
     // Both probes run `procnode health` against the address procnode listens on.
     for probe in [&procnode.liveness_probe, &procnode.readiness_probe] {
-        let cmd = probe.as_ref().unwrap().exec.as_ref().unwrap().command.clone().unwrap();
+        let cmd = probe
+            .as_ref()
+            .unwrap()
+            .exec
+            .as_ref()
+            .unwrap()
+            .command
+            .clone()
+            .unwrap();
         assert_eq!(cmd[..2], ["procnode", "health"]);
         let probed = procnode_accepts(&cmd[2..]);
         assert_eq!(probed.listen_addr(), config.listen_addr());
@@ -99,8 +113,12 @@ fn the_chart_manifest_wires_the_broker_to_procnode_with_the_rbac_a_node_needs() 
     let rules = role.rules.unwrap();
     let allowed = |group: &str, resource: &str, verb: &str| {
         rules.iter().any(|r| {
-            r.api_groups.as_ref().is_some_and(|g| g.iter().any(|g| g == group))
-                && r.resources.as_ref().is_some_and(|rs| rs.iter().any(|x| x == resource))
+            r.api_groups
+                .as_ref()
+                .is_some_and(|g| g.iter().any(|g| g == group))
+                && r.resources
+                    .as_ref()
+                    .is_some_and(|rs| rs.iter().any(|x| x == resource))
                 && r.verbs.iter().any(|v| v == verb)
         })
     };
@@ -117,7 +135,10 @@ fn the_chart_manifest_wires_the_broker_to_procnode_with_the_rbac_a_node_needs() 
         ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
     ] {
-        assert!(allowed(group, resource, verb), "{verb} {resource} not allowed");
+        assert!(
+            allowed(group, resource, verb),
+            "{verb} {resource} not allowed"
+        );
     }
 }
 
@@ -128,7 +149,10 @@ fn the_kubectl_examples_target_a_virtual_kubelet_node() {
     let crasher: Pod = typed(&documents("examples/crashloop.yaml")[0]);
     let specs = [
         ("job", job.spec.unwrap().template.spec.unwrap()),
-        ("deployment", deployment.spec.unwrap().template.spec.unwrap()),
+        (
+            "deployment",
+            deployment.spec.unwrap().template.spec.unwrap(),
+        ),
         ("crashloop", crasher.spec.unwrap()),
     ];
     for (name, spec) in specs {
@@ -190,7 +214,10 @@ fn the_dockerfile_builds_this_crate_with_a_supported_toolchain() {
         "builder rust {version} < rust-version {needed}"
     );
     // Every COPY source exists, and the image's command is one procnode accepts.
-    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
         let parts: Vec<&str> = line.split_whitespace().collect();
         for src in &parts[1..parts.len() - 1] {
             assert!(

@@ -230,7 +230,11 @@ async fn tells_systemd_when_ready_pings_the_watchdog_and_says_when_stopping() {
         .args(["health", "--listen", &addr])
         .output()
         .unwrap();
-    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
     let started = Instant::now();
     assert_eq!(recv(), "WATCHDOG=1\n");
     assert_eq!(recv(), "WATCHDOG=1\n");
@@ -408,7 +412,11 @@ fn the_lifecycle_example_runs_a_job_like_pod_to_success() {
     );
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for needle in [
         "waiting (CrashLoopBackOff), restarts 0, last exit 3 (Error)",
         "phase Succeeded, container terminated (Completed), restarts 1",
@@ -416,6 +424,115 @@ fn the_lifecycle_example_runs_a_job_like_pod_to_success() {
         "| second run: done",
         "GET /getPod after delete: 404",
     ] {
-        assert!(printed.contains(needle), "expected {needle:?} in:\n{printed}");
+        assert!(
+            printed.contains(needle),
+            "expected {needle:?} in:\n{printed}"
+        );
     }
+}
+
+fn run_manifest(dir: &std::path::Path, yaml: &str) -> (Option<i32>, String, String) {
+    let file = dir.join(format!("job-{}.yaml", yaml.len()));
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", file.to_str().unwrap(), "--backoff-initial", "50ms"])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `procnode run` applies a Job's completions, parallelism, backoffLimit (failed pods and
+/// container restarts) and activeDeadlineSeconds as the Job controller does.
+#[test]
+fn run_applies_the_job_controllers_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = |spec: &str, policy: &str, script: &str| {
+        format!(
+            "kind: Job\nmetadata: {{name: j}}\nspec:\n{spec}  template:\n    spec:\n      restartPolicy: {policy}\n      terminationGracePeriodSeconds: 2\n      containers:\n      - name: c\n        image: busybox\n        command: [sh, -c, '{script}']\n        env: [{{name: POD, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]\n"
+        )
+    };
+
+    // Three completions, two at a time: three pods, each printing its name once.
+    let (code, out, err) = run_manifest(
+        dir.path(),
+        &job(
+            "  completions: 3\n  parallelism: 2\n",
+            "Never",
+            "echo ran $POD; sleep 0.2",
+        ),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["ran j-1", "ran j-2", "ran j-3"]);
+
+    // Always failing with restartPolicy Never: backoffLimit 2 allows three pods.
+    let (code, out, err) = run_manifest(
+        dir.path(),
+        &job("  backoffLimit: 2\n", "Never", "echo try $POD; exit 7"),
+    );
+    assert_eq!(code, Some(7), "{err}");
+    assert_eq!(out, "try j-1\ntry j-2\ntry j-3\n");
+    assert!(err.contains("BackoffLimitExceeded"), "{err}");
+
+    // OnFailure: restarts in place count against the limit.
+    let (code, out, err) = run_manifest(
+        dir.path(),
+        &job("  backoffLimit: 1\n", "OnFailure", "echo again; exit 5"),
+    );
+    assert_eq!(code, Some(5), "{err}");
+    assert!(out.lines().count() >= 2, "{out}");
+    assert!(
+        err.contains("BackoffLimitExceeded") && err.contains("container restarts"),
+        "{err}"
+    );
+
+    // A failure, then success: the second pod completes the Job.
+    // (Pods run as nobody when procnode is root: give them a directory they may write.)
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let marker = shared.join("first-done");
+    let script = format!(
+        "if [ -e {m} ]; then echo second; else touch {m}; exit 1; fi",
+        m = marker.display()
+    );
+    let (code, out, err) = run_manifest(dir.path(), &job("", "Never", &script));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "second\n");
+
+    // The deadline stops a Job that would run for minutes.
+    let (code, _, err) = run_manifest(
+        dir.path(),
+        &job("  activeDeadlineSeconds: 1\n", "Never", "exec sleep 300"),
+    );
+    assert_eq!(code, Some(143), "SIGTERM ends the sleep: {err}");
+    assert!(err.contains("DeadlineExceeded"), "{err}");
+}
+
+/// The shipped kubectl Job example runs unchanged under `procnode run`.
+#[test]
+fn the_job_example_runs_under_procnode_run() {
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/job.yaml"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("hello from ") && stdout.contains("the answer is 42"),
+        "{stdout}"
+    );
 }

@@ -746,3 +746,93 @@ async fn without_supervisors_a_user_switch_goes_through_the_exec_helper() {
     srv.delete(&switched).await;
     srv.stop().await;
 }
+
+/// `GET /getStatsSummary` in the kubelet Summary shape, measured from the real processes: a busy
+/// pod shows CPU that grows between calls, a pod holding memory shows it, a finished pod shows
+/// no running container.
+#[tokio::test]
+async fn stats_summary_measures_the_pods_processes() {
+    let srv = Server::start(&[]).await;
+    let busy = pod("busy", &sh("while :; do :; done"), "Always");
+    // 32 MiB held in a shell variable while the shell waits.
+    let hog = pod(
+        "hog",
+        &sh("x=$(head -c 33554432 /dev/zero | tr '\\0' a); echo held; sleep 300 & wait"),
+        "Always",
+    );
+    let done = pod("done", &sh("true"), "Never");
+    for p in [&busy, &hog, &done] {
+        assert_eq!(srv.create(p).await.status(), 201);
+    }
+    srv.wait_status("busy", "Running", |s| phase(s) == "Running")
+        .await;
+    srv.wait_status("done", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    support::wait_until("hog holds its memory", Duration::from_secs(20), || async {
+        let (_, text) = srv.logs("hog", "main", "").await;
+        text.contains("held").then_some(())
+    })
+    .await;
+
+    let summary = || async {
+        let r = srv
+            .http
+            .get(srv.url("/getStatsSummary"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let pod_stats = |s: &Value, name: &str| -> Value {
+        s["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["podRef"]["name"] == name)
+            .unwrap_or_else(|| panic!("no stats for {name}: {s}"))
+            .clone()
+    };
+    let first = summary().await;
+    assert!(first["node"]["nodeName"].is_string());
+    assert!(
+        first["node"]["cpu"]["usageCoreNanoSeconds"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(first["node"]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
+    assert!(first["node"]["fs"]["capacityBytes"].as_u64().unwrap() > 0);
+    let busy_cpu = |s: &Value| {
+        let p = pod_stats(s, "busy");
+        assert_eq!(p["podRef"]["namespace"], "default");
+        assert!(p["podRef"]["uid"].is_string() && p["startTime"].is_string());
+        let c = &p["containers"][0];
+        assert_eq!(c["name"], "main");
+        c["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap()
+    };
+    let before = busy_cpu(&first);
+    // Wait for the busy loop to accumulate CPU time (no timing assertion: only "more").
+    let second = support::wait_until("busy CPU grows", Duration::from_secs(20), || async {
+        let s = summary().await;
+        (busy_cpu(&s) > before).then_some(s)
+    })
+    .await;
+    let busy = pod_stats(&second, "busy");
+    assert!(
+        busy["containers"][0]["cpu"]["usageNanoCores"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        busy["cpu"]["usageCoreNanoSeconds"],
+        busy["containers"][0]["cpu"]["usageCoreNanoSeconds"]
+    );
+    let hog = pod_stats(&second, "hog");
+    let ws = hog["memory"]["workingSetBytes"].as_u64().unwrap();
+    assert!(ws > 32 << 20, "the hog holds 32 MiB, stats say {ws}");
+    assert!(hog["containers"][0]["memory"]["rssBytes"].as_u64().unwrap() > 32 << 20);
+    assert_eq!(pod_stats(&second, "done")["containers"], json!([]));
+    srv.stop().await;
+}

@@ -29,6 +29,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("too many log follow streams are open (see --max-follow-streams); try again later")]
     TooManyFollowers,
+    /// A bug or a panic inside procnode, not the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<RuntimeError> for ApiError {
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             // The state directory is full or read-only: nothing was stored.
             ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooManyFollowers => StatusCode::TOO_MANY_REQUESTS,
         }

@@ -344,6 +344,16 @@ pub async fn operating_system() -> &'static str {
 
 /// Prometheus metrics: pods by phase, container starts, restarts and exits by reason, spawn
 /// latency, log bytes captured, dropped and held, request latency by route.
+/// The kubelet's stats Summary (`/stats/summary` shape), measured from the pods' process groups.
+pub async fn stats_summary(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let pods = s.runtime.stat_refs();
+    let node = s.node.clone();
+    let summary = tokio::task::spawn_blocking(move || node.stats_summary(&pods))
+        .await
+        .map_err(|e| ApiError::Internal(format!("stats task: {e}")))?;
+    Ok(json(StatusCode::OK, summary.to_string()))
+}
+
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let mut phases = [
         ("Pending", 0usize),

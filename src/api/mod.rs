@@ -71,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/operatingSystem", get(handlers::operating_system))
         // metrics and health
         .route("/metrics", get(handlers::metrics))
+        .route("/getStatsSummary", get(handlers::stats_summary))
+        .route("/stats/summary", get(handlers::stats_summary))
         .route("/", get(handlers::health))
         .route("/healthz", get(handlers::health))
         .fallback(handlers::no_route)

@@ -4,6 +4,8 @@
 //! three answers already serialised, so the node endpoints never fail and answer in
 //! microseconds: they only clone an `Arc`.
 
+pub mod stats;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -62,6 +64,7 @@ pub struct Node {
     /// Last status and transition time of Ready, MemoryPressure, DiskPressure, PIDPressure.
     transitions: std::sync::Mutex<[ConditionState; 4]>,
     facts: NodeFacts,
+    stats: stats::StatsCollector,
 }
 
 impl Node {
@@ -99,6 +102,7 @@ impl Node {
                 status: false,
                 since: now,
             })),
+            stats: stats::StatsCollector::new(policy.node_name.clone()),
             policy,
             state_dir,
         };
@@ -108,6 +112,11 @@ impl Node {
 
     pub fn facts(&self) -> NodeFacts {
         self.facts.clone()
+    }
+
+    /// The kubelet stats Summary for `pods` (blocking: reads `/proc`).
+    pub fn stats_summary(&self, pods: &[stats::PodRef]) -> serde_json::Value {
+        self.stats.summary(pods, &self.state_dir)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

@@ -169,6 +169,39 @@ impl Runtime {
         self.store.list()
     }
 
+    /// Every pod with its running containers' process groups, for the stats Summary.
+    pub fn stat_refs(&self) -> Vec<crate::node::stats::PodRef> {
+        self.store
+            .list()
+            .iter()
+            .map(|entry| {
+                let state = entry.state.lock().expect("state lock");
+                let containers = state
+                    .init
+                    .iter()
+                    .chain(state.containers.iter())
+                    .filter_map(|c| match (&c.state, c.pid) {
+                        (status::ContainerState::Running { started_at }, Some(pgid)) => {
+                            Some(crate::node::stats::ContainerRef {
+                                name: c.name.clone(),
+                                started_at: *started_at,
+                                pgid,
+                            })
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                crate::node::stats::PodRef {
+                    name: entry.key.name.clone(),
+                    namespace: entry.key.namespace.clone(),
+                    uid: entry.uid.clone(),
+                    start_time: state.start_time,
+                    containers,
+                }
+            })
+            .collect()
+    }
+
     /// Stores and starts a pod. Idempotent: the same namespace/name/uid again is the same pod.
     /// A different uid under the same name replaces the old pod (stopped with its grace period
     /// first), as happens when a pod is deleted and re-created faster than the delete arrives.
