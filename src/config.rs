@@ -49,6 +49,10 @@ pub const DEFAULT_MEMORY_PRESSURE_BELOW: &str = "100Mi";
 pub const DEFAULT_DISK_PRESSURE_PERCENT: u8 = 10;
 /// PIDPressure when more than this percentage of `kernel.pid_max` is in use.
 pub const DEFAULT_PID_PRESSURE_PERCENT: u8 = 90;
+/// Processes a pod may have at once, where cgroups exist (0: no limit).
+pub const DEFAULT_POD_PIDS_LIMIT: u64 = 4096;
+/// The cgroup under which pod cgroups are made.
+pub const DEFAULT_CGROUP_PARENT: &str = "procnode-pods";
 
 /// procnode: runs Kubernetes pods as plain supervised processes behind a Virtual Kubelet web broker.
 #[derive(Debug, Clone, Parser)]
@@ -208,6 +212,34 @@ pub struct Config {
     /// binary by default).
     #[arg(long, env = "PROCNODE_SHIM_PATH")]
     pub shim_path: Option<PathBuf>,
+
+    /// cgroups for pods (limits.memory, limits.cpu, pids limit, OOMKilled, a kill that reaches
+    /// every process): `auto` uses v2 where the unified hierarchy has the memory and pids
+    /// controllers, else v1; `off` tracks pods by process group only.
+    #[arg(long, env = "PROCNODE_CGROUPS", value_enum, default_value_t = crate::runtime::cgroup::CgroupMode::Auto)]
+    pub cgroups: crate::runtime::cgroup::CgroupMode,
+
+    /// Name of the cgroup, under procnode's own, that holds the pod cgroups.
+    #[arg(long, env = "PROCNODE_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT,
+          value_parser = parse_cgroup_name)]
+    pub cgroup_parent: String,
+
+    /// Processes (and threads) a pod may have at once, where cgroups exist; 0 for no limit.
+    #[arg(long, env = "PROCNODE_POD_PIDS_LIMIT", default_value_t = DEFAULT_POD_PIDS_LIMIT)]
+    pub pod_pids_limit: u64,
+
+    /// Directory under which hostPath volumes may point (repeat the flag, or separate with
+    /// commas in the variable). None by default: every hostPath volume is refused.
+    #[arg(
+        long = "host-path-prefix",
+        env = "PROCNODE_HOST_PATH_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub host_path_prefixes: Vec<PathBuf>,
+
+    /// How often emptyDir volumes with a sizeLimit are measured (a pod past it is evicted).
+    #[arg(long, env = "PROCNODE_VOLUME_CHECK_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub volume_check_interval: Duration,
 
     /// Log format of procnode's own logs on stderr.
     #[arg(long, env = "PROCNODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -514,6 +546,21 @@ fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
         format!("`{s}` is not HOST:PORT, PORT or unix:PATH (for example 127.0.0.1:3000)")
     })
+}
+
+fn parse_cgroup_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a cgroup name (letters, digits, '-', '_', '.')"
+        ))
+    }
 }
 
 fn parse_max_files(s: &str) -> Result<usize, String> {

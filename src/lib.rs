@@ -35,8 +35,14 @@ pub use config::Config;
 
 /// Builds the node monitor and the runtime for `config`.
 pub fn build(config: &Config) -> (Arc<runtime::Runtime>, Arc<node::Node>) {
-    let node = node::Node::new(config);
-    let settings = runtime::Settings::from_config(config, node.facts());
+    let pids = (config.pod_pids_limit > 0).then_some(config.pod_pids_limit);
+    let cgroups = Arc::new(runtime::cgroup::Cgroups::detect(
+        config.cgroups,
+        &config.cgroup_parent,
+        pids,
+    ));
+    let node = node::Node::new(config, &cgroups);
+    let settings = runtime::Settings::from_config(config, node.facts(), cgroups);
     (Arc::new(runtime::Runtime::new(settings)), node)
 }
 
@@ -60,6 +66,15 @@ where
         )
     })?;
     let (runtime, node) = build(&config);
+    let cgroups = runtime.settings().cgroups.clone();
+    if cgroups.available() {
+        tracing::info!(cgroups = %cgroups.status(), "pods get cgroups");
+    } else {
+        tracing::warn!(
+            cgroups = %cgroups.status(),
+            "pods are tracked by process group only: resource limits are not enforced"
+        );
+    }
     for problem in runtime.restore().await {
         tracing::error!("{problem}");
     }

@@ -186,6 +186,8 @@ pub struct PodEntry {
     done: watch::Sender<bool>,
     /// Serialises writes of this pod's status record.
     pub save_lock: tokio::sync::Mutex<()>,
+    /// The pod's volumes, once prepared (before its first container starts).
+    pub volumes: std::sync::OnceLock<crate::runtime::volumes::PodVolumes>,
 }
 
 impl PodEntry {
@@ -215,6 +217,7 @@ impl PodEntry {
             stop: watch::channel(None).0,
             done: watch::channel(false).0,
             save_lock: tokio::sync::Mutex::new(()),
+            volumes: std::sync::OnceLock::new(),
         }
     }
 

@@ -155,7 +155,13 @@ async fn node_endpoints_report_the_live_host() {
         .collect();
     assert_eq!(
         types,
-        ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"]
+        [
+            "Ready",
+            "MemoryPressure",
+            "DiskPressure",
+            "PIDPressure",
+            "PodResourceLimits"
+        ]
     );
     assert_eq!(conds[0]["status"], "True");
     assert_eq!(conds[0]["reason"], "KubeletReady");

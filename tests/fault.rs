@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::{phase, pod, wait_until, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +120,10 @@ async fn a_full_or_read_only_state_dir_is_a_clear_error_and_corrupts_nothing() {
     let mut created = Vec::new();
     let mut refused = None;
     for i in 0..400 {
-        let p = pod(&format!("fill-{i}"), &["true"], "Never");
+        let mut p = pod(&format!("fill-{i}"), &["true"], "Never");
+        // No volume to set up on the full disk: these pods must run to completion.
+        p["spec"]["volumes"] = json!([]);
+        p["spec"]["containers"][0]["volumeMounts"] = json!([]);
         let r = srv.create(&p).await;
         match r.status().as_u16() {
             201 => created.push(p),

@@ -50,6 +50,8 @@ struct Policy {
     pid_pressure_percent: u8,
     node_name: String,
     node_ip: IpAddr,
+    /// Whether pods get cgroups, and where (or why not), for the PodResourceLimits condition.
+    cgroups: (bool, String),
 }
 
 struct ConditionState {
@@ -65,11 +67,13 @@ pub struct Node {
     transitions: std::sync::Mutex<[ConditionState; 4]>,
     facts: NodeFacts,
     stats: stats::StatsCollector,
+    /// When this procnode started (the PodResourceLimits condition cannot change after).
+    started: Timestamp,
 }
 
 impl Node {
     /// Samples the host once (so the first answer is real), ready for [`Node::refresh_every`].
-    pub fn new(config: &Config) -> Arc<Node> {
+    pub fn new(config: &Config, cgroups: &crate::runtime::cgroup::Cgroups) -> Arc<Node> {
         let state_dir = config.state_dir();
         let node_name = config.node_name();
         let node_ip = config.node_ip.unwrap_or_else(primary_ip);
@@ -82,6 +86,7 @@ impl Node {
             pid_pressure_percent: config.pid_pressure_percent,
             node_name: node_name.clone(),
             node_ip,
+            cgroups: (cgroups.available(), cgroups.status().to_string()),
         };
         let sample = sample_host(&state_dir);
         let (cpu, memory) = allocatable(&policy, &sample);
@@ -103,6 +108,7 @@ impl Node {
                 since: now,
             })),
             stats: stats::StatsCollector::new(policy.node_name.clone()),
+            started: now,
             policy,
             state_dir,
         };
@@ -187,7 +193,7 @@ impl Node {
             ),
         ];
         let mut transitions = self.transitions.lock().expect("transitions lock");
-        let conditions: Vec<NodeCondition> = wanted
+        let mut conditions: Vec<NodeCondition> = wanted
             .iter()
             .zip(transitions.iter_mut())
             .map(
@@ -213,6 +219,22 @@ impl Node {
             )
             .collect();
         drop(transitions);
+        // Not a kubelet condition: tells whoever reads the node whether limits are enforced.
+        let (limited, how) = &p.cgroups;
+        conditions.push(NodeCondition {
+            type_: "PodResourceLimits".into(),
+            status: if *limited { "True" } else { "False" }.into(),
+            reason: Some(if *limited { "PodCgroups" } else { "NoCgroups" }.into()),
+            message: Some(if *limited {
+                format!("limits.memory, limits.cpu and a pids limit are enforced: {how}")
+            } else {
+                format!(
+                    "resource limits are not enforced, pods are tracked by process group: {how}"
+                )
+            }),
+            last_heartbeat_time: Some(Time(now)),
+            last_transition_time: Some(Time(self.started)),
+        });
         let addresses = vec![
             NodeAddress {
                 type_: "InternalIP".into(),
@@ -334,7 +356,7 @@ mod tests {
     #[test]
     fn pressure_conditions_transition_with_their_own_time() {
         let config = Config::parse_from_env_free(["procnode", "--state-dir", "/tmp"]);
-        let node = Node::new(&config);
+        let node = Node::new(&config, &crate::runtime::cgroup::Cgroups::none("test"));
         let healthy = HostSample {
             cpus: 2,
             memory_total: 8 << 30,

@@ -18,7 +18,7 @@ use super::backoff::Backoff;
 use super::process::{self, SpawnRequest};
 use super::status::{reason, ContainerState, RestartPolicy, Termination};
 use super::supervisor::{self, Event, Supervised};
-use super::{env, probe, users, Settings};
+use super::{cgroup, env, probe, users, volumes, Settings};
 use crate::logs::{now_ns, LogSlot, Stream};
 use crate::store::PodEntry;
 
@@ -114,6 +114,15 @@ pub async fn supervise(
                         t.message = termination_message(&entry, idx, &settings, t.exit_code)
                             .await
                             .or(probe_failure);
+                        let name = &entry.container_spec(idx).name;
+                        if t.exit_code != 0
+                            && settings
+                                .cgroups
+                                .oom_kills(&settings.pod_cgroup(&entry), name)
+                                > 0
+                        {
+                            t.reason = reason::OOM_KILLED.into();
+                        }
                         t
                     }
                     Event::Gone => {
@@ -255,8 +264,19 @@ async fn start(
 ) -> Result<Supervised, Termination> {
     let began = Instant::now();
     let container = entry.container_spec(idx);
-    let env = env::environment(&entry.pod, container, &settings.node)
+    let mut env = env::environment(&entry.pod, container, &settings.node)
         .map_err(|e| start_error(e.to_string()))?;
+    let (mounts, volume_env, cgroups) = {
+        let (entry, settings) = (entry.clone(), settings.clone());
+        tokio::task::spawn_blocking(move || isolation(&entry, idx, &settings, true))
+            .await
+            .map_err(|e| start_error(e.to_string()))?
+            .map_err(start_error)?
+    };
+    // Volume paths come first, so that `env` and `args` can refer to them as $(VAR).
+    let mut with_volumes = volume_env;
+    with_volumes.append(&mut env);
+    let env = with_volumes;
     let argv = env::argv(container, &env);
     let user = users::resolve(&entry.pod, container, &settings.users)
         .map_err(|e| start_error(e.to_string()))?;
@@ -283,6 +303,8 @@ async fn start(
         env,
         cwd,
         user,
+        cgroups,
+        mounts,
     };
     let run_no = entry.update_container(idx, |c| c.restart_count as u64 + u64::from(restart));
     let (sup, name) = if settings.supervise {
@@ -478,6 +500,19 @@ async fn run(
         // Nobody supervises what may be left of the container: stop it.
         process::signal_group(pgid, Signal::SIGKILL);
     }
+    if event == Event::Gone || !settings.supervise {
+        // What left the process group but not the container's cgroup (a supervisor does this
+        // itself).
+        let dirs = settings
+            .cgroups
+            .container_dirs(&settings.pod_cgroup(entry), &entry.container_spec(idx).name);
+        if !dirs.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || {
+                dirs.iter().for_each(|d| process::kill_cgroup(d))
+            })
+            .await;
+        }
+    }
     // The supervisor has ended what was left of the process group; collect the output still
     // in the pipes (bounded: a process that escaped the group may hold them open).
     let drain = async {
@@ -514,12 +549,70 @@ fn exec_context(entry: &PodEntry, idx: usize, settings: &Settings) -> Option<pro
     let user = users::resolve(&entry.pod, c, &settings.users)
         .ok()
         .flatten();
+    let (mounts, volume_env, cgroups) = isolation(entry, idx, settings, false).unwrap_or_default();
+    let mut env = env;
+    env.extend(volume_env);
     Some(probe::ExecContext {
         env,
         cwd,
         user,
         helper: settings.shim_exe.clone(),
+        cgroups,
+        mounts,
     })
+}
+
+type Isolation = (Vec<process::BindMount>, Vec<(String, String)>, Vec<PathBuf>);
+
+/// How container `idx` sees its pod's volumes (bind mounts, links, env) and its cgroup
+/// directories: a fresh cgroup for a new run when `new_run`, else the current run's. Blocking.
+fn isolation(
+    entry: &PodEntry,
+    idx: usize,
+    settings: &Settings,
+    new_run: bool,
+) -> Result<Isolation, String> {
+    let c = entry.container_spec(idx);
+    let empty = volumes::PodVolumes::new();
+    let pod_volumes = entry.volumes.get().unwrap_or(&empty);
+    let (mounts, env) =
+        volumes::for_container(c, pod_volumes, &settings.pod_dir(entry), &settings.volumes)
+            .map_err(|e| e.to_string())?;
+    let pod_cgroup = settings.pod_cgroup(entry);
+    let cgroups = if new_run {
+        settings
+            .cgroups
+            .create_container(&pod_cgroup, &c.name, &limits(c))
+            .map_err(|e| e.to_string())?
+    } else {
+        settings.cgroups.container_dirs(&pod_cgroup, &c.name)
+    };
+    Ok((mounts, env, cgroups))
+}
+
+/// What a container's `resources` ask of its cgroup.
+pub(super) fn limits(c: &k8s_openapi::api::core::v1::Container) -> cgroup::Limits {
+    let get = |which: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >,
+               name: &str| {
+        which
+            .and_then(|m| m.get(name))
+            .and_then(|q| q.0.parse::<crate::quantity::Quantity>().ok())
+    };
+    let r = c.resources.as_ref();
+    let lim = r.and_then(|r| r.limits.as_ref());
+    let req = r.and_then(|r| r.requests.as_ref());
+    cgroup::Limits {
+        memory_bytes: get(lim, "memory").and_then(|q| q.to_bytes()),
+        cpu_millis: get(lim, "cpu").map(|q| q.milli().max(1) as u64),
+        cpu_request_millis: get(req, "cpu")
+            .or_else(|| get(lim, "cpu"))
+            .map(|q| q.milli().max(0) as u64),
+    }
 }
 
 /// Reads what is available on `pipe` into the logs. Returns false at EOF or on error.

@@ -121,7 +121,7 @@ fn env_value(
     })
 }
 
-fn field_value(pod: &Pod, path: &str, node: &NodeFacts) -> Option<String> {
+pub(crate) fn field_value(pod: &Pod, path: &str, node: &NodeFacts) -> Option<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let map_key = |prefix: &str| -> Option<String> {
@@ -159,7 +159,7 @@ fn field_value(pod: &Pod, path: &str, node: &NodeFacts) -> Option<String> {
     })
 }
 
-fn resource_value(
+pub(crate) fn resource_value(
     pod: &Pod,
     container: &Container,
     sel: &ResourceFieldSelector,

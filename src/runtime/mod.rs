@@ -10,6 +10,7 @@
 //! This module never imports axum: the HTTP layer calls it, never the other way round.
 
 mod backoff;
+pub mod cgroup;
 mod container;
 mod env;
 mod probe;
@@ -18,6 +19,7 @@ pub mod shim;
 pub mod status;
 mod supervisor;
 pub mod users;
+pub mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,10 +53,18 @@ pub struct Settings {
     pub backoff_max: Duration,
     pub max_pods: u32,
     pub node: NodeFacts,
+    /// Pod and container cgroups, or why there are none.
+    pub cgroups: Arc<cgroup::Cgroups>,
+    pub volumes: volumes::VolumePolicy,
+    pub volume_check_interval: Duration,
 }
 
 impl Settings {
-    pub fn from_config(config: &Config, node: NodeFacts) -> Settings {
+    pub fn from_config(
+        config: &Config,
+        node: NodeFacts,
+        cgroups: Arc<cgroup::Cgroups>,
+    ) -> Settings {
         Settings {
             state_dir: config.state_dir(),
             metrics: Arc::default(),
@@ -78,7 +88,18 @@ impl Settings {
             backoff_max: config.backoff_max,
             max_pods: config.max_pods,
             node,
+            cgroups,
+            volumes: volumes::VolumePolicy {
+                host_path_prefixes: config.host_path_prefixes.clone(),
+                can_mount: nix::unistd::geteuid().is_root(),
+            },
+            volume_check_interval: config.volume_check_interval,
         }
+    }
+
+    /// The name of the pod's cgroup (the kubelet's `pod<UID>`).
+    pub fn pod_cgroup(&self, entry: &PodEntry) -> String {
+        format!("pod{}", entry.uid)
     }
 
     /// The pod's own directory, its processes' working directory unless `workingDir` says otherwise.
@@ -386,11 +407,18 @@ impl Runtime {
         entry.wait_done().await;
         self.store.remove_if_same(entry);
         let record = self.settings.record_base(&entry.key, &entry.uid);
-        let dirs: Vec<PathBuf> = std::iter::once(self.settings.pod_dir(entry))
+        let pod_dir = self.settings.pod_dir(entry);
+        let dirs: Vec<PathBuf> = std::iter::once(pod_dir.clone())
             .chain(self.settings.pod_log_dir(&entry.key, &entry.uid))
             .collect();
         let key = entry.key.clone();
+        let cgroups = self.settings.cgroups.clone();
+        let pod_cgroup = self.settings.pod_cgroup(entry);
         let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = cgroups.remove_pod(&pod_cgroup) {
+                tracing::warn!(pod = %key, error = %e, "could not remove the pod's cgroup");
+            }
+            volumes::release(&pod_dir);
             if let Err(e) = crate::persist::remove(&record) {
                 tracing::warn!(pod = %key, error = %e, "could not remove pod record");
             }
@@ -445,14 +473,26 @@ impl Runtime {
             })
     }
 
-    /// Stops every pod with its grace period and waits until no pod process is left.
+    /// Stops every pod with its grace period and waits until no pod process is left; then
+    /// removes the (empty) pod cgroups, which the next start makes again.
     pub async fn shutdown(&self) {
         let mut stops = JoinSet::new();
-        for entry in self.store.list() {
-            entry.request_stop(self.grace_for(&entry, None));
+        let pods = self.store.list();
+        for entry in &pods {
+            entry.request_stop(self.grace_for(entry, None));
+            let entry = entry.clone();
             stops.spawn(async move { entry.wait_done().await });
         }
         while stops.join_next().await.is_some() {}
+        let names: Vec<String> = pods.iter().map(|e| self.settings.pod_cgroup(e)).collect();
+        let cgroups = self.settings.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for name in names {
+                let _ = cgroups.remove_pod(&name);
+            }
+            cgroups.remove_parent_if_empty();
+        })
+        .await;
     }
 }
 
@@ -468,6 +508,84 @@ fn grace_period(entry: &PodEntry, settings: &Settings, requested: Option<Duratio
         .or(from_spec)
         .unwrap_or(DEFAULT_GRACE)
         .min(settings.max_grace)
+}
+
+/// Prepares the pod's volumes and cgroup before its first container starts (again after a
+/// restart of procnode: both are idempotent), and watches emptyDir size limits.
+async fn prepare_pod(
+    entry: &Arc<PodEntry>,
+    settings: &Arc<Settings>,
+) -> Result<(), volumes::VolumeError> {
+    let (e, s) = (entry.clone(), settings.clone());
+    let prepared = tokio::task::spawn_blocking(move || {
+        let spec = e.pod.spec.as_ref().expect("validated");
+        let limits: Vec<cgroup::Limits> = spec.containers.iter().map(container::limits).collect();
+        if let Err(err) = s.cgroups.create_pod(&s.pod_cgroup(&e), &limits) {
+            // Each container start then fails with the cause.
+            tracing::warn!(pod = %e.key, error = %err, "cannot create the pod's cgroup");
+        }
+        volumes::prepare(&e.pod, &s.pod_dir(&e), &s.volumes, &s.node, None)
+    })
+    .await
+    .map_err(|err| volumes::VolumeError::Setup {
+        name: String::new(),
+        message: err.to_string(),
+    })??;
+    let watched: Vec<(String, PathBuf, u64, String)> = prepared
+        .iter()
+        .filter(|(_, v)| !v.tmpfs)
+        .filter_map(|(name, v)| {
+            let (bytes, text) = v.size_limit.clone()?;
+            Some((name.clone(), v.path.clone(), bytes, text))
+        })
+        .collect();
+    let _ = entry.volumes.set(prepared);
+    if !watched.is_empty() {
+        tokio::spawn(watch_volume_sizes(entry.clone(), settings.clone(), watched));
+    }
+    Ok(())
+}
+
+/// Evicts the pod when an emptyDir grows past its `sizeLimit`, as the kubelet's local storage
+/// eviction does (checked every `--volume-check-interval`).
+async fn watch_volume_sizes(
+    entry: Arc<PodEntry>,
+    settings: Arc<Settings>,
+    watched: Vec<(String, PathBuf, u64, String)>,
+) {
+    let mut tick = tokio::time::interval(settings.volume_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = entry.wait_done() => return,
+            _ = tick.tick() => {}
+        }
+        let dirs = watched.clone();
+        let over = tokio::task::spawn_blocking(move || {
+            dirs.into_iter()
+                .find(|(_, path, limit, _)| volumes::usage(path) > *limit)
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some((name, _, _, limit)) = over else {
+            continue;
+        };
+        {
+            let mut st = entry.state.lock().expect("state lock");
+            if st.phase().is_terminal() {
+                return;
+            }
+            st.failure = Some((
+                "Evicted".into(),
+                format!("Usage of EmptyDir volume \"{name}\" exceeds the limit \"{limit}\". "),
+            ));
+            st.refresh(Timestamp::now());
+        }
+        tracing::info!(pod = %entry.key, volume = %name, "emptyDir over its sizeLimit; evicting the pod");
+        entry.request_stop(Duration::ZERO);
+        return;
+    }
 }
 
 /// `activeDeadlineSeconds`: once the pod has been active that long, it is stopped and Failed
@@ -546,6 +664,16 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, restored: bool) 
         (st.init.len(), st.containers.len(), st.restart_policy)
     };
     tokio::spawn(enforce_deadline(entry.clone(), settings.clone()));
+    if let Err(e) = prepare_pod(&entry, &settings).await {
+        tracing::warn!(pod = %entry.key, error = %e, "the pod's volumes cannot be set up");
+        {
+            let mut st = entry.state.lock().expect("state lock");
+            st.failure = Some((e.reason().to_string(), e.to_string()));
+            st.refresh(Timestamp::now());
+        }
+        finish(&entry, &settings).await;
+        return;
+    }
     // Init containers are retried on failure unless the pod never restarts anything.
     let init_policy = match policy {
         RestartPolicy::Never => RestartPolicy::Never,

@@ -152,6 +152,9 @@ pub struct ExecContext {
     pub user: Option<super::users::UserSpec>,
     /// procnode's executable, which switches user for an exec probe (`exec-as`).
     pub helper: std::path::PathBuf,
+    /// The container's cgroups and volume mounts, which exec probes and hooks share.
+    pub cgroups: Vec<std::path::PathBuf>,
+    pub mounts: Vec<process::BindMount>,
 }
 
 /// Runs one check. `Err` carries what the kubelet would put in its event.
@@ -166,6 +169,8 @@ async fn check(handler: &Handler, timeout: Duration, ctx: &ExecContext) -> Resul
                 env: ctx.env.clone(),
                 cwd: ctx.cwd.clone(),
                 user: ctx.user.clone(),
+                cgroups: ctx.cgroups.clone(),
+                mounts: ctx.mounts.clone(),
             };
             let helper = ctx.helper.clone();
             let spawned = tokio::task::spawn_blocking(move || process::spawn_quiet(&req, &helper))

@@ -68,6 +68,20 @@ pub struct SpawnRequest {
     /// The identity to take before exec; `None` keeps the spawner's.
     #[serde(default)]
     pub user: Option<super::users::UserSpec>,
+    /// cgroup directories the process joins before exec (one per hierarchy).
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
+    /// Bind mounts made in a private mount namespace of the process before exec.
+    #[serde(default)]
+    pub mounts: Vec<BindMount>,
+}
+
+/// A volume made visible at a path, for one process (its own mount namespace).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
 }
 
 /// Why a command could not be started. The messages follow the wording users know from
@@ -88,6 +102,10 @@ pub enum SpawnError {
     Pipe(Errno),
     #[error("starting \"{0}\": {1}")]
     Exec(String, io::Error),
+    #[error("cgroup {0}: {1}")]
+    Cgroup(PathBuf, io::Error),
+    #[error("mounting volume at {0}: {1}")]
+    Mount(PathBuf, String),
 }
 
 /// Builds the command for `req`: the program resolved (so that a missing or non-executable one
@@ -123,26 +141,113 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    if let Some(user) = req.user.clone() {
+    // Everything the child does between fork and exec is prepared here, before the fork:
+    // the child only makes system calls on this data (no allocation, no locks).
+    let cgroup_files = req
+        .cgroups
+        .iter()
+        .map(|dir| {
+            let file = dir.join("cgroup.procs");
+            if !file.exists() {
+                return Err(SpawnError::Cgroup(
+                    dir.clone(),
+                    io::Error::from(io::ErrorKind::NotFound),
+                ));
+            }
+            c_path(&file).map_err(|e| SpawnError::Cgroup(dir.clone(), e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mounts = req
+        .mounts
+        .iter()
+        .map(|m| {
+            let problem = |what: String| SpawnError::Mount(m.target.clone(), what);
+            let source = std::fs::metadata(&m.source)
+                .map_err(|e| problem(format!("source {}: {e}", m.source.display())))?;
+            let target =
+                std::fs::metadata(&m.target).map_err(|e| problem(format!("mount point: {e}")))?;
+            if source.is_dir() != target.is_dir() {
+                return Err(problem(format!(
+                    "{} is a {} but the mount point is not",
+                    m.source.display(),
+                    if source.is_dir() { "directory" } else { "file" }
+                )));
+            }
+            let as_c = |p: &Path| c_path(p).map_err(|e| problem(e.to_string()));
+            Ok((as_c(&m.source)?, as_c(&m.target)?, m.read_only))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let user = req.user.clone().map(|user| {
         let groups: Vec<nix::unistd::Gid> = user
             .groups
             .iter()
             .map(|g| nix::unistd::Gid::from_raw(*g))
             .collect();
-        let gid = nix::unistd::Gid::from_raw(user.gid);
-        let uid = nix::unistd::Uid::from_raw(user.uid);
-        // SAFETY: runs in the forked child before exec; it only makes the setgroups, setgid
-        // and setuid system calls on data prepared before the fork (no allocation, no locks).
+        (
+            groups,
+            nix::unistd::Gid::from_raw(user.gid),
+            nix::unistd::Uid::from_raw(user.uid),
+        )
+    });
+    if !cgroup_files.is_empty() || !mounts.is_empty() || user.is_some() {
+        // SAFETY: runs in the forked child before exec; it only makes system calls (open,
+        // write, unshare, mount, setgroups, setgid, setuid) on data prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                nix::unistd::setgroups(&groups)?;
-                nix::unistd::setgid(gid)?;
-                nix::unistd::setuid(uid)?;
+                use nix::mount::{mount, MsFlags};
+                for file in &cgroup_files {
+                    let fd = nix::fcntl::open(
+                        file.as_c_str(),
+                        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::empty(),
+                    )?;
+                    nix::unistd::write(&fd, b"0")?;
+                }
+                if !mounts.is_empty() {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+                    // Nothing mounted here propagates back to the host.
+                    mount(
+                        None::<&std::ffi::CStr>,
+                        c"/",
+                        None::<&std::ffi::CStr>,
+                        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                        None::<&std::ffi::CStr>,
+                    )?;
+                    for (source, target, read_only) in &mounts {
+                        mount(
+                            Some(source.as_c_str()),
+                            target.as_c_str(),
+                            None::<&std::ffi::CStr>,
+                            MsFlags::MS_BIND | MsFlags::MS_REC,
+                            None::<&std::ffi::CStr>,
+                        )?;
+                        if *read_only {
+                            mount(
+                                None::<&std::ffi::CStr>,
+                                target.as_c_str(),
+                                None::<&std::ffi::CStr>,
+                                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                                None::<&std::ffi::CStr>,
+                            )?;
+                        }
+                    }
+                }
+                if let Some((groups, gid, uid)) = &user {
+                    nix::unistd::setgroups(groups)?;
+                    nix::unistd::setgid(*gid)?;
+                    nix::unistd::setuid(*uid)?;
+                }
                 Ok(())
             });
         }
     }
     Ok(cmd)
+}
+
+fn c_path(p: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other(format!("{} contains a NUL byte", p.display())))
 }
 
 /// A pair of pipe ends (read, write), both close-on-exec.
@@ -190,13 +295,13 @@ pub fn spawn_shim(exe: &Path, name: &str) -> Result<SpawnedShim, SpawnError> {
     })
 }
 
-/// A request that switches user cannot be spawned from a process that runs the reaper: the
+/// A request that switches user (or joins a cgroup, or mounts) cannot be spawned from a process that runs the reaper: the
 /// standard library forks for it, and when exec then fails it waits for the failed child
 /// itself, racing the reaper (and panicking when it loses). Such a request is routed through
 /// `HELPER exec-as SPEC` (see [`exec_as_main`]): posix_spawn'd without a switch, the helper,
 /// single-threaded, switches user and replaces itself with the command.
 fn via_helper(req: &SpawnRequest, helper: &Path) -> SpawnRequest {
-    if req.user.is_none() {
+    if req.user.is_none() && req.cgroups.is_empty() && req.mounts.is_empty() {
         return req.clone();
     }
     let spec = serde_json::to_string(req).expect("spawn request serialises");
@@ -205,6 +310,8 @@ fn via_helper(req: &SpawnRequest, helper: &Path) -> SpawnRequest {
         env: Vec::new(),
         cwd: PathBuf::from("/"),
         user: None,
+        cgroups: Vec::new(),
+        mounts: Vec::new(),
     }
 }
 
@@ -364,6 +471,40 @@ pub fn signal_group(pgid: i32, sig: Signal) -> bool {
             tracing::warn!(pgid, ?sig, error = %e, "signal to process group failed");
             false
         }
+    }
+}
+
+/// SIGKILLs every process in the cgroup `dir` and its descendants until none is left (or a
+/// second has passed): `cgroup.kill` where the kernel has it (v2), else each pid of
+/// `cgroup.procs`, repeatedly, since a forking process may add more. Blocking.
+pub fn kill_cgroup(dir: &Path) {
+    let kill_file = dir.join("cgroup.kill");
+    if kill_file.exists() && std::fs::write(&kill_file, "1").is_ok() {
+        return;
+    }
+    for _ in 0..100 {
+        let mut any = false;
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    any = true;
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            if let Ok(children) = std::fs::read_dir(&d) {
+                dirs.extend(
+                    children
+                        .flatten()
+                        .filter(|c| c.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|c| c.path()),
+                );
+            }
+        }
+        if !any {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

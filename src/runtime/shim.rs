@@ -10,7 +10,8 @@
 //! restarted procnode gets the same hello and the same pipes. Output written while no procnode
 //! reads waits in the pipe (the writer blocks when it is full; nothing is dropped).
 //!
-//! When the container exits the shim ends what is left of its process group and sends
+//! When the container exits the shim ends what is left of its process group (and of its
+//! cgroup, where it has one) and sends
 //! [`Message::Exited`], then keeps the status until a procnode answers `release` (after
 //! recording it), and exits.
 //!
@@ -155,6 +156,10 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
                     // Like a container runtime when a container's first process exits: end the
                     // rest of its process group.
                     process::signal_group(pid, Signal::SIGKILL);
+                    // And what left the group but not the container's cgroup (setsid).
+                    for dir in &spec.cgroups {
+                        process::kill_cgroup(dir);
+                    }
                     let e = Exited {
                         status,
                         finished_ns: crate::logs::now_ns(),

@@ -18,6 +18,7 @@ pub mod reason {
     pub const ERROR: &str = "Error";
     pub const START_ERROR: &str = "StartError";
     pub const CONTAINER_STATUS_UNKNOWN: &str = "ContainerStatusUnknown";
+    pub const OOM_KILLED: &str = "OOMKilled";
 
     /// The waiting reason `s` names, as a constant (read back from a saved record).
     pub fn known(s: &str) -> &'static str {

@@ -136,10 +136,22 @@ pub fn container_pid(status: &Value, container: &str) -> Option<i32> {
 /// returns it with the address it reports in its JSON start-up log (stderr keeps being drained
 /// so it never blocks). Waiting for it is the caller's business.
 #[allow(clippy::zombie_processes)]
+/// A cgroup parent of a test server's own, stable for its state directory (so that a
+/// restarted server finds its pods' cgroups again).
+pub fn cgroup_parent_for(state_dir: &std::path::Path) -> String {
+    let name: String = state_dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("procnode-test{name}")
+}
+
 pub fn start_binary(state_dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_procnode"))
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--cgroup-parent", &cgroup_parent_for(state_dir)])
         .args(extra)
         .env("PROCNODE_STATE_DIR", state_dir)
         .stdin(std::process::Stdio::null())
@@ -193,6 +205,14 @@ impl Server {
             "--shim-path".into(),
             env!("CARGO_BIN_EXE_procnode").into(),
         ]);
+        // Pods of parallel tests reuse names and uids: each server gets cgroups of its own.
+        if !extra_args.contains(&"--cgroup-parent") {
+            let dir = match extra_args.iter().position(|a| *a == "--state-dir") {
+                Some(i) => std::path::PathBuf::from(extra_args[i + 1]),
+                None => state_dir.path().to_path_buf(),
+            };
+            args.extend(["--cgroup-parent".to_string(), cgroup_parent_for(&dir)]);
+        }
         // Tests hand containers files in the test's own (root-only) temporary directories.
         if !extra_args.contains(&"--default-uid") {
             args.extend(["--default-uid".to_string(), "0".to_string()]);

@@ -1,0 +1,480 @@
+//! Pod and container cgroups: limits, OOM detection, and a kill that catches processes which
+//! left their process group.
+//!
+//! Layout, under the cgroup procnode finds itself in at start-up (its systemd unit's, with
+//! `Delegate=yes`, or a privileged pod's):
+//!
+//! ```text
+//! BASE/procnode/                    procnode and the supervisors (cgroup v2 only: the "no
+//!                                   internal processes" rule keeps processes out of BASE)
+//! BASE/PARENT/pod<UID>/             one per pod: pids.max, and memory/CPU limits when every
+//!                                   container has one (as the kubelet sets them)
+//! BASE/PARENT/pod<UID>/<container>/ one per container, re-created for each run: its
+//!                                   limits, its OOM kill count, its processes
+//! ```
+//!
+//! PARENT is `--cgroup-parent` (`procnode-pods`); with cgroup v1, BASE is procnode's cgroup in
+//! each controller's hierarchy.
+//!
+//! cgroup v2 is used when the unified hierarchy offers the memory and pids controllers; cgroup
+//! v1 (one hierarchy per controller: memory, pids, and cpu and freezer when mounted) otherwise.
+//! Without either, pods are tracked by process group only; [`Cgroups::status`] says why.
+//!
+//! The container process joins its cgroups itself, between fork and exec (`process::command`),
+//! so no process of it ever runs outside them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Which cgroup hierarchy to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CgroupMode {
+    /// v2 if the unified hierarchy has the controllers, else v1, else none.
+    Auto,
+    V2,
+    V1,
+    /// Process groups only.
+    Off,
+}
+
+/// What a container asks for (from `resources`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    pub cpu_request_millis: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+enum Layout {
+    V2 {
+        pods: PathBuf,
+        cpu: bool,
+    },
+    V1 {
+        /// (controller, BASE/pods in that controller's hierarchy).
+        pods: Vec<(&'static str, PathBuf)>,
+    },
+}
+
+/// procnode's cgroups, or the reason there are none.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    layout: Option<Layout>,
+    pids_limit: Option<u64>,
+    status: String,
+}
+
+impl Cgroups {
+    /// No cgroups: process groups only.
+    pub fn none(why: &str) -> Cgroups {
+        Cgroups {
+            layout: None,
+            pids_limit: None,
+            status: why.to_string(),
+        }
+    }
+
+    /// Finds (and prepares) procnode's cgroup subtree. Never fails: without a usable hierarchy
+    /// the result says why in [`Cgroups::status`].
+    pub fn detect(mode: CgroupMode, parent: &str, pids_limit: Option<u64>) -> Cgroups {
+        let tried = match mode {
+            CgroupMode::Off => return Cgroups::none("cgroups are off (--cgroups off)"),
+            CgroupMode::V2 => setup_v2(parent),
+            CgroupMode::V1 => setup_v1(parent),
+            CgroupMode::Auto => setup_v2(parent).or_else(|v2| {
+                setup_v1(parent).map_err(|v1| io::Error::other(format!("v2: {v2}; v1: {v1}")))
+            }),
+        };
+        match tried {
+            Ok(layout) => {
+                let status = match &layout {
+                    Layout::V2 { pods, .. } => format!("cgroup v2 at {}", pods.display()),
+                    Layout::V1 { pods } => format!(
+                        "cgroup v1 ({})",
+                        pods.iter()
+                            .map(|(c, p)| format!("{c} at {}", p.display()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                Cgroups {
+                    layout: Some(layout),
+                    pids_limit,
+                    status,
+                }
+            }
+            Err(e) => Cgroups::none(&format!("no usable cgroup hierarchy ({e})")),
+        }
+    }
+
+    pub fn available(&self) -> bool {
+        self.layout.is_some()
+    }
+
+    /// One line: where the cgroups are, or why there are none.
+    pub fn status(&self) -> &str {
+        &self.status
+    }
+
+    /// The pod's directories (one per hierarchy).
+    fn pod_dirs(&self, pod: &str) -> Vec<PathBuf> {
+        match &self.layout {
+            None => vec![],
+            Some(Layout::V2 { pods, .. }) => vec![pods.join(pod)],
+            Some(Layout::V1 { pods }) => pods.iter().map(|(_, p)| p.join(pod)).collect(),
+        }
+    }
+
+    /// The container's directories (one per hierarchy), which its processes join.
+    pub fn container_dirs(&self, pod: &str, container: &str) -> Vec<PathBuf> {
+        self.pod_dirs(pod)
+            .into_iter()
+            .map(|d| d.join(container))
+            .collect()
+    }
+
+    /// Creates the pod's cgroup with the pids limit and, when every container has one, the sum
+    /// of the containers' memory and CPU limits. Blocking.
+    pub fn create_pod(&self, pod: &str, containers: &[Limits]) -> io::Result<()> {
+        let Some(layout) = &self.layout else {
+            return Ok(());
+        };
+        let sum = |f: fn(&Limits) -> Option<u64>| -> Option<u64> {
+            containers.iter().map(f).sum::<Option<u64>>()
+        };
+        let total = Limits {
+            memory_bytes: sum(|l| l.memory_bytes),
+            cpu_millis: sum(|l| l.cpu_millis),
+            cpu_request_millis: None,
+        };
+        match layout {
+            Layout::V2 { pods, cpu } => {
+                let controllers = if *cpu {
+                    "+memory +pids +cpu"
+                } else {
+                    "+memory +pids"
+                };
+                // The parent too, in case another procnode leaving removed it meanwhile.
+                if !pods.exists() {
+                    make_dir(pods)?;
+                    write(&pods.join("cgroup.subtree_control"), controllers)?;
+                }
+                let dir = pods.join(pod);
+                make_dir(&dir)?;
+                write(&dir.join("cgroup.subtree_control"), controllers)?;
+                if let Some(max) = self.pids_limit {
+                    write(&dir.join("pids.max"), &max.to_string())?;
+                }
+                apply_v2(&dir, &total, *cpu)
+            }
+            Layout::V1 { pods } => {
+                for (controller, base) in pods {
+                    make_dir(base)?;
+                    let dir = base.join(pod);
+                    make_dir(&dir)?;
+                    match *controller {
+                        "pids" => {
+                            if let Some(max) = self.pids_limit {
+                                write(&dir.join("pids.max"), &max.to_string())?;
+                            }
+                        }
+                        c => apply_v1(c, &dir, &total)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A fresh cgroup for a container's new run (what an earlier run left is killed and
+    /// removed first, so its OOM count starts at zero). Returns the directories to join.
+    /// Blocking.
+    pub fn create_container(
+        &self,
+        pod: &str,
+        container: &str,
+        limits: &Limits,
+    ) -> io::Result<Vec<PathBuf>> {
+        let Some(layout) = &self.layout else {
+            return Ok(vec![]);
+        };
+        let dirs = self.container_dirs(pod, container);
+        for dir in &dirs {
+            remove_dir(dir)?;
+            make_dir(dir)?;
+        }
+        match layout {
+            Layout::V2 { cpu, .. } => apply_v2(&dirs[0], limits, *cpu)?,
+            Layout::V1 { pods } => {
+                for ((controller, _), dir) in pods.iter().zip(&dirs) {
+                    apply_v1(controller, dir, limits)?;
+                }
+            }
+        }
+        Ok(dirs)
+    }
+
+    /// How many processes of the container's current cgroup the kernel's OOM killer killed.
+    pub fn oom_kills(&self, pod: &str, container: &str) -> u64 {
+        let (file, dir) = match &self.layout {
+            None => return 0,
+            Some(Layout::V2 { pods, .. }) => ("memory.events", pods.join(pod).join(container)),
+            Some(Layout::V1 { pods }) => match pods.iter().find(|(c, _)| *c == "memory") {
+                Some((_, base)) => ("memory.oom_control", base.join(pod).join(container)),
+                None => return 0,
+            },
+        };
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Removes the parent cgroup if no pod is left in it (for a procnode that leaves). Blocking.
+    pub fn remove_parent_if_empty(&self) {
+        let parents: Vec<&Path> = match &self.layout {
+            None => vec![],
+            Some(Layout::V2 { pods, .. }) => vec![pods],
+            Some(Layout::V1 { pods }) => pods.iter().map(|(_, p)| p.as_path()).collect(),
+        };
+        for p in parents {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+
+    /// Kills whatever is left in the pod's cgroups and removes them. Blocking.
+    pub fn remove_pod(&self, pod: &str) -> io::Result<()> {
+        for dir in self.pod_dirs(pod) {
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                for child in children.flatten() {
+                    if child.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_dir(&child.path())?;
+                    }
+                }
+            }
+            remove_dir(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Kills every process in `dir` (and below), then removes it; a missing `dir` is fine.
+fn remove_dir(dir: &Path) -> io::Result<()> {
+    for attempt in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if attempt == 49 => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("removing cgroup {}: {e}", dir.display()),
+                ))
+            }
+            Err(_) => {
+                super::process::kill_cgroup(dir);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn make_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io::Error::new(
+            e.kind(),
+            format!("creating cgroup {}: {e}", dir.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn write(file: &Path, value: &str) -> io::Result<()> {
+    std::fs::write(file, value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("writing {value:?} to {}: {e}", file.display()),
+        )
+    })
+}
+
+/// CPU period of CFS quotas (the kubelet's).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// cgroup v1 `cpu.shares` for a CPU request, as the kubelet computes it.
+fn cpu_shares(request_millis: u64) -> u64 {
+    (request_millis * 1024 / 1000).max(2)
+}
+
+fn cpu_quota_us(limit_millis: u64) -> u64 {
+    (limit_millis * CPU_PERIOD_US / 1000).max(1000)
+}
+
+fn apply_v2(dir: &Path, l: &Limits, cpu: bool) -> io::Result<()> {
+    if let Some(bytes) = l.memory_bytes {
+        write(&dir.join("memory.max"), &bytes.to_string())?;
+        // Without swap the limit is the limit (the kubelet's default NoSwap behaviour).
+        if dir.join("memory.swap.max").exists() {
+            write(&dir.join("memory.swap.max"), "0")?;
+        }
+    }
+    if cpu {
+        if let Some(millis) = l.cpu_millis {
+            write(
+                &dir.join("cpu.max"),
+                &format!("{} {CPU_PERIOD_US}", cpu_quota_us(millis)),
+            )?;
+        }
+        if let Some(millis) = l.cpu_request_millis {
+            let shares = cpu_shares(millis);
+            let weight = 1 + ((shares.saturating_sub(2)) * 9999) / 262_142;
+            write(
+                &dir.join("cpu.weight"),
+                &weight.clamp(1, 10_000).to_string(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_v1(controller: &str, dir: &Path, l: &Limits) -> io::Result<()> {
+    match controller {
+        "memory" => {
+            if let Some(bytes) = l.memory_bytes {
+                write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
+                if dir.join("memory.memsw.limit_in_bytes").exists() {
+                    write(&dir.join("memory.memsw.limit_in_bytes"), &bytes.to_string())?;
+                }
+            }
+        }
+        "cpu" => {
+            if let Some(millis) = l.cpu_millis {
+                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write(
+                    &dir.join("cpu.cfs_quota_us"),
+                    &cpu_quota_us(millis).to_string(),
+                )?;
+            }
+            if let Some(millis) = l.cpu_request_millis {
+                write(&dir.join("cpu.shares"), &cpu_shares(millis).to_string())?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// This process's cgroup path in the hierarchy whose `/proc/self/cgroup` line matches.
+fn own_path(matches: impl Fn(&str) -> bool) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        matches(controllers).then(|| path.to_string())
+    })
+}
+
+/// Joins a cgroup path from `/proc/self/cgroup` (absolute, within the hierarchy) to a mount.
+fn under(mount: &Path, path: &str) -> PathBuf {
+    mount.join(path.trim_start_matches('/'))
+}
+
+fn setup_v2(parent: &str) -> io::Result<Layout> {
+    let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|r| r.join("cgroup.controllers").exists())
+        .ok_or_else(|| io::Error::other("no cgroup2 file system mounted"))?;
+    let own = own_path(|c| c.is_empty()).ok_or_else(|| io::Error::other("no 0:: line"))?;
+    let base = under(&root, &own);
+    let available = std::fs::read_to_string(base.join("cgroup.controllers"))?;
+    let has = |c: &str| available.split_whitespace().any(|x| x == c);
+    if !has("memory") || !has("pids") {
+        return Err(io::Error::other(format!(
+            "{} offers controllers [{}], not memory and pids",
+            base.display(),
+            available.trim()
+        )));
+    }
+    let cpu = has("cpu");
+    // No processes may stay in a cgroup whose controllers are handed down: move procnode (and
+    // whatever shares its cgroup) into BASE/procnode.
+    let own_dir = base.join("procnode");
+    make_dir(&own_dir)?;
+    let procs = std::fs::read_to_string(base.join("cgroup.procs"))?;
+    for pid in procs.lines().filter(|l| !l.trim().is_empty()) {
+        // A process that exits meanwhile is fine.
+        let _ = std::fs::write(own_dir.join("cgroup.procs"), pid.trim());
+    }
+    let controllers = if cpu {
+        "+memory +pids +cpu"
+    } else {
+        "+memory +pids"
+    };
+    write(&base.join("cgroup.subtree_control"), controllers)?;
+    let pods = base.join(parent);
+    make_dir(&pods)?;
+    write(&pods.join("cgroup.subtree_control"), controllers)?;
+    Ok(Layout::V2 { pods, cpu })
+}
+
+fn setup_v1(parent: &str) -> io::Result<Layout> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut pods = Vec::new();
+    for controller in ["memory", "pids", "cpu", "freezer"] {
+        // mountinfo: ... MOUNT_POINT ... - cgroup SOURCE SUPER_OPTIONS
+        let mount = mountinfo.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut r = right.split_whitespace();
+            let (fstype, _, options) = (r.next()?, r.next()?, r.next()?);
+            if fstype == "cgroup" && options.split(',').any(|o| o == controller) {
+                Some(PathBuf::from(left.split_whitespace().nth(4)?))
+            } else {
+                None
+            }
+        });
+        let Some(mount) = mount else {
+            if matches!(controller, "memory" | "pids") {
+                return Err(io::Error::other(format!(
+                    "no cgroup v1 {controller} hierarchy mounted"
+                )));
+            }
+            continue;
+        };
+        let own = own_path(|c| c.split(',').any(|x| x == controller)).unwrap_or_default();
+        let dir = under(&mount, &own).join(parent);
+        make_dir(&dir)?;
+        pods.push((controller, dir));
+    }
+    Ok(Layout::V1 { pods })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_figures_match_the_kubelets() {
+        assert_eq!(cpu_shares(0), 2);
+        assert_eq!(cpu_shares(1000), 1024);
+        assert_eq!(cpu_shares(250), 256);
+        assert_eq!(cpu_quota_us(500), 50_000);
+        assert_eq!(cpu_quota_us(1), 1000, "the kernel's minimum quota");
+        assert_eq!(cpu_quota_us(2000), 200_000);
+    }
+
+    #[test]
+    fn none_reports_why() {
+        let c = Cgroups::none("because");
+        assert!(!c.available());
+        assert_eq!(c.status(), "because");
+        assert!(c.container_dirs("pod1", "main").is_empty());
+        assert_eq!(c.oom_kills("pod1", "main"), 0);
+        c.create_pod("pod1", &[Limits::default()]).unwrap();
+    }
+}

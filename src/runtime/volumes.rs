@@ -1,0 +1,709 @@
+//! Pod volumes: prepared once per pod before its first container starts, made visible to each
+//! container by its `volumeMounts`.
+//!
+//! Every volume is a host path. `emptyDir` and `downwardAPI` volumes live in the pod's
+//! directory (`POD_DIR/volumes/NAME`, removed with the pod); `hostPath` volumes are host paths
+//! under a configured prefix. A mount is made visible three ways:
+//!
+//! - a bind mount at `mountPath` in a private mount namespace of the container's process (and of
+//!   its exec probes and hooks), when procnode is root and `mountPath` exists on the host with
+//!   the source's type (procnode does not create directories on the host); `readOnly` makes it
+//!   read-only;
+//! - a symbolic link `POD_DIR/<mountPath>` to the source, so a container in its default working
+//!   directory reaches `/data` as `data`;
+//! - an environment variable `PROCNODE_VOLUME_<NAME>` (the volume name upper-cased, `-` and `.`
+//!   as `_`) holding the source path.
+//!
+//! Volume types whose content lives in the API server (secret, configMap, projected) need an
+//! [`ObjectSource`]; the web front end has none, since Virtual Kubelet never passes object
+//! contents. There the service-account volume every pod carries is given its `namespace` file
+//! only, an `optional` secret or configMap is an empty directory, and anything else is a
+//! pod-level error, as is every other volume type.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, Pod, Volume};
+
+use super::env::NodeFacts;
+use super::process::BindMount;
+use crate::quantity::Quantity;
+
+/// Where the kubelet mounts the service-account token volume.
+pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Contents of Secrets and ConfigMaps, for a front end that can read them from the API server.
+pub trait ObjectSource: Send + Sync {
+    /// The Secret's data, or `None` if it does not exist.
+    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+    /// The ConfigMap's data (binaryData included), or `None` if it does not exist.
+    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+}
+
+/// What the operator allows.
+#[derive(Debug, Clone, Default)]
+pub struct VolumePolicy {
+    /// hostPath volumes must resolve to a path under one of these.
+    pub host_path_prefixes: Vec<PathBuf>,
+    /// Bind mounts in a private mount namespace (procnode is root) and tmpfs for
+    /// `emptyDir.medium: Memory`.
+    pub can_mount: bool,
+}
+
+/// Why a pod's volumes cannot be set up: the pod fails with [`VolumeError::reason`].
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum VolumeError {
+    #[error("volume {name:?}: {kind} volumes are not supported by procnode{why}")]
+    Unsupported {
+        name: String,
+        kind: String,
+        why: String,
+    },
+    #[error("volume {name:?}: hostPath {path:?} is not under an allowed prefix ({allowed})")]
+    HostPathNotAllowed {
+        name: String,
+        path: String,
+        allowed: String,
+    },
+    #[error("volume {name:?}: {message}")]
+    Setup { name: String, message: String },
+    #[error("container {container:?}: volumeMount {mount:?}: {message}")]
+    Mount {
+        container: String,
+        mount: String,
+        message: String,
+    },
+}
+
+impl VolumeError {
+    /// The pod's `status.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VolumeError::Unsupported { .. } => "UnsupportedVolume",
+            VolumeError::HostPathNotAllowed { .. } => "HostPathNotAllowed",
+            VolumeError::Setup { .. } | VolumeError::Mount { .. } => "VolumeSetupFailed",
+        }
+    }
+}
+
+/// A prepared volume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub path: PathBuf,
+    /// `emptyDir.sizeLimit` in bytes, watched (or, on tmpfs, enforced by the kernel).
+    pub size_limit: Option<(u64, String)>,
+    /// A tmpfs procnode mounted (unmounted before the pod directory is removed).
+    pub tmpfs: bool,
+}
+
+/// A pod's volumes by name.
+pub type PodVolumes = BTreeMap<String, Prepared>;
+
+/// The pod directory's subdirectory holding its volumes.
+pub fn volumes_dir(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("volumes")
+}
+
+/// Prepares every volume of `pod` (blocking). Idempotent: a restarted procnode calls it again
+/// for the pods it restores.
+pub fn prepare(
+    pod: &Pod,
+    pod_dir: &Path,
+    policy: &VolumePolicy,
+    node: &NodeFacts,
+    objects: Option<&dyn ObjectSource>,
+) -> Result<PodVolumes, VolumeError> {
+    let spec = pod.spec.as_ref().expect("validated pods have a spec");
+    let mut prepared = PodVolumes::new();
+    for v in spec.volumes.iter().flatten() {
+        let p = prepare_one(pod, v, pod_dir, policy, node, objects)?;
+        prepared.insert(v.name.clone(), p);
+    }
+    Ok(prepared)
+}
+
+fn prepare_one(
+    pod: &Pod,
+    v: &Volume,
+    pod_dir: &Path,
+    policy: &VolumePolicy,
+    node: &NodeFacts,
+    objects: Option<&dyn ObjectSource>,
+) -> Result<Prepared, VolumeError> {
+    let name = &v.name;
+    let setup = |message: String| VolumeError::Setup {
+        name: name.clone(),
+        message,
+    };
+    let own_dir = volumes_dir(pod_dir).join(name);
+    let plain = |path: PathBuf| Prepared {
+        path,
+        size_limit: None,
+        tmpfs: false,
+    };
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+
+    if let Some(e) = &v.empty_dir {
+        make_dir(&own_dir, 0o777).map_err(|e| setup(e.to_string()))?;
+        let limit = match &e.size_limit {
+            Some(q) => {
+                let bytes =
+                    q.0.parse::<Quantity>()
+                        .ok()
+                        .and_then(|q| q.to_bytes())
+                        .ok_or_else(|| setup(format!("sizeLimit {:?} is not a quantity", q.0)))?;
+                Some((bytes, q.0.clone()))
+            }
+            None => None,
+        };
+        let memory = e.medium.as_deref() == Some("Memory");
+        let tmpfs = memory && policy.can_mount;
+        if tmpfs && !is_mount_point(&own_dir) {
+            let size = limit
+                .as_ref()
+                .map(|(b, _)| format!("size={b},mode=1777"))
+                .unwrap_or_else(|| "mode=1777".to_string());
+            nix::mount::mount(
+                Some("tmpfs"),
+                &own_dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(size.as_str()),
+            )
+            .map_err(|e| setup(format!("mounting a tmpfs: {e}")))?;
+        }
+        return Ok(Prepared {
+            path: own_dir,
+            size_limit: limit,
+            tmpfs,
+        });
+    }
+    if let Some(h) = &v.host_path {
+        return host_path(name, &h.path, h.type_.as_deref().unwrap_or(""), policy).map(plain);
+    }
+    if let Some(d) = &v.downward_api {
+        make_dir(&own_dir, 0o755).map_err(|e| setup(e.to_string()))?;
+        write_downward(pod, d.items.as_deref().unwrap_or_default(), &own_dir, node)
+            .map_err(setup)?;
+        return Ok(plain(own_dir));
+    }
+    let service_account = is_service_account_volume(pod, v);
+    if let Some(p) = &v.projected {
+        make_dir(&own_dir, 0o755).map_err(|e| setup(e.to_string()))?;
+        for source in p.sources.iter().flatten() {
+            if let Some(d) = &source.downward_api {
+                write_downward(pod, d.items.as_deref().unwrap_or_default(), &own_dir, node)
+                    .map_err(setup)?;
+            } else if let Some(cm) = &source.config_map {
+                let data = objects.and_then(|o| o.config_map(namespace, &cm.name));
+                let optional = cm.optional == Some(true) || service_account;
+                write_object(
+                    &own_dir,
+                    data,
+                    cm.items.as_deref(),
+                    optional,
+                    &cm.name,
+                    "ConfigMap",
+                )
+                .map_err(|m| missing_object(name, "configMap", m, objects.is_none()))?;
+            } else if let Some(s) = &source.secret {
+                let data = objects.and_then(|o| o.secret(namespace, &s.name));
+                let optional = s.optional == Some(true) || service_account;
+                write_object(
+                    &own_dir,
+                    data,
+                    s.items.as_deref(),
+                    optional,
+                    &s.name,
+                    "Secret",
+                )
+                .map_err(|m| missing_object(name, "secret", m, objects.is_none()))?;
+            } else if source.service_account_token.is_some() {
+                // Tokens come from the API server's TokenRequest: only a front end with API
+                // access can fill them in; web mode leaves the file out.
+            } else {
+                return Err(unsupported(name, "this projected source", ""));
+            }
+        }
+        return Ok(plain(own_dir));
+    }
+    if let Some(s) = &v.secret {
+        make_dir(&own_dir, 0o755).map_err(|e| setup(e.to_string()))?;
+        let secret = s.secret_name.clone().unwrap_or_default();
+        let data = objects.and_then(|o| o.secret(namespace, &secret));
+        let optional = s.optional == Some(true) || service_account;
+        if service_account && data.is_none() {
+            write_file(&own_dir.join("namespace"), namespace.as_bytes()).map_err(setup)?;
+            return Ok(plain(own_dir));
+        }
+        write_object(
+            &own_dir,
+            data,
+            s.items.as_deref(),
+            optional,
+            &secret,
+            "Secret",
+        )
+        .map_err(|m| missing_object(name, "secret", m, objects.is_none()))?;
+        return Ok(plain(own_dir));
+    }
+    if let Some(cm) = &v.config_map {
+        make_dir(&own_dir, 0o755).map_err(|e| setup(e.to_string()))?;
+        let data = objects.and_then(|o| o.config_map(namespace, &cm.name));
+        write_object(
+            &own_dir,
+            data,
+            cm.items.as_deref(),
+            cm.optional == Some(true),
+            &cm.name,
+            "ConfigMap",
+        )
+        .map_err(|m| missing_object(name, "configMap", m, objects.is_none()))?;
+        return Ok(plain(own_dir));
+    }
+    Err(unsupported(name, volume_kind(v), ""))
+}
+
+fn unsupported(name: &str, kind: &str, why: &str) -> VolumeError {
+    VolumeError::Unsupported {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        why: why.to_string(),
+    }
+}
+
+fn missing_object(name: &str, kind: &str, message: String, no_api: bool) -> VolumeError {
+    if no_api {
+        unsupported(
+            name,
+            kind,
+            " in web mode: Virtual Kubelet's web broker passes no Secret or ConfigMap contents \
+             (mark the source optional, use env, or run procnode as a node)",
+        )
+    } else {
+        VolumeError::Setup {
+            name: name.to_string(),
+            message,
+        }
+    }
+}
+
+/// The name of the volume type `v` uses, for messages.
+fn volume_kind(v: &Volume) -> &'static str {
+    let json = serde_json::to_value(v).unwrap_or_default();
+    let known = [
+        "awsElasticBlockStore",
+        "azureDisk",
+        "azureFile",
+        "cephfs",
+        "cinder",
+        "csi",
+        "ephemeral",
+        "fc",
+        "flexVolume",
+        "flocker",
+        "gcePersistentDisk",
+        "gitRepo",
+        "glusterfs",
+        "image",
+        "iscsi",
+        "nfs",
+        "persistentVolumeClaim",
+        "photonPersistentDisk",
+        "portworxVolume",
+        "quobyte",
+        "rbd",
+        "scaleIO",
+        "storageos",
+        "vsphereVolume",
+    ];
+    known
+        .into_iter()
+        .find(|k| json.get(*k).is_some())
+        .unwrap_or("this")
+}
+
+/// The volume the service-account admission adds: mounted at [`SERVICE_ACCOUNT_PATH`], or a
+/// projected volume with a token source.
+fn is_service_account_volume(pod: &Pod, v: &Volume) -> bool {
+    let spec = pod.spec.as_ref().expect("validated");
+    let mounted_there = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .any(|m| m.name == v.name && m.mount_path.trim_end_matches('/') == SERVICE_ACCOUNT_PATH);
+    let token = v.projected.as_ref().is_some_and(|p| {
+        p.sources
+            .iter()
+            .flatten()
+            .any(|s| s.service_account_token.is_some())
+    });
+    mounted_there || token
+}
+
+/// Writes a Secret's or ConfigMap's keys (or the selected `items`) as files.
+fn write_object(
+    dir: &Path,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+    optional: bool,
+    object: &str,
+    kind: &str,
+) -> Result<(), String> {
+    let Some(data) = data else {
+        return if optional {
+            Ok(())
+        } else {
+            Err(format!("{kind} {object:?} not found"))
+        };
+    };
+    match items {
+        Some(items) if !items.is_empty() => {
+            for item in items {
+                let value = data
+                    .get(&item.key)
+                    .ok_or_else(|| format!("{kind} {object:?} has no key {:?}", item.key))?;
+                let path = relative(&item.path).map_err(|e| format!("item path: {e}"))?;
+                write_file(&dir.join(path), value)?;
+            }
+        }
+        _ => {
+            for (key, value) in &data {
+                let path = relative(key).map_err(|e| format!("key: {e}"))?;
+                write_file(&dir.join(path), value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes downwardAPI items as files.
+fn write_downward(
+    pod: &Pod,
+    items: &[DownwardAPIVolumeFile],
+    dir: &Path,
+    node: &NodeFacts,
+) -> Result<(), String> {
+    for item in items {
+        let path = relative(&item.path).map_err(|e| format!("item path: {e}"))?;
+        let value = if let Some(f) = &item.field_ref {
+            let map = |m: Option<&BTreeMap<String, String>>| {
+                m.into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={v:?}\n"))
+                    .collect::<String>()
+            };
+            match f.field_path.as_str() {
+                "metadata.labels" => map(pod.metadata.labels.as_ref()),
+                "metadata.annotations" => map(pod.metadata.annotations.as_ref()),
+                other => super::env::field_value(pod, other, node)
+                    .ok_or_else(|| format!("fieldRef {other:?} is not supported"))?,
+            }
+        } else if let Some(r) = &item.resource_field_ref {
+            let spec = pod.spec.as_ref().expect("validated");
+            let container = spec
+                .containers
+                .iter()
+                .find(|c| Some(c.name.as_str()) == r.container_name.as_deref())
+                .or(spec.containers.first())
+                .ok_or("the pod has no containers")?;
+            super::env::resource_value(pod, container, r, node, &item.path)
+                .map_err(|e| e.to_string())?
+        } else {
+            return Err(format!(
+                "item {:?} has neither fieldRef nor resourceFieldRef",
+                item.path
+            ));
+        };
+        write_file(&dir.join(path), value.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, content: &[u8]) -> Result<(), String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    std::fs::write(path, content).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn make_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// A relative path with no `..` (item paths, keys, subPaths).
+fn relative(p: &str) -> Result<&Path, String> {
+    let path = Path::new(p);
+    if p.is_empty()
+        || path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(format!("{p:?} must be a relative path without '..'"));
+    }
+    Ok(path)
+}
+
+/// Checks (and for the *OrCreate types, creates) a hostPath volume under the allowed prefixes.
+fn host_path(
+    name: &str,
+    path: &str,
+    type_: &str,
+    policy: &VolumePolicy,
+) -> Result<PathBuf, VolumeError> {
+    let setup = |message: String| VolumeError::Setup {
+        name: name.to_string(),
+        message,
+    };
+    let not_allowed = || VolumeError::HostPathNotAllowed {
+        name: name.to_string(),
+        path: path.to_string(),
+        allowed: if policy.host_path_prefixes.is_empty() {
+            "none is configured: see --host-path-prefix".to_string()
+        } else {
+            policy
+                .host_path_prefixes
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    };
+    let requested = Path::new(path);
+    if !requested.is_absolute() || requested.components().any(|c| c == Component::ParentDir) {
+        return Err(not_allowed());
+    }
+    // Symbolic links are resolved before the prefix check, so none can lead outside.
+    let resolved = match std::fs::canonicalize(requested) {
+        Ok(p) => p,
+        Err(_) => {
+            let parent = requested.parent().ok_or_else(not_allowed)?;
+            let file = requested.file_name().ok_or_else(not_allowed)?;
+            match std::fs::canonicalize(parent) {
+                Ok(p) => p.join(file),
+                // A missing parent: DirectoryOrCreate makes it, checked against its own path.
+                Err(_) => requested.to_path_buf(),
+            }
+        }
+    };
+    let allowed = policy.host_path_prefixes.iter().any(|prefix| {
+        let prefix = std::fs::canonicalize(prefix).unwrap_or_else(|_| prefix.clone());
+        resolved.starts_with(&prefix)
+    });
+    if !allowed {
+        return Err(not_allowed());
+    }
+    let meta = std::fs::metadata(&resolved);
+    use std::os::unix::fs::FileTypeExt;
+    let kind_ok = |want: &str, ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(setup(format!(
+                "hostPath type check failed: {path} is not a {want}"
+            )))
+        }
+    };
+    match type_ {
+        "" => {}
+        "DirectoryOrCreate" => {
+            if meta.is_err() {
+                make_dir(&resolved, 0o755).map_err(|e| setup(e.to_string()))?;
+            }
+            kind_ok("directory", resolved.is_dir())?;
+        }
+        "Directory" => kind_ok("directory", meta.as_ref().is_ok_and(|m| m.is_dir()))?,
+        "FileOrCreate" => {
+            if meta.is_err() {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&resolved)
+                    .map_err(|e| setup(format!("creating {path}: {e}")))?;
+            }
+            kind_ok("file", resolved.is_file())?;
+        }
+        "File" => kind_ok("file", meta.as_ref().is_ok_and(|m| m.is_file()))?,
+        "Socket" => kind_ok(
+            "socket",
+            meta.as_ref().is_ok_and(|m| m.file_type().is_socket()),
+        )?,
+        "CharDevice" => kind_ok(
+            "character device",
+            meta.as_ref().is_ok_and(|m| m.file_type().is_char_device()),
+        )?,
+        "BlockDevice" => kind_ok(
+            "block device",
+            meta.as_ref().is_ok_and(|m| m.file_type().is_block_device()),
+        )?,
+        other => return Err(setup(format!("unknown hostPath type {other:?}"))),
+    }
+    Ok(resolved)
+}
+
+/// A container's bind mounts and its volume environment variables.
+pub type ContainerView = (Vec<BindMount>, Vec<(String, String)>);
+
+/// How one container sees the pod's volumes: bind mounts (when possible), symbolic links in
+/// the pod directory (made here) and environment variables. Blocking.
+pub fn for_container(
+    container: &Container,
+    volumes: &PodVolumes,
+    pod_dir: &Path,
+    policy: &VolumePolicy,
+) -> Result<ContainerView, VolumeError> {
+    let mut mounts = Vec::new();
+    let mut env = Vec::new();
+    for m in container.volume_mounts.iter().flatten() {
+        let fail = |message: String| VolumeError::Mount {
+            container: container.name.clone(),
+            mount: m.mount_path.clone(),
+            message,
+        };
+        let volume = volumes
+            .get(&m.name)
+            .ok_or_else(|| fail(format!("no volume named {:?}", m.name)))?;
+        let mut source = volume.path.clone();
+        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            source = source.join(relative(sub).map_err(|e| fail(format!("subPath {e}")))?);
+            if !source.exists() {
+                make_dir(&source, 0o777).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        let target = Path::new(&m.mount_path);
+        if !target.is_absolute() {
+            return Err(fail("mountPath must be absolute".into()));
+        }
+        env.push((env_name(&m.name), source.display().to_string()));
+        // POD_DIR/<mountPath> → source (a link already there stays: first mount wins).
+        let link = pod_dir.join(target.strip_prefix("/").unwrap_or(target));
+        if std::fs::symlink_metadata(&link).is_err() {
+            if let Some(parent) = link.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+            }
+            std::os::unix::fs::symlink(&source, &link).map_err(|e| fail(e.to_string()))?;
+        }
+        let bindable = policy.can_mount
+            && std::fs::metadata(target).is_ok_and(|t| t.is_dir() == source.is_dir());
+        if bindable {
+            mounts.push(BindMount {
+                source,
+                target: target.to_path_buf(),
+                read_only: m.read_only == Some(true),
+            });
+        }
+    }
+    Ok((mounts, env))
+}
+
+/// `PROCNODE_VOLUME_<NAME>` for a volume name.
+pub fn env_name(volume: &str) -> String {
+    let upper: String = volume
+        .chars()
+        .map(|c| match c {
+            'a'..='z' => c.to_ascii_uppercase(),
+            'A'..='Z' | '0'..='9' => c,
+            _ => '_',
+        })
+        .collect();
+    format!("PROCNODE_VOLUME_{upper}")
+}
+
+/// Bytes used under `dir` (allocated blocks, as `du` counts them; not following links).
+pub fn usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if let Ok(m) = e.metadata() {
+                total += m.blocks() * 512;
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+    total
+}
+
+/// Unmounts the tmpfs volumes procnode mounted in `pod_dir` (before it is removed). Blocking.
+pub fn release(pod_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(volumes_dir(pod_dir)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if is_mount_point(&e.path()) {
+            if let Err(err) = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(dir = %e.path().display(), error = %err, "could not unmount a volume");
+            }
+        }
+    }
+}
+
+/// Whether `dir` is a mount point (its device differs from its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(dir), dir.parent().map(std::fs::metadata)) {
+        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_cannot_climb() {
+        assert!(relative("a/b").is_ok());
+        for bad in ["", "../x", "a/../../b", "/abs"] {
+            assert!(relative(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_names_are_shell_friendly() {
+        assert_eq!(env_name("data-dir.v1"), "PROCNODE_VOLUME_DATA_DIR_V1");
+    }
+
+    #[test]
+    fn host_paths_resolve_links_before_the_prefix_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, allowed.join("escape")).unwrap();
+        let policy = VolumePolicy {
+            host_path_prefixes: vec![allowed.clone()],
+            can_mount: false,
+        };
+        let p = |s: &Path| s.display().to_string();
+        assert!(host_path("v", &p(&allowed), "Directory", &policy).is_ok());
+        let err = host_path("v", &p(&allowed.join("escape")), "", &policy).unwrap_err();
+        assert_eq!(err.reason(), "HostPathNotAllowed");
+        let err = host_path("v", &format!("{}/../outside", p(&allowed)), "", &policy).unwrap_err();
+        assert_eq!(err.reason(), "HostPathNotAllowed");
+        let made = host_path(
+            "v",
+            &p(&allowed.join("new/dir")),
+            "DirectoryOrCreate",
+            &policy,
+        );
+        assert!(made.unwrap().is_dir());
+        let err = host_path("v", &p(&allowed.join("missing")), "Directory", &policy).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        let none = VolumePolicy::default();
+        let err = host_path("v", &p(&allowed), "", &none).unwrap_err();
+        assert!(err.to_string().contains("--host-path-prefix"), "{err}");
+    }
+}
