@@ -272,3 +272,37 @@ async fn lifecycle_hooks_run_after_start_and_before_the_stop_signal() {
     srv.delete(&failing).await;
     srv.stop().await;
 }
+
+/// Bad input never leaves a pod stuck: a preStop hook that hangs is cut at the grace period,
+/// a postStart hook that hangs does not keep a delete from finishing, and a runAsUser with no
+/// entry in /etc/passwd runs as that uid (and as the group of the same number), as container
+/// runtimes do.
+#[tokio::test]
+async fn hanging_hooks_and_unknown_users_end_in_precise_states() {
+    let srv = Server::start(&[]).await;
+    let mut pre = pod("hang-pre", &["sleep", "300"], "Always");
+    pre["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    pre["spec"]["containers"][0]["lifecycle"] =
+        json!({"preStop": {"exec": {"command": ["sleep", "300"]}}});
+    let mut post = pod("hang-post", &["sleep", "300"], "Always");
+    post["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    post["spec"]["containers"][0]["lifecycle"] =
+        json!({"postStart": {"exec": {"command": ["sleep", "300"]}}});
+    let mut user = pod("no-passwd", &["sh", "-c", "echo $(id -u) $(id -g)"], "Never");
+    user["spec"]["securityContext"] = json!({"runAsUser": 4242});
+    for p in [&pre, &post, &user] {
+        assert_eq!(srv.create(p).await.status(), 201);
+    }
+    srv.wait_status("hang-pre", "Running", |s| phase(s) == "Running").await;
+    srv.wait_status("hang-post", "Running", |s| phase(s) == "Running").await;
+    for p in [&pre, &post] {
+        // Answers once no process of the pod is left (grace 1 s; 2 s more after a hook).
+        assert_eq!(srv.delete(p).await.status(), 200);
+        assert!(srv.status(p["metadata"]["name"].as_str().unwrap()).await.is_none());
+    }
+    let s = srv.wait_status("no-passwd", "Succeeded", |s| phase(s) == "Succeeded").await;
+    assert_eq!(container(&s, "main")["state"]["terminated"]["exitCode"], 0);
+    let (_, logs) = srv.logs("no-passwd", "main", "").await;
+    assert_eq!(logs, "4242 4242\n");
+    srv.stop().await;
+}

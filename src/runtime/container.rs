@@ -426,6 +426,13 @@ async fn run(
                       pre_stop: &mut Option<probe::HookRun>,
                       kill_at: &mut Option<tokio::time::Instant>| {
         *deadline = tokio::time::Instant::now() + grace;
+        if grace.is_zero() {
+            // No grace at all (an eviction, a forced delete): SIGKILL at once, as a container
+            // runtime's stop with timeout 0; no preStop hook.
+            process::signal_group(sup_pid, Signal::SIGKILL);
+            *kill_at = Some(*deadline + Duration::from_secs(3600));
+            return;
+        }
         *pre_stop = ctx
             .clone()
             .and_then(|ctx| probe::hook(container, probe::Hook::PreStop, ctx, grace));
