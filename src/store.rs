@@ -51,6 +51,8 @@ pub enum PodError {
     RestartPolicy(String),
     #[error("container {0:?} has neither command nor image: nothing to run")]
     NothingToRun(String),
+    #[error("pod updates may not add, remove or rename containers (had {had:?}, got {got:?})")]
+    ContainersChanged { had: Vec<String>, got: Vec<String> },
 }
 
 /// A validated pod body, ready to be stored.
@@ -171,12 +173,29 @@ impl NewPod {
     }
 }
 
+/// One container's spec, holding the pod version it belongs to.
+pub struct ContainerSpec {
+    pod: Arc<Pod>,
+    idx: usize,
+}
+
+impl std::ops::Deref for ContainerSpec {
+    type Target = k8s_openapi::api::core::v1::Container;
+
+    fn deref(&self) -> &Self::Target {
+        let spec = self.pod.spec.as_ref().expect("validated pods have a spec");
+        let init = spec.init_containers.as_deref().unwrap_or_default();
+        init.get(self.idx)
+            .unwrap_or_else(|| &spec.containers[self.idx - init.len()])
+    }
+}
+
 /// One stored pod.
 pub struct PodEntry {
     pub key: PodKey,
     pub uid: String,
-    /// The spec the runtime runs (as created).
-    pub pod: Arc<Pod>,
+    /// The spec the runtime runs: as created, then as updated (see [`PodEntry::pod`]).
+    pod: std::sync::RwLock<Arc<Pod>>,
     /// The JSON as last received (create or update), without status.
     raw: Mutex<Arc<str>>,
     pub state: Mutex<PodState>,
@@ -188,6 +207,10 @@ pub struct PodEntry {
     pub save_lock: tokio::sync::Mutex<()>,
     /// The pod's volumes, once prepared (before its first container starts).
     pub volumes: std::sync::OnceLock<crate::runtime::volumes::PodVolumes>,
+    /// Bumped on every accepted update of the spec.
+    generation: watch::Sender<u64>,
+    /// Per container: bumped when an update asks for its running process to be restarted.
+    restarts: Box<[watch::Sender<u64>]>,
 }
 
 impl PodEntry {
@@ -198,6 +221,7 @@ impl PodEntry {
         logs: &LogConfig,
         log_dir: Option<std::path::PathBuf>,
     ) -> PodEntry {
+        let n_containers = state.init.len() + state.containers.len();
         let slots = state
             .init
             .iter()
@@ -210,7 +234,7 @@ impl PodEntry {
         PodEntry {
             key: new.key,
             uid: new.uid,
-            pod: Arc::new(new.pod),
+            pod: std::sync::RwLock::new(Arc::new(new.pod)),
             raw: Mutex::new(Arc::from(new.raw)),
             state: Mutex::new(state),
             logs: slots,
@@ -218,15 +242,44 @@ impl PodEntry {
             done: watch::channel(false).0,
             save_lock: tokio::sync::Mutex::new(()),
             volumes: std::sync::OnceLock::new(),
+            generation: watch::channel(0).0,
+            restarts: (0..n_containers).map(|_| watch::channel(0).0).collect(),
         }
     }
 
-    /// The spec of container `idx` (init containers first, then app containers).
-    pub fn container_spec(&self, idx: usize) -> &k8s_openapi::api::core::v1::Container {
-        let spec = self.pod.spec.as_ref().expect("validated pods have a spec");
-        let init = spec.init_containers.as_deref().unwrap_or_default();
-        init.get(idx)
-            .unwrap_or_else(|| &spec.containers[idx - init.len()])
+    /// The pod as the runtime runs it now (the latest accepted update).
+    pub fn pod(&self) -> Arc<Pod> {
+        self.pod.read().expect("pod lock").clone()
+    }
+
+    /// Replaces the pod the runtime runs (an accepted update).
+    pub fn set_pod(&self, pod: Pod) {
+        *self.pod.write().expect("pod lock") = Arc::new(pod);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Changes with every accepted update of the spec.
+    pub fn spec_changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Asks for the running process of container `idx` to be restarted (its definition
+    /// changed).
+    pub fn request_restart(&self, idx: usize) {
+        self.restarts[idx].send_modify(|g| *g += 1);
+    }
+
+    /// Changes whenever a restart of container `idx` is requested.
+    pub fn restart_requests(&self, idx: usize) -> watch::Receiver<u64> {
+        self.restarts[idx].subscribe()
+    }
+
+    /// The spec of container `idx` (init containers first, then app containers), as it is now.
+    pub fn container_spec(&self, idx: usize) -> ContainerSpec {
+        ContainerSpec {
+            pod: self.pod(),
+            idx,
+        }
     }
 
     /// Applies `f` to the status of container `idx` and recomputes the pod's phase and conditions.
@@ -306,7 +359,8 @@ impl PodEntry {
     /// would not fit the broker's read limit in full.
     pub fn summary_json(&self) -> String {
         let phase = self.state.lock().expect("state lock").phase().as_str();
-        let spec = self.pod.spec.as_ref();
+        let pod = self.pod();
+        let spec = pod.spec.as_ref();
         let containers: Vec<serde_json::Value> = spec
             .map(|s| {
                 s.containers

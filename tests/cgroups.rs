@@ -82,7 +82,9 @@ async fn a_container_over_its_memory_limit_is_oom_killed() {
         json!({"memory": "50Mi"}),
     );
     assert_eq!(srv.create(&p).await.status(), 201);
-    let s = srv.wait_status("hog", "Failed", |s| phase(s) == "Failed").await;
+    let s = srv
+        .wait_status("hog", "Failed", |s| phase(s) == "Failed")
+        .await;
     let t = &container(&s, "main")["state"]["terminated"];
     assert_eq!(t["reason"], "OOMKilled", "{t}");
     assert_eq!(t["exitCode"], 137);
@@ -91,30 +93,53 @@ async fn a_container_over_its_memory_limit_is_oom_killed() {
 
     // The same pod under a limit it fits in: Completed, not OOMKilled.
     let mut fits = with_limits(
-        pod("fits", &sh("x=$(head -c 1000000 /dev/zero | tr '\\0' a); echo fine"), "Never"),
+        pod(
+            "fits",
+            &sh("x=$(head -c 1000000 /dev/zero | tr '\\0' a); echo fine"),
+            "Never",
+        ),
         json!({"memory": "200Mi"}),
     );
     fits["metadata"]["uid"] = json!("uid-fits");
     assert_eq!(srv.create(&fits).await.status(), 201);
-    let s = srv.wait_status("fits", "Succeeded", |s| phase(s) == "Succeeded").await;
-    assert_eq!(container(&s, "main")["state"]["terminated"]["reason"], "Completed");
+    let s = srv
+        .wait_status("fits", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    assert_eq!(
+        container(&s, "main")["state"]["terminated"]["reason"],
+        "Completed"
+    );
     srv.stop().await;
 }
 
 #[tokio::test]
 async fn cpu_limits_and_requests_become_the_cgroup_quota_and_weight() {
     let srv = Server::start(&[]).await;
-    let mut p = with_limits(pod("cpu", &["sleep", "300"], "Always"), json!({"cpu": "500m"}));
+    let mut p = with_limits(
+        pod("cpu", &["sleep", "300"], "Always"),
+        json!({"cpu": "500m"}),
+    );
     p["spec"]["containers"][0]["resources"]["requests"] = json!({"cpu": "250m"});
     assert_eq!(srv.create(&p).await.status(), 201);
-    let s = srv.wait_status("cpu", "Running", |s| phase(s) == "Running").await;
+    let s = srv
+        .wait_status("cpu", "Running", |s| phase(s) == "Running")
+        .await;
     let pid = container_pid(&s, "main").unwrap();
     match cgroup_file(pid, "cpu", "cpu.max") {
         Some(max) => assert_eq!(max, "50000 100000"),
         None => {
-            assert_eq!(cgroup_file(pid, "cpu", "cpu.cfs_quota_us").as_deref(), Some("50000"));
-            assert_eq!(cgroup_file(pid, "cpu", "cpu.cfs_period_us").as_deref(), Some("100000"));
-            assert_eq!(cgroup_file(pid, "cpu", "cpu.shares").as_deref(), Some("256"));
+            assert_eq!(
+                cgroup_file(pid, "cpu", "cpu.cfs_quota_us").as_deref(),
+                Some("50000")
+            );
+            assert_eq!(
+                cgroup_file(pid, "cpu", "cpu.cfs_period_us").as_deref(),
+                Some("100000")
+            );
+            assert_eq!(
+                cgroup_file(pid, "cpu", "cpu.shares").as_deref(),
+                Some("256")
+            );
         }
     }
     srv.stop().await;
@@ -131,10 +156,18 @@ async fn a_pod_cannot_fork_past_its_pids_limit() {
         "Never",
     );
     assert_eq!(srv.create(&p).await.status(), 201);
-    let s = srv.wait_status("forker", "Failed", |s| phase(s) == "Failed").await;
-    assert_eq!(container(&s, "main")["state"]["terminated"]["reason"], "Error");
+    let s = srv
+        .wait_status("forker", "Failed", |s| phase(s) == "Failed")
+        .await;
+    assert_eq!(
+        container(&s, "main")["state"]["terminated"]["reason"],
+        "Error"
+    );
     let (_, logs) = srv.logs("forker", "main", "").await;
-    assert!(logs.contains("fork"), "the shell reports the refused fork: {logs}");
+    assert!(
+        logs.contains("fork"),
+        "the shell reports the refused fork: {logs}"
+    );
     let started = logs
         .lines()
         .filter_map(|l| l.strip_prefix("started "))
@@ -158,12 +191,17 @@ async fn a_process_that_left_its_group_is_killed_with_the_pod() {
     );
     let p = pod("escape", &sh(&script), "Always");
     assert_eq!(srv.create(&p).await.status(), 201);
-    srv.wait_status("escape", "Running", |s| phase(s) == "Running").await;
-    let escaped: i32 = wait_until("the escapee wrote its pid", Duration::from_secs(10), || async {
-        std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-    })
+    srv.wait_status("escape", "Running", |s| phase(s) == "Running")
+        .await;
+    let escaped: i32 = wait_until(
+        "the escapee wrote its pid",
+        Duration::from_secs(10),
+        || async {
+            std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        },
+    )
     .await;
     assert!(support::pid_alive(escaped));
     assert_eq!(srv.delete(&p).await.status(), 200);
@@ -180,10 +218,17 @@ async fn without_cgroups_the_node_says_limits_are_not_enforced() {
     let cond = node_condition(&srv).await;
     assert_eq!(cond["status"], "False");
     assert_eq!(cond["reason"], "NoCgroups");
-    assert!(cond["message"].as_str().unwrap().contains("--cgroups off"), "{cond}");
+    assert!(
+        cond["message"].as_str().unwrap().contains("--cgroups off"),
+        "{cond}"
+    );
     // Pods still run, limits or not.
-    let p = with_limits(pod("plain", &sh("echo ok"), "Never"), json!({"memory": "50Mi"}));
+    let p = with_limits(
+        pod("plain", &sh("echo ok"), "Never"),
+        json!({"memory": "50Mi"}),
+    );
     assert_eq!(srv.create(&p).await.status(), 201);
-    srv.wait_status("plain", "Succeeded", |s| phase(s) == "Succeeded").await;
+    srv.wait_status("plain", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
     srv.stop().await;
 }

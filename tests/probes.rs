@@ -288,19 +288,30 @@ async fn hanging_hooks_and_unknown_users_end_in_precise_states() {
     post["spec"]["terminationGracePeriodSeconds"] = json!(1);
     post["spec"]["containers"][0]["lifecycle"] =
         json!({"postStart": {"exec": {"command": ["sleep", "300"]}}});
-    let mut user = pod("no-passwd", &["sh", "-c", "echo $(id -u) $(id -g)"], "Never");
+    let mut user = pod(
+        "no-passwd",
+        &["sh", "-c", "echo $(id -u) $(id -g)"],
+        "Never",
+    );
     user["spec"]["securityContext"] = json!({"runAsUser": 4242});
     for p in [&pre, &post, &user] {
         assert_eq!(srv.create(p).await.status(), 201);
     }
-    srv.wait_status("hang-pre", "Running", |s| phase(s) == "Running").await;
-    srv.wait_status("hang-post", "Running", |s| phase(s) == "Running").await;
+    srv.wait_status("hang-pre", "Running", |s| phase(s) == "Running")
+        .await;
+    srv.wait_status("hang-post", "Running", |s| phase(s) == "Running")
+        .await;
     for p in [&pre, &post] {
         // Answers once no process of the pod is left (grace 1 s; 2 s more after a hook).
         assert_eq!(srv.delete(p).await.status(), 200);
-        assert!(srv.status(p["metadata"]["name"].as_str().unwrap()).await.is_none());
+        assert!(srv
+            .status(p["metadata"]["name"].as_str().unwrap())
+            .await
+            .is_none());
     }
-    let s = srv.wait_status("no-passwd", "Succeeded", |s| phase(s) == "Succeeded").await;
+    let s = srv
+        .wait_status("no-passwd", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
     assert_eq!(container(&s, "main")["state"]["terminated"]["exitCode"], 0);
     let (_, logs) = srv.logs("no-passwd", "main", "").await;
     assert_eq!(logs, "4242 4242\n");

@@ -52,7 +52,10 @@ async fn an_empty_dir_is_shared_by_the_pods_containers_and_private_to_them() {
         &[
             (
                 "writer",
-                &format!("echo hello > {m}/note; echo $PROCNODE_VOLUME_SCRATCH; ls -l {}", m.trim_start_matches('/')),
+                &format!(
+                    "echo hello > {m}/note; echo $PROCNODE_VOLUME_SCRATCH; ls -l {}",
+                    m.trim_start_matches('/')
+                ),
                 json!([{"name": "scratch", "mountPath": m}]),
             ),
             (
@@ -63,16 +66,30 @@ async fn an_empty_dir_is_shared_by_the_pods_containers_and_private_to_them() {
         ],
     );
     assert_eq!(srv.create(&p).await.status(), 201);
-    let s = srv.wait_status("share", "Succeeded", |s| phase(s) == "Succeeded").await;
-    assert_eq!(container(&s, "reader")["state"]["terminated"]["exitCode"], 0);
+    let s = srv
+        .wait_status("share", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    assert_eq!(
+        container(&s, "reader")["state"]["terminated"]["exitCode"],
+        0
+    );
     let (_, read) = srv.logs("share", "reader", "").await;
     assert_eq!(read, "hello\n");
     let volume = pod_dir(&srv, "share").join("volumes/scratch");
-    assert_eq!(std::fs::read_to_string(volume.join("note")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(volume.join("note")).unwrap(),
+        "hello\n"
+    );
     let (_, written) = srv.logs("share", "writer", "").await;
-    assert!(written.starts_with(&format!("{}\n", volume.display())), "{written}");
+    assert!(
+        written.starts_with(&format!("{}\n", volume.display())),
+        "{written}"
+    );
     // The link in the pod directory (the writer's working directory).
-    assert!(written.contains(&format!("-> {}", volume.display())), "{written}");
+    assert!(
+        written.contains(&format!("-> {}", volume.display())),
+        "{written}"
+    );
     assert_eq!(
         std::fs::read_dir(&mnt).unwrap().count(),
         0,
@@ -106,26 +123,42 @@ async fn host_paths_are_allowed_only_under_the_configured_prefixes() {
         ],
     );
     assert_eq!(srv.create(&p).await.status(), 201);
-    srv.wait_status("hostpath", "Succeeded", |s| phase(s) == "Succeeded").await;
-    assert_eq!(std::fs::read_to_string(data.join("out")).unwrap(), "from-pod\n");
+    srv.wait_status("hostpath", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).unwrap(),
+        "from-pod\n"
+    );
     let (_, ro) = srv.logs("hostpath", "ro", "").await;
-    assert!(ro.contains("Read-only file system") && ro.contains("refused"), "{ro}");
+    assert!(
+        ro.contains("Read-only file system") && ro.contains("refused"),
+        "{ro}"
+    );
     assert!(!data.join("ro").exists());
 
     // Outside the prefix (directly, or through a link): Failed with a reason, nothing runs.
     std::os::unix::fs::symlink(outside.path(), allowed.path().join("link")).unwrap();
     for (name, path) in [
         ("outside", outside.path().display().to_string()),
-        ("via-link", allowed.path().join("link").display().to_string()),
+        (
+            "via-link",
+            allowed.path().join("link").display().to_string(),
+        ),
     ] {
         let marker = outside.path().join(format!("{name}-ran"));
         let p = pod_with(
             name,
             json!([{"name": "data", "hostPath": {"path": path}}]),
-            &[("main", &format!("touch {}", marker.display()), json!([{"name": "data", "mountPath": "/data"}]))],
+            &[(
+                "main",
+                &format!("touch {}", marker.display()),
+                json!([{"name": "data", "mountPath": "/data"}]),
+            )],
         );
         assert_eq!(srv.create(&p).await.status(), 201);
-        let s = srv.wait_status(name, "Failed", |s| phase(s) == "Failed").await;
+        let s = srv
+            .wait_status(name, "Failed", |s| phase(s) == "Failed")
+            .await;
         assert_eq!(s["reason"], "HostPathNotAllowed", "{s}");
         assert!(s["message"].as_str().unwrap().contains(&prefix), "{s}");
         assert!(!marker.exists(), "no container of a refused pod runs");
@@ -137,17 +170,42 @@ async fn host_paths_are_allowed_only_under_the_configured_prefixes() {
 async fn volume_types_procnode_cannot_provide_fail_the_pod_with_a_reason() {
     let srv = Server::start(&[]).await;
     let cases = [
-        ("pvc", json!({"name": "v", "persistentVolumeClaim": {"claimName": "c"}}), "persistentVolumeClaim"),
-        ("secret", json!({"name": "v", "secret": {"secretName": "db"}}), "web mode"),
-        ("configmap", json!({"name": "v", "configMap": {"name": "cfg"}}), "web mode"),
+        (
+            "pvc",
+            json!({"name": "v", "persistentVolumeClaim": {"claimName": "c"}}),
+            "persistentVolumeClaim",
+        ),
+        (
+            "secret",
+            json!({"name": "v", "secret": {"secretName": "db"}}),
+            "web mode",
+        ),
+        (
+            "configmap",
+            json!({"name": "v", "configMap": {"name": "cfg"}}),
+            "web mode",
+        ),
     ];
     for (name, volume, says) in cases {
-        let p = pod_with(name, json!([volume]), &[("main", "echo ran", json!([{"name": "v", "mountPath": "/v"}]))]);
+        let p = pod_with(
+            name,
+            json!([volume]),
+            &[(
+                "main",
+                "echo ran",
+                json!([{"name": "v", "mountPath": "/v"}]),
+            )],
+        );
         assert_eq!(srv.create(&p).await.status(), 201);
-        let s = srv.wait_status(name, "Failed", |s| phase(s) == "Failed").await;
+        let s = srv
+            .wait_status(name, "Failed", |s| phase(s) == "Failed")
+            .await;
         assert_eq!(s["reason"], "UnsupportedVolume", "{s}");
         let message = s["message"].as_str().unwrap();
-        assert!(message.contains(says) && message.contains("\"v\""), "{message}");
+        assert!(
+            message.contains(says) && message.contains("\"v\""),
+            "{message}"
+        );
         let (_, logs) = srv.logs(name, "main", "").await;
         assert_eq!(logs, "");
     }
@@ -155,10 +213,15 @@ async fn volume_types_procnode_cannot_provide_fail_the_pod_with_a_reason() {
     let p = pod_with(
         "optional",
         json!([{"name": "v", "secret": {"secretName": "db", "optional": true}}]),
-        &[("main", "ls -A $PROCNODE_VOLUME_V | wc -l", json!([{"name": "v", "mountPath": "/v"}]))],
+        &[(
+            "main",
+            "ls -A $PROCNODE_VOLUME_V | wc -l",
+            json!([{"name": "v", "mountPath": "/v"}]),
+        )],
     );
     assert_eq!(srv.create(&p).await.status(), 201);
-    srv.wait_status("optional", "Succeeded", |s| phase(s) == "Succeeded").await;
+    srv.wait_status("optional", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
     let (_, logs) = srv.logs("optional", "main", "").await;
     assert_eq!(logs.trim(), "0");
     srv.stop().await;
@@ -169,7 +232,10 @@ async fn downward_api_and_service_account_volumes_hold_the_pods_facts() {
     let srv = Server::start(&[]).await;
     // The fixture pod carries the service-account secret volume an API server adds.
     let mut p = pod("facts", &["true"], "Never");
-    let sa = p["spec"]["volumes"][0]["name"].as_str().unwrap().to_string();
+    let sa = p["spec"]["volumes"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     p["spec"]["volumes"]
         .as_array_mut()
         .unwrap()
@@ -187,11 +253,21 @@ async fn downward_api_and_service_account_volumes_hold_the_pods_facts() {
         "cat etc/podinfo/name etc/podinfo/meta/labels etc/podinfo/mem; cat var/run/secrets/kubernetes.io/serviceaccount/namespace; echo"
     ));
     assert_eq!(srv.create(&p).await.status(), 201);
-    let s = srv.wait_status("facts", "Succeeded", |s| phase(s) == "Succeeded").await;
-    assert_eq!(container(&s, "main")["state"]["terminated"]["exitCode"], 0, "{s}");
+    let s = srv
+        .wait_status("facts", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    assert_eq!(
+        container(&s, "main")["state"]["terminated"]["exitCode"],
+        0,
+        "{s}"
+    );
     let (_, logs) = srv.logs("facts", "main", "").await;
     assert_eq!(logs, "factsapp=\"facts\"\n64default\n");
-    assert!(pod_dir(&srv, "facts").join("volumes").join(&sa).join("namespace").exists());
+    assert!(pod_dir(&srv, "facts")
+        .join("volumes")
+        .join(&sa)
+        .join("namespace")
+        .exists());
     srv.stop().await;
 }
 
@@ -208,7 +284,9 @@ async fn an_empty_dir_over_its_size_limit_evicts_the_pod() {
         )],
     );
     assert_eq!(srv.create(&p).await.status(), 201);
-    let s = srv.wait_status("grower", "Failed", |s| phase(s) == "Failed").await;
+    let s = srv
+        .wait_status("grower", "Failed", |s| phase(s) == "Failed")
+        .await;
     assert_eq!(s["reason"], "Evicted");
     assert_eq!(
         s["message"],
@@ -232,7 +310,8 @@ async fn a_memory_backed_empty_dir_is_a_tmpfs_of_its_size_limit() {
         )],
     );
     assert_eq!(srv.create(&p).await.status(), 201);
-    srv.wait_status("ram", "Succeeded", |s| phase(s) == "Succeeded").await;
+    srv.wait_status("ram", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
     let (_, logs) = srv.logs("ram", "main", "").await;
     assert!(logs.contains("No space left on device"), "{logs}");
     assert!(logs.contains("wrote 1048576"), "{logs}");

@@ -215,6 +215,25 @@ impl Cgroups {
         Ok(dirs)
     }
 
+    /// Applies new limits to a container's current cgroup (an in-place resize); a container
+    /// that is not running has none, and gets the limits at its next start. Blocking.
+    pub fn resize_container(&self, pod: &str, container: &str, limits: &Limits) -> io::Result<()> {
+        let dirs = self.container_dirs(pod, container);
+        if dirs.iter().any(|d| !d.exists()) {
+            return Ok(());
+        }
+        match &self.layout {
+            None => Ok(()),
+            Some(Layout::V2 { cpu, .. }) => apply_v2(&dirs[0], limits, *cpu),
+            Some(Layout::V1 { pods }) => {
+                for ((controller, _), dir) in pods.iter().zip(&dirs) {
+                    apply_v1(controller, dir, limits)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// How many processes of the container's current cgroup the kernel's OOM killer killed.
     pub fn oom_kills(&self, pod: &str, container: &str) -> u64 {
         let (file, dir) = match &self.layout {
@@ -315,21 +334,24 @@ fn cpu_quota_us(limit_millis: u64) -> u64 {
     (limit_millis * CPU_PERIOD_US / 1000).max(1000)
 }
 
+/// Writes `l` into a v2 cgroup; an unset limit is written as "no limit" (so a resize can
+/// lift one).
 fn apply_v2(dir: &Path, l: &Limits, cpu: bool) -> io::Result<()> {
-    if let Some(bytes) = l.memory_bytes {
-        write(&dir.join("memory.max"), &bytes.to_string())?;
-        // Without swap the limit is the limit (the kubelet's default NoSwap behaviour).
-        if dir.join("memory.swap.max").exists() {
-            write(&dir.join("memory.swap.max"), "0")?;
+    match l.memory_bytes {
+        Some(bytes) => {
+            write(&dir.join("memory.max"), &bytes.to_string())?;
+            // Without swap the limit is the limit (the kubelet's default NoSwap behaviour).
+            if dir.join("memory.swap.max").exists() {
+                write(&dir.join("memory.swap.max"), "0")?;
+            }
         }
+        None => write(&dir.join("memory.max"), "max")?,
     }
     if cpu {
-        if let Some(millis) = l.cpu_millis {
-            write(
-                &dir.join("cpu.max"),
-                &format!("{} {CPU_PERIOD_US}", cpu_quota_us(millis)),
-            )?;
-        }
+        let quota = l
+            .cpu_millis
+            .map_or("max".to_string(), |m| cpu_quota_us(m).to_string());
+        write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
         if let Some(millis) = l.cpu_request_millis {
             let shares = cpu_shares(millis);
             let weight = 1 + ((shares.saturating_sub(2)) * 9999) / 262_142;
@@ -342,24 +364,27 @@ fn apply_v2(dir: &Path, l: &Limits, cpu: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes `l` into a v1 cgroup of `controller`; an unset limit is written as "no limit".
 fn apply_v1(controller: &str, dir: &Path, l: &Limits) -> io::Result<()> {
     match controller {
         "memory" => {
-            if let Some(bytes) = l.memory_bytes {
-                write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
-                if dir.join("memory.memsw.limit_in_bytes").exists() {
-                    write(&dir.join("memory.memsw.limit_in_bytes"), &bytes.to_string())?;
-                }
+            let bytes = l.memory_bytes.map_or("-1".to_string(), |b| b.to_string());
+            // memory + swap must stay at or above the memory limit: lift it first.
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                write(&memsw, "-1")?;
+            }
+            write(&dir.join("memory.limit_in_bytes"), &bytes)?;
+            if memsw.exists() && l.memory_bytes.is_some() {
+                write(&memsw, &bytes)?;
             }
         }
         "cpu" => {
-            if let Some(millis) = l.cpu_millis {
-                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                write(
-                    &dir.join("cpu.cfs_quota_us"),
-                    &cpu_quota_us(millis).to_string(),
-                )?;
-            }
+            write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            let quota = l
+                .cpu_millis
+                .map_or("-1".to_string(), |m| cpu_quota_us(m).to_string());
+            write(&dir.join("cpu.cfs_quota_us"), &quota)?;
             if let Some(millis) = l.cpu_request_millis {
                 write(&dir.join("cpu.shares"), &cpu_shares(millis).to_string())?;
             }

@@ -79,6 +79,7 @@ pub async fn supervise(
             Begin::Fresh => start(&entry, idx, &settings, false).await,
             Begin::Restart => start(&entry, idx, &settings, true).await,
         };
+        let mut redefined = false;
         let (termination, supervised) = match attempt {
             Err(termination) => (termination, None),
             Ok(mut sup) => {
@@ -88,8 +89,8 @@ pub async fn supervise(
                 // A run taken back after a restart may have been recorded as not started yet.
                 let spec = entry.container_spec(idx);
                 let (probed_ready, probed_start) = (
-                    probe::has(spec, probe::Kind::Readiness),
-                    probe::has(spec, probe::Kind::Startup),
+                    probe::has(&spec, probe::Kind::Readiness),
+                    probe::has(&spec, probe::Kind::Startup),
                 );
                 entry.update_container(idx, |c| {
                     c.state = ContainerState::Running { started_at };
@@ -100,8 +101,9 @@ pub async fn supervise(
                     c.container_id = Some(container_id.clone());
                 });
                 let probes = exec_context(&entry, idx, &settings);
-                let (end, probe_failure) =
+                let (end, probe_failure, changed) =
                     run(&mut sup, &entry, idx, &mut stop, &settings, probes).await;
+                redefined = changed;
                 let termination = match end {
                     Event::Exited(e) => {
                         let mut t = Termination::exited(
@@ -137,15 +139,27 @@ pub async fn supervise(
         let code = termination.exit_code;
         let start_failed = termination.reason == reason::START_ERROR;
         let stopped = stop.borrow().is_some();
-        let restarts = !stopped && policy.restarts(code);
-        let delay = backoff.next_delay(started.elapsed());
+        // A changed definition restarts the container at once, whatever the policy (as the
+        // kubelet does when a container's spec hash changes).
+        let restarts = !stopped && (redefined || policy.restarts(code));
+        let delay = if redefined {
+            Duration::ZERO
+        } else {
+            backoff.next_delay(started.elapsed())
+        };
         let message = termination.message.clone();
         entry.update_container(idx, |c| {
             c.pid = None;
             c.supervisor = None;
             c.ready = false;
             c.started = false;
-            if restarts {
+            if redefined && restarts {
+                c.last_termination = Some(termination);
+                c.state = ContainerState::Waiting {
+                    reason: reason::CONTAINER_CREATING,
+                    message: None,
+                };
+            } else if restarts {
                 let (reason, message) = if start_failed {
                     (reason::RUN_CONTAINER_ERROR, message)
                 } else {
@@ -264,7 +278,7 @@ async fn start(
 ) -> Result<Supervised, Termination> {
     let began = Instant::now();
     let container = entry.container_spec(idx);
-    let mut env = env::environment(&entry.pod, container, &settings.node)
+    let mut env = env::environment(&entry.pod(), &container, &settings.node)
         .map_err(|e| start_error(e.to_string()))?;
     let (mounts, volume_env, cgroups) = {
         let (entry, settings) = (entry.clone(), settings.clone());
@@ -277,8 +291,8 @@ async fn start(
     let mut with_volumes = volume_env;
     with_volumes.append(&mut env);
     let env = with_volumes;
-    let argv = env::argv(container, &env);
-    let user = users::resolve(&entry.pod, container, &settings.users)
+    let argv = env::argv(&container, &env);
+    let user = users::resolve(&entry.pod(), &container, &settings.users)
         .map_err(|e| start_error(e.to_string()))?;
     let (cwd, in_pod_dir) = match container.working_dir.as_deref() {
         Some(dir) if !dir.is_empty() => (dir.into(), false),
@@ -337,6 +351,8 @@ async fn start(
         if restart {
             c.restart_count += 1;
         }
+        // The image of this run (an update may have changed it).
+        c.image = container.image.clone().unwrap_or_default();
         c.state = ContainerState::Running { started_at };
         c.pid = Some(sup.pid);
         c.supervisor = name;
@@ -394,9 +410,13 @@ async fn run(
     stop: &mut watch::Receiver<Option<Duration>>,
     settings: &Settings,
     probes: Option<probe::ExecContext>,
-) -> (Event, Option<String>) {
+) -> (Event, Option<String>, bool) {
     let grace = super::grace_period(entry, settings, None);
     let container = entry.container_spec(idx);
+    // An update that changes this container's definition restarts its process.
+    let mut respec = entry.restart_requests(idx);
+    respec.borrow_and_update();
+    let mut redefined = false;
     let sup_pid = sup.pid;
     let ctx = probes.clone();
     let probing = async {
@@ -410,7 +430,7 @@ async fn run(
     // postStart runs beside the process; if it fails the run is stopped.
     let mut post_start = ctx.clone().and_then(|ctx| {
         probe::hook(
-            container,
+            &container,
             probe::Hook::PostStart,
             ctx,
             grace.max(Duration::from_secs(30)),
@@ -435,7 +455,7 @@ async fn run(
         }
         *pre_stop = ctx
             .clone()
-            .and_then(|ctx| probe::hook(container, probe::Hook::PreStop, ctx, grace));
+            .and_then(|ctx| probe::hook(&container, probe::Hook::PreStop, ctx, grace));
         if pre_stop.is_none() {
             process::signal_group(sup_pid, Signal::SIGTERM);
             *kill_at = Some(*deadline);
@@ -460,6 +480,13 @@ async fn run(
             requested = stop.wait_for(Option::is_some), if kill_at.is_none() && pre_stop.is_none() => {
                 let requested = requested.ok().and_then(|g| *g).unwrap_or_default();
                 begin_stop(requested, &mut stop_deadline, &mut pre_stop, &mut kill_at);
+            }
+            changed = respec.changed(), if kill_at.is_none() && pre_stop.is_none() && !redefined => {
+                if changed.is_ok() {
+                    tracing::info!(pod = %entry.key, container = idx, "container definition changed; restarting it");
+                    redefined = true;
+                    begin_stop(grace, &mut stop_deadline, &mut pre_stop, &mut kill_at);
+                }
             }
             reason = &mut probing, if kill_at.is_none() && pre_stop.is_none() && probe_failure.is_none() => {
                 // A failed liveness or startup probe: stop this run, as the kubelet does.
@@ -531,7 +558,7 @@ async fn run(
         }
     };
     let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, drain).await;
-    (event, probe_failure)
+    (event, probe_failure, redefined)
 }
 
 /// What exec probes and hooks of container `idx` run with; `None` when it has neither.
@@ -548,12 +575,12 @@ fn exec_context(entry: &PodEntry, idx: usize, settings: &Settings) -> Option<pro
     {
         return None;
     }
-    let env = env::environment(&entry.pod, c, &settings.node).unwrap_or_default();
+    let env = env::environment(&entry.pod(), &c, &settings.node).unwrap_or_default();
     let cwd = match c.working_dir.as_deref() {
         Some(dir) if !dir.is_empty() => dir.into(),
         _ => settings.pod_dir(entry),
     };
-    let user = users::resolve(&entry.pod, c, &settings.users)
+    let user = users::resolve(&entry.pod(), &c, &settings.users)
         .ok()
         .flatten();
     let (mounts, volume_env, cgroups) = isolation(entry, idx, settings, false).unwrap_or_default();
@@ -583,13 +610,13 @@ fn isolation(
     let empty = volumes::PodVolumes::new();
     let pod_volumes = entry.volumes.get().unwrap_or(&empty);
     let (mounts, env) =
-        volumes::for_container(c, pod_volumes, &settings.pod_dir(entry), &settings.volumes)
+        volumes::for_container(&c, pod_volumes, &settings.pod_dir(entry), &settings.volumes)
             .map_err(|e| e.to_string())?;
     let pod_cgroup = settings.pod_cgroup(entry);
     let cgroups = if new_run {
         settings
             .cgroups
-            .create_container(&pod_cgroup, &c.name, &limits(c))
+            .create_container(&pod_cgroup, &c.name, &limits(&c))
             .map_err(|e| e.to_string())?
     } else {
         settings.cgroups.container_dirs(&pod_cgroup, &c.name)

@@ -381,16 +381,82 @@ impl Runtime {
         PodEntry::new(new, state, &self.settings.logs, log_dir)
     }
 
-    /// Records a new version of a pod's JSON (returned by getPod from now on). Running
-    /// processes are not restarted.
+    /// Records a new version of a pod (returned by getPod from now on) and applies what
+    /// Kubernetes lets change on a running pod, as the kubelet does: a container whose image
+    /// changed is restarted (at once, whatever the restart policy); a new
+    /// `activeDeadlineSeconds` or `terminationGracePeriodSeconds` applies from now on; changed
+    /// resources are applied to the cgroups in place; downwardAPI volume files are rewritten.
+    /// Other processes keep running. Adding, removing or renaming containers is refused (400),
+    /// as the API server refuses it.
     pub async fn update(&self, body: &[u8]) -> Result<Arc<PodEntry>, RuntimeError> {
         let new = NewPod::parse(body)?;
         let entry = self.get(&new.key)?;
         if entry.uid != new.uid {
             return Err(RuntimeError::PodNotFound(new.key));
         }
+        let old = entry.pod();
+        let names = |p: &k8s_openapi::api::core::v1::Pod| -> Vec<String> {
+            let spec = p.spec.as_ref().expect("validated");
+            spec.init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter())
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        let (had, got) = (names(&old), names(&new.pod));
+        if had != got {
+            return Err(PodError::ContainersChanged { had, got }.into());
+        }
         self.save_pod(&new.key, &new.uid, &new.raw).await?;
         entry.set_raw(new.raw);
+        let containers =
+            |p: &k8s_openapi::api::core::v1::Pod| -> Vec<k8s_openapi::api::core::v1::Container> {
+                let spec = p.spec.as_ref().expect("validated");
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(spec.containers.iter())
+                    .cloned()
+                    .collect()
+            };
+        let (before, after) = (containers(&old), containers(&new.pod));
+        let labels_changed = old.metadata.labels != new.pod.metadata.labels
+            || old.metadata.annotations != new.pod.metadata.annotations;
+        entry.set_pod(new.pod);
+        let mut resized = false;
+        for (idx, (b, a)) in before.iter().zip(after.iter()).enumerate() {
+            if b.image != a.image {
+                entry.request_restart(idx);
+            }
+            resized |= b.resources != a.resources;
+        }
+        if resized || labels_changed {
+            let (e, s) = (entry.clone(), self.settings.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let pod = e.pod();
+                let spec = pod.spec.as_ref().expect("validated");
+                if resized {
+                    let limits: Vec<cgroup::Limits> =
+                        spec.containers.iter().map(container::limits).collect();
+                    let pod_cgroup = s.pod_cgroup(&e);
+                    if let Err(err) = s.cgroups.create_pod(&pod_cgroup, &limits) {
+                        tracing::warn!(pod = %e.key, error = %err, "cannot resize the pod's cgroup");
+                    }
+                    for c in &spec.containers {
+                        if let Err(err) = s.cgroups.resize_container(&pod_cgroup, &c.name, &container::limits(c)) {
+                            tracing::warn!(pod = %e.key, container = %c.name, error = %err, "cannot resize a container's cgroup");
+                        }
+                    }
+                }
+                if labels_changed {
+                    if let Err(err) = volumes::prepare(&pod, &s.pod_dir(&e), &s.volumes, &s.node, None) {
+                        tracing::warn!(pod = %e.key, error = %err, "cannot refresh the pod's volumes");
+                    }
+                }
+            })
+            .await;
+        }
         Ok(entry)
     }
 
@@ -499,7 +565,7 @@ impl Runtime {
 /// The grace period: the delete's own, else the pod's, else 30 s; never above the cap.
 fn grace_period(entry: &PodEntry, settings: &Settings, requested: Option<Duration>) -> Duration {
     let from_spec = entry
-        .pod
+        .pod()
         .spec
         .as_ref()
         .and_then(|s| s.termination_grace_period_seconds)
@@ -518,13 +584,14 @@ async fn prepare_pod(
 ) -> Result<(), volumes::VolumeError> {
     let (e, s) = (entry.clone(), settings.clone());
     let prepared = tokio::task::spawn_blocking(move || {
-        let spec = e.pod.spec.as_ref().expect("validated");
+        let pod = e.pod();
+        let spec = pod.spec.as_ref().expect("validated");
         let limits: Vec<cgroup::Limits> = spec.containers.iter().map(container::limits).collect();
         if let Err(err) = s.cgroups.create_pod(&s.pod_cgroup(&e), &limits) {
             // Each container start then fails with the cause.
             tracing::warn!(pod = %e.key, error = %err, "cannot create the pod's cgroup");
         }
-        volumes::prepare(&e.pod, &s.pod_dir(&e), &s.volumes, &s.node, None)
+        volumes::prepare(&pod, &s.pod_dir(&e), &s.volumes, &s.node, None)
     })
     .await
     .map_err(|err| volumes::VolumeError::Setup {
@@ -591,22 +658,39 @@ async fn watch_volume_sizes(
 /// `activeDeadlineSeconds`: once the pod has been active that long, it is stopped and Failed
 /// with reason `DeadlineExceeded`, as the kubelet does. Ends early when the pod finishes.
 async fn enforce_deadline(entry: Arc<PodEntry>, settings: Arc<Settings>) {
-    let (Some(seconds), Some(start)) = (
-        entry
-            .pod
+    // An update may set or shorten the deadline: recompute it on every change.
+    let mut changes = entry.spec_changes();
+    loop {
+        changes.borrow_and_update();
+        let seconds = entry
+            .pod()
             .spec
             .as_ref()
-            .and_then(|s| s.active_deadline_seconds),
-        entry.state.lock().expect("state lock").start_time,
-    ) else {
-        return;
-    };
-    let deadline = start + jiff::SignedDuration::from_secs(seconds.max(0));
-    let left = Timestamp::now().duration_until(deadline);
-    let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
-    tokio::select! {
-        _ = entry.wait_done() => return,
-        _ = tokio::time::sleep(left) => {}
+            .and_then(|s| s.active_deadline_seconds);
+        let start = entry.state.lock().expect("state lock").start_time;
+        let left = match (seconds, start) {
+            (Some(seconds), Some(start)) => {
+                let deadline = start + jiff::SignedDuration::from_secs(seconds.max(0));
+                let left = Timestamp::now().duration_until(deadline);
+                Some(Duration::try_from(left).unwrap_or(Duration::ZERO))
+            }
+            _ => None,
+        };
+        let expired = async {
+            match left {
+                Some(left) => tokio::time::sleep(left).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = entry.wait_done() => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = expired => break,
+        }
     }
     {
         let mut st = entry.state.lock().expect("state lock");

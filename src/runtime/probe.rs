@@ -242,7 +242,7 @@ async fn check(handler: &Handler, timeout: Duration, ctx: &ExecContext) -> Resul
 /// stopped (a failed liveness or startup probe), with the reason; otherwise never.
 pub async fn watch(entry: &PodEntry, idx: usize, ctx: ExecContext) -> String {
     let c = entry.container_spec(idx);
-    let parse = |kind, p: &Option<Probe>| p.as_ref().map(|p| spec(kind, p, c));
+    let parse = |kind, p: &Option<Probe>| p.as_ref().map(|p| spec(kind, p, &c));
     let probes = [
         parse(Kind::Startup, &c.startup_probe),
         parse(Kind::Liveness, &c.liveness_probe),

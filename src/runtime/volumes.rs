@@ -586,7 +586,11 @@ pub fn for_container(
             if let Some(parent) = link.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
             }
-            std::os::unix::fs::symlink(&source, &link).map_err(|e| fail(e.to_string()))?;
+            match std::os::unix::fs::symlink(&source, &link) {
+                // Another container of the pod made it at the same moment.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                other => other.map_err(|e| fail(e.to_string()))?,
+            }
         }
         let bindable = policy.can_mount
             && std::fs::metadata(target).is_ok_and(|t| t.is_dir() == source.is_dir());
