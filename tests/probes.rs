@@ -317,3 +317,69 @@ async fn hanging_hooks_and_unknown_users_end_in_precise_states() {
     assert_eq!(logs, "4242 4242\n");
     srv.stop().await;
 }
+
+/// httpGet with scheme HTTPS: TLS to a server with a self-signed certificate (the kubelet does
+/// not verify probe certificates), 200 on /healthy only.
+#[tokio::test]
+async fn https_probes_skip_certificate_verification() {
+    let srv = Server::start(&[]).await;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(certified.key_pair.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let ok = String::from_utf8_lossy(&buf[..n]).starts_with("GET /healthy ");
+                let status = if ok {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let probe = |path: &str| json!({"httpGet": {"scheme": "HTTPS", "path": path, "port": port}, "periodSeconds": 1});
+    let mut good = pod("https-ok", &["sleep", "300"], "Always");
+    good["spec"]["containers"][0]["readinessProbe"] = probe("/healthy");
+    let mut bad = pod("https-503", &["sleep", "300"], "Always");
+    bad["spec"]["containers"][0]["readinessProbe"] = probe("/other");
+    srv.create(&good).await;
+    srv.create(&bad).await;
+    srv.wait_status("https-ok", "ready", |s| {
+        container(s, "main")["ready"] == true
+    })
+    .await;
+    let s = srv
+        .wait_status("https-503", "Running", |s| phase(s) == "Running")
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        container(&srv.status("https-503").await.unwrap(), "main")["ready"],
+        false,
+        "{s}"
+    );
+    server.abort();
+    srv.stop().await;
+}

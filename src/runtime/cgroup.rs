@@ -416,7 +416,11 @@ fn setup_v2(parent: &str) -> io::Result<Layout> {
         .find(|r| r.join("cgroup.controllers").exists())
         .ok_or_else(|| io::Error::other("no cgroup2 file system mounted"))?;
     let own = own_path(|c| c.is_empty()).ok_or_else(|| io::Error::other("no 0:: line"))?;
-    let base = under(&root, &own);
+    setup_v2_in(&under(&root, &own), parent)
+}
+
+/// Prepares `base` (procnode's cgroup in a v2 hierarchy) for pods under `base/parent`.
+fn setup_v2_in(base: &Path, parent: &str) -> io::Result<Layout> {
     let available = std::fs::read_to_string(base.join("cgroup.controllers"))?;
     let has = |c: &str| available.split_whitespace().any(|x| x == c);
     if !has("memory") || !has("pids") {
@@ -491,6 +495,66 @@ mod tests {
         assert_eq!(cpu_quota_us(500), 50_000);
         assert_eq!(cpu_quota_us(1), 1000, "the kernel's minimum quota");
         assert_eq!(cpu_quota_us(2000), 200_000);
+    }
+
+    /// The v2 protocol against a directory shaped like a delegated cgroup (this test machine's
+    /// unified hierarchy holds no memory or pids controller, so the kernel's side is exercised
+    /// by the integration tests through v1 here, through v2 where the machine has it).
+    #[test]
+    fn v2_writes_the_files_the_kernel_reads() {
+        let base = tempfile::tempdir().unwrap();
+        let b = base.path();
+        std::fs::write(b.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        std::fs::write(b.join("cgroup.procs"), "").unwrap();
+        let layout = setup_v2_in(b, "pods").unwrap();
+        let read = |p: &str| std::fs::read_to_string(b.join(p)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+memory +pids +cpu");
+        assert_eq!(read("pods/cgroup.subtree_control"), "+memory +pids +cpu");
+        assert!(b.join("procnode").is_dir(), "procnode's own leaf");
+        let c = Cgroups {
+            layout: Some(layout),
+            pids_limit: Some(100),
+            status: String::new(),
+        };
+        let main = Limits {
+            memory_bytes: Some(32 << 20),
+            cpu_millis: Some(250),
+            cpu_request_millis: Some(250),
+        };
+        c.create_pod("podu1", &[main, main]).unwrap();
+        assert_eq!(read("pods/podu1/pids.max"), "100");
+        assert_eq!(read("pods/podu1/memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("pods/podu1/cpu.max"), "50000 100000");
+        let dirs = c.create_container("podu1", "main", &main).unwrap();
+        assert_eq!(dirs, vec![b.join("pods/podu1/main")]);
+        assert_eq!(
+            read("pods/podu1/main/memory.max"),
+            (32u64 << 20).to_string()
+        );
+        assert_eq!(read("pods/podu1/main/cpu.max"), "25000 100000");
+        assert_eq!(read("pods/podu1/main/cpu.weight"), "10");
+        std::fs::write(
+            b.join("pods/podu1/main/memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.oom_kills("podu1", "main"), 1);
+        // A resize that lifts the limits writes "max".
+        c.resize_container("podu1", "main", &Limits::default())
+            .unwrap();
+        assert_eq!(read("pods/podu1/main/memory.max"), "max");
+        assert_eq!(read("pods/podu1/main/cpu.max"), "max 100000");
+    }
+
+    #[test]
+    fn a_v2_cgroup_without_the_controllers_is_refused_with_the_reason() {
+        let base = tempfile::tempdir().unwrap();
+        std::fs::write(base.path().join("cgroup.controllers"), "cpu io\n").unwrap();
+        let err = setup_v2_in(base.path(), "pods").unwrap_err().to_string();
+        assert!(
+            err.contains("not memory and pids") && err.contains("[cpu io]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ enum Handler {
         port: u16,
         path: String,
         headers: Vec<(String, String)>,
+        /// scheme HTTPS: TLS without certificate verification, as the kubelet probes.
+        https: bool,
     },
     Tcp {
         host: String,
@@ -86,13 +88,14 @@ fn handler(
     Ok(if let Some(exec) = exec {
         Handler::Exec(exec.command.clone().unwrap_or_default())
     } else if let Some(h) = http_get {
-        if h.scheme
-            .as_deref()
-            .is_some_and(|s| s.eq_ignore_ascii_case("https"))
-        {
-            return Err("httpGet probes with scheme HTTPS are not supported".into());
-        }
+        let https = match h.scheme.as_deref() {
+            None | Some("") => false,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(other) => return Err(format!("httpGet scheme {other:?} is not HTTP or HTTPS")),
+        };
         Handler::Http {
+            https,
             host: h
                 .host
                 .clone()
@@ -206,23 +209,31 @@ async fn check(handler: &Handler, timeout: Duration, ctx: &ExecContext) -> Resul
             port,
             path,
             headers,
+            https,
         } => {
+            let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/procnode\r\nAccept: */*\r\nConnection: close\r\n");
+            for (k, v) in headers {
+                req.push_str(&format!("{k}: {v}\r\n"));
+            }
+            req.push_str("\r\n");
             let attempt = async {
-                let mut s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/procnode\r\nAccept: */*\r\nConnection: close\r\n");
-                for (k, v) in headers {
-                    req.push_str(&format!("{k}: {v}\r\n"));
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                if *https {
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(std::io::Error::other)?;
+                    let tls = tokio_rustls::TlsConnector::from(insecure_tls())
+                        .connect(name, tcp)
+                        .await?;
+                    status_line(tls, &req).await
+                } else {
+                    status_line(tcp, &req).await
                 }
-                req.push_str("\r\n");
-                s.write_all(req.as_bytes()).await?;
-                let mut head = vec![0u8; 64];
-                let n = s.read(&mut head).await?;
-                std::io::Result::Ok(String::from_utf8_lossy(&head[..n]).into_owned())
             };
+            let scheme = if *https { "https" } else { "http" };
             let line = match tokio::time::timeout(timeout, attempt).await {
                 Ok(Ok(text)) => text,
-                Ok(Err(e)) => return Err(format!("Get http://{host}:{port}{path}: {e}")),
-                Err(_) => return Err(format!("Get http://{host}:{port}{path}: timeout")),
+                Ok(Err(e)) => return Err(format!("Get {scheme}://{host}:{port}{path}: {e}")),
+                Err(_) => return Err(format!("Get {scheme}://{host}:{port}{path}: timeout")),
             };
             let code: u16 = line
                 .split_whitespace()
@@ -236,6 +247,85 @@ async fn check(handler: &Handler, timeout: Duration, ctx: &ExecContext) -> Resul
             }
         }
     }
+}
+
+/// Sends `req` and returns the start of the answer (its status line).
+async fn status_line<S>(mut s: S, req: &str) -> std::io::Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(req.as_bytes()).await?;
+    let mut head = vec![0u8; 64];
+    let n = s.read(&mut head).await?;
+    Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+}
+
+/// TLS for HTTPS probes: like the kubelet, no certificate verification (a probe checks that
+/// the container answers, not who it is); handshake signatures are still checked.
+fn insecure_tls() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("default TLS versions")
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            std::sync::Arc::new(config)
+        })
+        .clone()
 }
 
 /// Runs the probes of container `idx` for one run. Returns only to ask for the run to be
