@@ -209,6 +209,8 @@ pub struct PodEntry {
     pub volumes: std::sync::OnceLock<crate::runtime::volumes::PodVolumes>,
     /// Bumped on every accepted update of the spec.
     generation: watch::Sender<u64>,
+    /// Bumped whenever the observed state may have changed (for front ends that push status).
+    status_version: watch::Sender<u64>,
     /// Per container: bumped when an update asks for its running process to be restarted.
     restarts: Box<[watch::Sender<u64>]>,
 }
@@ -243,6 +245,7 @@ impl PodEntry {
             save_lock: tokio::sync::Mutex::new(()),
             volumes: std::sync::OnceLock::new(),
             generation: watch::channel(0).0,
+            status_version: watch::channel(0).0,
             restarts: (0..n_containers).map(|_| watch::channel(0).0).collect(),
         }
     }
@@ -297,7 +300,19 @@ impl PodEntry {
         };
         let r = f(c);
         st.refresh(k8s_openapi::jiff::Timestamp::now());
+        drop(st);
+        self.status_changed();
         r
+    }
+
+    /// Tells whoever follows [`PodEntry::status_changes`] that the state may have changed.
+    pub fn status_changed(&self) {
+        self.status_version.send_modify(|v| *v += 1);
+    }
+
+    /// Changes whenever the pod's observed state may have changed.
+    pub fn status_changes(&self) -> watch::Receiver<u64> {
+        self.status_version.subscribe()
     }
 
     pub fn set_raw(&self, raw: String) {
@@ -404,6 +419,7 @@ impl PodEntry {
             slot.update(|l| l.finish());
         }
         self.done.send_replace(true);
+        self.status_changed();
     }
 
     /// Waits until the worker has finished.

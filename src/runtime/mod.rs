@@ -649,6 +649,7 @@ async fn watch_volume_sizes(
             ));
             st.refresh(Timestamp::now());
         }
+        entry.status_changed();
         tracing::info!(pod = %entry.key, volume = %name, "emptyDir over its sizeLimit; evicting the pod");
         entry.request_stop(Duration::ZERO);
         return;
@@ -703,6 +704,7 @@ async fn enforce_deadline(entry: Arc<PodEntry>, settings: Arc<Settings>) {
         ));
         st.refresh(Timestamp::now());
     }
+    entry.status_changed();
     tracing::info!(pod = %entry.key, "active deadline exceeded; stopping the pod");
     entry.request_stop(grace_period(&entry, &settings, None));
 }
@@ -755,6 +757,7 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, restored: bool) 
             st.failure = Some((e.reason().to_string(), e.to_string()));
             st.refresh(Timestamp::now());
         }
+        entry.status_changed();
         finish(&entry, &settings).await;
         return;
     }
@@ -799,6 +802,8 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, restored: bool) 
             }
         }
         st.refresh(Timestamp::now());
+        drop(st);
+        entry.status_changed();
     }
     let mut tasks = JoinSet::new();
     for idx in n_init..n_init + n_app {
