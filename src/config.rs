@@ -51,6 +51,10 @@ pub const DEFAULT_DISK_PRESSURE_PERCENT: u8 = 10;
 pub const DEFAULT_PID_PRESSURE_PERCENT: u8 = 90;
 /// Processes a pod may have at once, where cgroups exist (0: no limit).
 pub const DEFAULT_POD_PIDS_LIMIT: u64 = 4096;
+/// The taint of a procnode node (Virtual Kubelet's convention).
+pub const DEFAULT_NODE_TAINT: &str = "virtual-kubelet.io/provider=procnode:NoSchedule";
+/// Port of the kubelet API in node mode (the kubelet's).
+pub const DEFAULT_KUBELET_PORT: u16 = 10250;
 /// The cgroup under which pod cgroups are made.
 pub const DEFAULT_CGROUP_PARENT: &str = "procnode-pods";
 
@@ -240,6 +244,32 @@ pub struct Config {
     /// How often emptyDir volumes with a sizeLimit are measured (a pod past it is evicted).
     #[arg(long, env = "PROCNODE_VOLUME_CHECK_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub volume_check_interval: Duration,
+
+    /// Node mode (`procnode node`): the kubeconfig to reach the API server. Default:
+    /// `KUBECONFIG`, then ~/.kube/config, then the in-cluster service account.
+    #[arg(long, env = "PROCNODE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Node mode: the taint of the node (`KEY=VALUE:EFFECT`, or `none`).
+    #[arg(long, env = "PROCNODE_NODE_TAINT", default_value = DEFAULT_NODE_TAINT)]
+    pub node_taint: String,
+
+    /// Node mode: port of the kubelet API (logs, pods, stats) on the node IP.
+    #[arg(long, env = "PROCNODE_KUBELET_PORT", default_value_t = DEFAULT_KUBELET_PORT)]
+    pub kubelet_port: u16,
+
+    /// Node mode: certificate chain (PEM) of the kubelet API; default: a self-signed one kept
+    /// in the state directory.
+    #[arg(long, env = "PROCNODE_KUBELET_TLS_CERT", requires = "kubelet_tls_key")]
+    pub kubelet_tls_cert: Option<PathBuf>,
+
+    /// Node mode: the private key (PEM) of --kubelet-tls-cert.
+    #[arg(long, env = "PROCNODE_KUBELET_TLS_KEY", requires = "kubelet_tls_cert")]
+    pub kubelet_tls_key: Option<PathBuf>,
+
+    /// Node mode: the node's status is written at least this often (and at once on a change).
+    #[arg(long, env = "PROCNODE_NODE_STATUS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub node_status_interval: Duration,
 
     /// Log format of procnode's own logs on stderr.
     #[arg(long, env = "PROCNODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod cluster;
 pub mod config;
 pub mod logs;
 pub mod metrics;
@@ -35,6 +36,14 @@ pub use config::Config;
 
 /// Builds the node monitor and the runtime for `config`.
 pub fn build(config: &Config) -> (Arc<runtime::Runtime>, Arc<node::Node>) {
+    build_with(config, None)
+}
+
+/// [`build`], with a source of Secret and ConfigMap contents for volumes (node mode).
+pub fn build_with(
+    config: &Config,
+    objects: Option<Arc<dyn runtime::volumes::ObjectSource>>,
+) -> (Arc<runtime::Runtime>, Arc<node::Node>) {
     let pids = (config.pod_pids_limit > 0).then_some(config.pod_pids_limit);
     let cgroups = Arc::new(runtime::cgroup::Cgroups::detect(
         config.cgroups,
@@ -42,7 +51,8 @@ pub fn build(config: &Config) -> (Arc<runtime::Runtime>, Arc<node::Node>) {
         pids,
     ));
     let node = node::Node::new(config, &cgroups);
-    let settings = runtime::Settings::from_config(config, node.facts(), cgroups);
+    let mut settings = runtime::Settings::from_config(config, node.facts(), cgroups);
+    settings.objects = objects;
     (Arc::new(runtime::Runtime::new(settings)), node)
 }
 

@@ -28,6 +28,15 @@ fn main() -> std::process::ExitCode {
             Err(code) => code,
         };
     }
+    // `procnode node [FLAGS]`: join a Kubernetes cluster as a node (no broker).
+    if args.len() >= 2 && args[1] == "node" {
+        let mut flags = args;
+        flags.remove(1);
+        return match load_config(flags) {
+            Ok(config) => node(config),
+            Err(code) => code,
+        };
+    }
     // `procnode serve [FLAGS]` is the default: `procnode [FLAGS]` means the same.
     let mut flags = args;
     if flags.get(1).is_some_and(|a| a == "serve") {
@@ -80,7 +89,21 @@ async fn run_manifest(file: &str, flags: &[String]) -> std::process::ExitCode {
 }
 
 #[tokio::main]
-async fn serve(config: Config) -> std::process::ExitCode {
+async fn node(config: Config) -> std::process::ExitCode {
+    init_logging(&config);
+    if let Err(e) = procnode::runtime::process::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphaned pod processes go to PID 1");
+    }
+    match procnode::cluster::run(config, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("procnode node: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_env("PROCNODE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt()
@@ -91,6 +114,11 @@ async fn serve(config: Config) -> std::process::ExitCode {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
     }
+}
+
+#[tokio::main]
+async fn serve(config: Config) -> std::process::ExitCode {
+    init_logging(&config);
     if let Err(e) = procnode::runtime::process::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned pod processes go to PID 1");
     }

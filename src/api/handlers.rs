@@ -180,6 +180,8 @@ pub struct LogParams {
     namespace: Option<String>,
     pod_name: Option<String>,
     container_name: Option<String>,
+    /// `tail` in the web contract, `tailLines` in the kubelet API.
+    #[serde(alias = "tailLines")]
     tail: Option<String>,
     limit_bytes: Option<String>,
     since_seconds: Option<String>,
@@ -299,6 +301,37 @@ pub async fn get_container_logs(
     State(s): State<AppState>,
     Query(params): Query<LogParams>,
 ) -> Result<Response, ApiError> {
+    logs_response(&s, params).await
+}
+
+/// The kubelet API's `GET /containerLogs/{namespace}/{pod}/{container}` with `kubectl logs`'
+/// query (`tailLines`, `follow`, `previous`, `timestamps`, `sinceSeconds`, `sinceTime`,
+/// `limitBytes`).
+pub async fn kubelet_container_logs(
+    State(s): State<AppState>,
+    axum::extract::Path((namespace, pod, container)): axum::extract::Path<(String, String, String)>,
+    Query(mut params): Query<LogParams>,
+) -> Result<Response, ApiError> {
+    params.namespace = Some(namespace);
+    params.pod_name = Some(pod);
+    params.container_name = Some(container);
+    logs_response(&s, params).await
+}
+
+/// The kubelet API's `GET /pods`: every pod of this node, as a v1 PodList.
+pub async fn kubelet_pods(State(s): State<AppState>) -> Response {
+    let mut body = String::from(r#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":["#);
+    for (i, entry) in s.runtime.list().iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&entry.pod_json());
+    }
+    body.push_str("]}");
+    json(StatusCode::OK, body)
+}
+
+async fn logs_response(s: &AppState, params: LogParams) -> Result<Response, ApiError> {
     let req = params.into_request()?;
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if req.follow && !req.previous {
@@ -342,8 +375,6 @@ pub async fn operating_system() -> &'static str {
     "linux"
 }
 
-/// Prometheus metrics: pods by phase, container starts, restarts and exits by reason, spawn
-/// latency, log bytes captured, dropped and held, request latency by route.
 /// The kubelet's stats Summary (`/stats/summary` shape), measured from the pods' process groups.
 pub async fn stats_summary(State(s): State<AppState>) -> Result<Response, ApiError> {
     let pods = s.runtime.stat_refs();
@@ -354,6 +385,8 @@ pub async fn stats_summary(State(s): State<AppState>) -> Result<Response, ApiErr
     Ok(json(StatusCode::OK, summary.to_string()))
 }
 
+/// Prometheus metrics: pods by phase, container starts, restarts and exits by reason, spawn
+/// latency, log bytes captured, dropped and held, request latency by route.
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let mut phases = [
         ("Pending", 0usize),

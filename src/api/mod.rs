@@ -50,6 +50,20 @@ impl AppState {
     }
 }
 
+/// The kubelet API a node-mode procnode serves on its kubelet port (the API server calls it for
+/// `kubectl logs`; metrics-server for stats).
+pub fn kubelet_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(handlers::kubelet_container_logs),
+        )
+        .route("/pods", get(handlers::kubelet_pods))
+        .route("/healthz", get(handlers::health))
+        .route("/stats/summary", get(handlers::stats_summary))
+        .with_state(state)
+}
+
 /// The whole API; `main` and the tests both use it.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;

@@ -57,6 +57,8 @@ pub struct Settings {
     pub cgroups: Arc<cgroup::Cgroups>,
     pub volumes: volumes::VolumePolicy,
     pub volume_check_interval: Duration,
+    /// Secret and ConfigMap contents, for a front end with API access (none in web mode).
+    pub objects: Option<Arc<dyn volumes::ObjectSource>>,
 }
 
 impl Settings {
@@ -94,6 +96,7 @@ impl Settings {
                 can_mount: nix::unistd::geteuid().is_root(),
             },
             volume_check_interval: config.volume_check_interval,
+            objects: None,
         }
     }
 
@@ -450,7 +453,7 @@ impl Runtime {
                     }
                 }
                 if labels_changed {
-                    if let Err(err) = volumes::prepare(&pod, &s.pod_dir(&e), &s.volumes, &s.node, None) {
+                    if let Err(err) = volumes::prepare(&pod, &s.pod_dir(&e), &s.volumes, &s.node, s.objects.as_deref()) {
                         tracing::warn!(pod = %e.key, error = %err, "cannot refresh the pod's volumes");
                     }
                 }
@@ -591,7 +594,13 @@ async fn prepare_pod(
             // Each container start then fails with the cause.
             tracing::warn!(pod = %e.key, error = %err, "cannot create the pod's cgroup");
         }
-        volumes::prepare(&pod, &s.pod_dir(&e), &s.volumes, &s.node, None)
+        volumes::prepare(
+            &pod,
+            &s.pod_dir(&e),
+            &s.volumes,
+            &s.node,
+            s.objects.as_deref(),
+        )
     })
     .await
     .map_err(|err| volumes::VolumeError::Setup {

@@ -34,7 +34,7 @@ use crate::quantity::Quantity;
 pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// Contents of Secrets and ConfigMaps, for a front end that can read them from the API server.
-pub trait ObjectSource: Send + Sync {
+pub trait ObjectSource: Send + Sync + std::fmt::Debug {
     /// The Secret's data, or `None` if it does not exist.
     fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
     /// The ConfigMap's data (binaryData included), or `None` if it does not exist.

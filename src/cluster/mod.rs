@@ -1,0 +1,181 @@
+//! Native node mode (`procnode node`): procnode joins a Kubernetes cluster by itself, as a
+//! kubelet does, with no Virtual Kubelet broker in between.
+//!
+//! A second front end to the same [`Runtime`](crate::runtime::Runtime), store and log store as
+//! the web API: pods come from a watch on the API server instead of `createPod`, their status
+//! goes back as patches to `pods/status` instead of being polled through `getPodStatus`.
+//!
+//! Tasks, each retrying with back-off on API errors and never ending the process:
+//! - [`node_object`]: creates or updates the Node (labels, taint, nodeInfo, addresses, daemon
+//!   endpoint) and writes its status at once on a change, at least every
+//!   `--node-status-interval`;
+//! - [`lease`]: renews the node's Lease in `kube-node-lease` every 10 s (the heartbeat);
+//! - [`pods`]: watches pods bound to the node, starts new ones (Secret/ConfigMap references in
+//!   `env`/`envFrom` resolved first), stops deleted ones with their grace period and then
+//!   removes the object, pushes every status change, reconciles with the cluster on start-up;
+//! - the kubelet API (`/containerLogs`, `/pods`, `/healthz`, `/stats/summary`) on
+//!   `--kubelet-port` over TLS, for `kubectl logs` and metrics-server.
+
+mod lease;
+mod node_object;
+mod objects;
+mod pods;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Config;
+
+/// The API server, or why it cannot be reached.
+async fn connect(config: &Config) -> Result<kube::Client, String> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster): {e}")
+        })?,
+    };
+    let url = kube_config.cluster_url.clone();
+    let client =
+        kube::Client::try_from(kube_config).map_err(|e| format!("API server {url}: {e}"))?;
+    Ok(client)
+}
+
+/// Waits until the API server answers (logging why not, with back-off), or `None` on shutdown.
+async fn wait_for_api(
+    client: &kube::Client,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<String> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match client.apiserver_version().await {
+            Ok(v) => return Some(v.git_version),
+            Err(e) => {
+                let why = match &e {
+                    kube::Error::Api(s) if s.code == 401 => {
+                        format!(
+                            "unauthorised (401): check the kubeconfig's credentials: {}",
+                            s.message
+                        )
+                    }
+                    kube::Error::Api(s) if s.code == 403 => {
+                        format!("forbidden (403): {}", s.message)
+                    }
+                    other => format!("unreachable: {other}"),
+                };
+                tracing::warn!(retry_in = ?delay, "API server {why}");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut *shutdown => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Runs the node until `shutdown`, then stops every pod (or, with `--keep-pods-on-exit`, leaves
+/// them to their supervisors).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let mut shutdown = Box::pin(shutdown);
+    let client = connect(&config).await?;
+    let Some(version) = wait_for_api(&client, &mut shutdown).await else {
+        return Ok(());
+    };
+    let node_name = config.node_name();
+    tracing::info!(api_server = %version, node = %node_name, "connected to the API server");
+
+    let state_dir = config.state_dir();
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| format!("cannot create state dir {}: {e}", state_dir.display()))?;
+    let objects = Arc::new(objects::ApiObjects::new(client.clone()));
+    let (runtime, node) = crate::build_with(&config, Some(objects.clone()));
+    for problem in runtime.restore().await {
+        tracing::error!("{problem}");
+    }
+    let refresher = tokio::spawn(node.clone().refresh_every(config.host_refresh));
+
+    // The kubelet API.
+    let tls = kubelet_tls(&config, &node_name, &node.facts().host_ip, &state_dir)?;
+    let bind = std::net::SocketAddr::from(([0, 0, 0, 0], config.kubelet_port));
+    let tcp = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("cannot listen on {bind} (kubelet API): {e}"))?;
+    let listener = crate::tls::TlsListener::new(tcp, tls).map_err(|e| e.to_string())?;
+    let state = crate::api::AppState::new(runtime.clone(), node.clone(), &config)
+        .map_err(|e| e.to_string())?;
+    let kubelet_api = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, crate::api::kubelet_router(state)).await {
+            tracing::error!(error = %e, "kubelet API stopped");
+        }
+    });
+
+    let tasks = [
+        tokio::spawn(node_object::run(
+            client.clone(),
+            node.clone(),
+            node_object::Settings::from_config(&config, &node_name)?,
+        )),
+        tokio::spawn(lease::run(client.clone(), node_name.clone())),
+        tokio::spawn(pods::run(
+            client.clone(),
+            runtime.clone(),
+            node_name.clone(),
+        )),
+    ];
+    tracing::info!(node = %node_name, kubelet_port = config.kubelet_port, "procnode node running");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    shutdown.await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    for t in &tasks {
+        t.abort();
+    }
+    kubelet_api.abort();
+    if config.keep_pods_on_exit && config.supervisor == crate::config::SupervisorMode::Shim {
+        tracing::info!("leaving every pod running under its supervisor for the next procnode");
+    } else {
+        tracing::info!("stopping every pod");
+        runtime.shutdown().await;
+        tracing::info!("all pods stopped");
+    }
+    refresher.abort();
+    Ok(())
+}
+
+/// The kubelet API's TLS: the given certificate, else a self-signed one for the node's name
+/// and IP, made once and kept in the state directory.
+fn kubelet_tls(
+    config: &Config,
+    node_name: &str,
+    node_ip: &str,
+    state_dir: &std::path::Path,
+) -> Result<rustls::ServerConfig, String> {
+    let (cert, key) = match (&config.kubelet_tls_cert, &config.kubelet_tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let (cert, key) = (state_dir.join("kubelet.crt"), state_dir.join("kubelet.key"));
+            if !cert.exists() || !key.exists() {
+                let mut names = vec![node_name.to_string(), "localhost".to_string()];
+                names.push(node_ip.to_string());
+                let made = rcgen::generate_simple_self_signed(names)
+                    .map_err(|e| format!("making the kubelet API certificate: {e}"))?;
+                crate::persist::write_atomic(&key, made.key_pair.serialize_pem().as_bytes())
+                    .map_err(|e| format!("{}: {e}", key.display()))?;
+                crate::persist::write_atomic(&cert, made.cert.pem().as_bytes())
+                    .map_err(|e| format!("{}: {e}", cert.display()))?;
+            }
+            (cert, key)
+        }
+    };
+    crate::tls::server_config(&cert, &key, None).map_err(|e| e.to_string())
+}
