@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# End-to-end test of `procnode node` against a real Kubernetes control plane (v1.20, built by
+# tests/e2e/control-plane.sh, everything on 127.0.0.1), checked with kubectl:
+#   1. the node registers and becomes Ready with the host's real capacity;
+#   2. a Job with the node selector and toleration completes; `kubectl logs job/...` shows it;
+#   3. a Deployment scaled 1 → 5 → 0 runs exactly that many processes;
+#   4. `kubectl delete pod` stops the process within its grace period;
+#   5. a pod whose command fails shows Error with its exit code;
+#   6. procnode killed with SIGKILL and started again loses no pod: running ones keep running
+#      (not restarted), a Job that finished meanwhile is Completed with its output.
+# Bounded in time (E2E_TIMEOUT, default 900 s); every process it started is stopped at the end.
+#
+#   bash tests/e2e/node.sh            # after `cargo build`
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+
+# Run as a child subreaper: the supervisors of the procnode killed in step 6 are re-parented to
+# this shell, which reaps them (otherwise they would end as zombies of PID 1).
+if [ -z "${E2E_SUBREAPER:-}" ]; then
+  export E2E_SUBREAPER=1
+  exec timeout --foreground "${E2E_TIMEOUT:-900}" python3 -c '
+import ctypes, os, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+os.execvp("bash", ["bash", sys.argv[1]])' "$0"
+fi
+
+BIN=$ROOT/target/debug/procnode
+CP=$ROOT/tests/e2e/control-plane.sh
+NODE=procnode-e2e
+STATE=$(mktemp -d)
+LOG=$STATE/procnode.log
+PROCNODE_PID=
+step() { echo "e2e: $*"; }
+fail() { echo "e2e: FAILED: $*" >&2; echo "--- procnode log (last 40 lines)" >&2; tail -40 "$LOG" >&2 || true; exit 1; }
+
+cleanup() {
+  set +e
+  if [ -n "$PROCNODE_PID" ] && kill -0 "$PROCNODE_PID" 2>/dev/null; then
+    kill -TERM "$PROCNODE_PID"; wait "$PROCNODE_PID"
+  fi
+  bash "$CP" stop >/dev/null 2>&1
+  # Whatever a failed step left: pods of a killed procnode and their supervisors (re-parented
+  # to this shell, so only ours are touched).
+  pkill -9 -f "e2e-marker" 2>/dev/null
+  pkill -9 -P $$ -f "procnode shim" 2>/dev/null
+  sleep 1
+  rm -rf "$STATE"
+}
+trap cleanup EXIT
+
+start_procnode() {
+  "$BIN" node --node-name "$NODE" --node-ip 127.0.0.1 --state-dir "$STATE/state" \
+    --cgroup-parent procnode-e2e --backoff-initial 1s >>"$LOG" 2>&1 &
+  PROCNODE_PID=$!
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: until COMMAND succeeds.
+wait_for() {
+  local what=$1 limit=$2; shift 2
+  local i
+  for i in $(seq 1 $((limit * 4))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.25
+  done
+  fail "timed out after ${limit}s waiting for $what"
+}
+
+count() { pgrep -fc "$1" || true; }
+has_count() { [ "$(count "$1")" = "$2" ]; }
+
+step "building and starting the control plane"
+[ -x "$BIN" ] || fail "$BIN is missing: run cargo build first"
+bash "$CP" build
+eval "$(bash "$CP" start)"
+export KUBECONFIG
+kubectl version --short 2>/dev/null | sed 's/^/e2e:   /' || true
+
+step "1. the node registers and becomes Ready with the host's capacity"
+start_procnode
+wait_for "node $NODE to be Ready" 60 kubectl wait --for=condition=Ready "node/$NODE" --timeout=1s
+cpus=$(kubectl get node "$NODE" -o jsonpath='{.status.capacity.cpu}')
+mem=$(kubectl get node "$NODE" -o jsonpath='{.status.capacity.memory}')
+[ "$cpus" = "$(nproc)" ] || fail "capacity cpu $cpus, host has $(nproc)"
+host_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+[ "${mem%Ki}" = "$host_kib" ] || fail "capacity memory $mem, host has ${host_kib}Ki"
+kubectl get lease -n kube-node-lease "$NODE" >/dev/null || fail "no node lease"
+step "   Ready, cpu=$cpus memory=$mem, lease held"
+
+step "2. a Job completes and kubectl logs shows its output"
+kubectl apply -f examples/job.yaml >/dev/null
+wait_for "job/hello to complete" 60 kubectl wait --for=condition=complete job/hello --timeout=1s
+kubectl logs job/hello | grep -q "the answer is 42" || fail "kubectl logs job/hello: $(kubectl logs job/hello 2>&1)"
+step "   complete; logs: $(kubectl logs job/hello | tr '\n' '|')"
+
+step "3. a Deployment scaled 1 -> 5 -> 0"
+# examples/deployment.yaml, each replica's shell marked for counting.
+sed 's/trap /: e2e-marker; trap /' examples/deployment.yaml | kubectl apply -f - >/dev/null
+for n in 1 5 0; do
+  kubectl scale deployment/ticker --replicas=$n >/dev/null
+  wait_for "$n ticker processes" 60 has_count "e2e-marker" "$n"
+  wait_for "$n ticker pods" 60 bash -c "[ \"\$(kubectl get pods -l app=ticker --no-headers 2>/dev/null | wc -l)\" = $n ]"
+  step "   replicas=$n: $(count e2e-marker) processes"
+done
+
+step "4. kubectl delete pod stops the process within its grace period"
+cat <<'EOF' | kubectl apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 3
+  nodeSelector: {type: virtual-kubelet}
+  tolerations: [{key: virtual-kubelet.io/provider, operator: Exists}]
+  containers: [{name: main, image: busybox, command: [sh, -c, ": e2e-marker-stubborn; trap '' TERM; while :; do sleep 1; done"]}]
+EOF
+wait_for "pod/stubborn to run" 60 kubectl wait --for=condition=Ready pod/stubborn --timeout=1s
+began=$(date +%s)
+kubectl delete pod stubborn --wait=true >/dev/null
+took=$(( $(date +%s) - began ))
+has_count "e2e-marker-stubborn" 0 || fail "the pod's process survived its deletion"
+[ "$took" -le 13 ] || fail "delete took ${took}s for a 3 s grace period"
+step "   gone after ${took}s (grace 3 s, TERM ignored)"
+
+step "5. a failing command shows Error with its exit code"
+cat <<'EOF' | kubectl apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: failing}
+spec:
+  restartPolicy: Never
+  nodeSelector: {type: virtual-kubelet}
+  tolerations: [{key: virtual-kubelet.io/provider, operator: Exists}]
+  containers: [{name: main, image: busybox, command: [sh, -c, "echo about to fail; exit 3"]}]
+EOF
+wait_for "pod/failing to fail" 60 bash -c '[ "$(kubectl get pod failing -o jsonpath={.status.phase})" = Failed ]'
+line=$(kubectl get pod failing --no-headers)
+echo "$line" | grep -q " Error " || fail "kubectl get pod failing: $line"
+code=$(kubectl get pod failing -o jsonpath='{.status.containerStatuses[0].state.terminated.exitCode}')
+[ "$code" = 3 ] || fail "exit code $code, expected 3"
+step "   $line (exit code $code)"
+
+step "6. procnode killed with SIGKILL and started again loses no pod"
+kubectl scale deployment/ticker --replicas=2 >/dev/null
+wait_for "2 ticker processes" 60 has_count "e2e-marker" 2
+cat <<'EOF' | kubectl apply -f - >/dev/null
+apiVersion: batch/v1
+kind: Job
+metadata: {name: while-down}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      nodeSelector: {type: virtual-kubelet}
+      tolerations: [{key: virtual-kubelet.io/provider, operator: Exists}]
+      containers: [{name: main, image: busybox, command: [sh, -c, ": e2e-marker-job; sleep 6; echo finished while procnode was down"]}]
+EOF
+wait_for "the job's process" 60 has_count "e2e-marker-job" 1
+before=$(kubectl get pods -l app=ticker -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | sort)
+kill -9 "$PROCNODE_PID"; wait "$PROCNODE_PID" 2>/dev/null || true
+sleep 8
+has_count "e2e-marker" 2 || fail "the Deployment's processes did not outlive procnode"
+has_count "e2e-marker-job" 0 || fail "the job should have finished while procnode was down"
+start_procnode
+wait_for "job/while-down to complete" 60 kubectl wait --for=condition=complete job/while-down --timeout=1s
+kubectl logs job/while-down | grep -q "finished while procnode was down" || fail "job output lost: $(kubectl logs job/while-down 2>&1)"
+after=$(kubectl get pods -l app=ticker -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | sort)
+[ "$before" = "$after" ] || fail "ticker pods changed: before [$before] after [$after]"
+restarts=$(kubectl get pods -l app=ticker -o jsonpath='{.items[*].status.containerStatuses[0].restartCount}')
+[ "$restarts" = "0 0" ] || fail "ticker restart counts: $restarts"
+has_count "e2e-marker" 2 || fail "ticker processes after the restart: $(count e2e-marker)"
+step "   same pods, not restarted; the job's exit and output kept"
+
+step "cleaning up"
+kubectl delete deployment ticker --wait=false >/dev/null
+kubectl delete job hello while-down --wait=false >/dev/null
+kubectl delete pod failing --wait=false >/dev/null
+wait_for "every pod to be gone" 60 bash -c '[ -z "$(kubectl get pods --no-headers 2>/dev/null)" ]'
+has_count "e2e-marker" 0 || fail "processes left after their pods were deleted"
+kill -TERM "$PROCNODE_PID"; wait "$PROCNODE_PID" || fail "procnode exited non-zero on SIGTERM"
+PROCNODE_PID=
+step "passed"
