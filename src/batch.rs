@@ -136,8 +136,7 @@ pub async fn run(path: &Path, config: Config) -> Result<i32, String> {
         pod["metadata"]["namespace"] = json!("default");
     }
     let state_dir = config.state_dir();
-    std::fs::create_dir_all(&state_dir)
-        .map_err(|e| format!("state dir {}: {e}", state_dir.display()))?;
+    crate::persist::prepare_state_dir(&state_dir).map_err(|e| e.to_string())?;
     let (runtime, _node) = crate::build(&config);
     let code = match job {
         None => run_pod(&runtime, pod).await,

@@ -69,12 +69,7 @@ where
     L::Addr: std::fmt::Debug,
 {
     let state_dir = config.state_dir();
-    std::fs::create_dir_all(&state_dir).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot create state dir {}: {e}", state_dir.display()),
-        )
-    })?;
+    persist::prepare_state_dir(&state_dir)?;
     let (runtime, node) = build(&config);
     let cgroups = runtime.settings().cgroups.clone();
     if cgroups.available() {

@@ -51,6 +51,25 @@ pub fn remove(base: &Path) -> io::Result<()> {
 }
 
 /// Writes `data` to `path` atomically: a temporary file beside it, fsync, rename.
+/// Creates the state directory with the modes procnode relies on: the directory itself and
+/// `pods/` traversable by everyone (0711: containers running as other users reach their pod's
+/// directory and volumes, but cannot list what is there), `records/`, `logs/` and `corrupt/`
+/// procnode's alone (0700: pod specs may hold secrets).
+pub fn prepare_state_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let with_mode = |d: &Path, mode: u32| -> io::Result<()> {
+        std::fs::create_dir_all(d)
+            .and_then(|_| std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)))
+            .map_err(|e| io::Error::new(e.kind(), format!("state dir {}: {e}", d.display())))
+    };
+    with_mode(dir, 0o711)?;
+    with_mode(&dir.join("pods"), 0o711)?;
+    for private in ["records", "logs", "corrupt"] {
+        with_mode(&dir.join(private), 0o700)?;
+    }
+    Ok(())
+}
+
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     write_replacing(path, data, true)
 }

@@ -95,8 +95,7 @@ pub async fn run(
     tracing::info!(api_server = %version, node = %node_name, "connected to the API server");
 
     let state_dir = config.state_dir();
-    std::fs::create_dir_all(&state_dir)
-        .map_err(|e| format!("cannot create state dir {}: {e}", state_dir.display()))?;
+    crate::persist::prepare_state_dir(&state_dir).map_err(|e| e.to_string())?;
     let objects = Arc::new(objects::ApiObjects::new(client.clone()));
     let (runtime, node) = crate::build_with(&config, Some(objects.clone()));
     for problem in runtime.restore().await {

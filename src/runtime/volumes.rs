@@ -203,8 +203,7 @@ fn prepare_one(
                     data,
                     cm.items.as_deref(),
                     optional,
-                    &cm.name,
-                    "ConfigMap",
+                    (&cm.name, "ConfigMap", p.default_mode),
                 )
                 .map_err(|m| missing_object(name, "configMap", m, objects.is_none()))?;
             } else if let Some(s) = &source.secret {
@@ -215,8 +214,7 @@ fn prepare_one(
                     data,
                     s.items.as_deref(),
                     optional,
-                    &s.name,
-                    "Secret",
+                    (&s.name, "Secret", p.default_mode),
                 )
                 .map_err(|m| missing_object(name, "secret", m, objects.is_none()))?;
             } else if source.service_account_token.is_some() {
@@ -242,8 +240,7 @@ fn prepare_one(
             data,
             s.items.as_deref(),
             optional,
-            &secret,
-            "Secret",
+            (&secret, "Secret", s.default_mode),
         )
         .map_err(|m| missing_object(name, "secret", m, objects.is_none()))?;
         return Ok(plain(own_dir));
@@ -256,8 +253,7 @@ fn prepare_one(
             data,
             cm.items.as_deref(),
             cm.optional == Some(true),
-            &cm.name,
-            "ConfigMap",
+            (&cm.name, "ConfigMap", cm.default_mode),
         )
         .map_err(|m| missing_object(name, "configMap", m, objects.is_none()))?;
         return Ok(plain(own_dir));
@@ -349,9 +345,10 @@ fn write_object(
     data: Option<BTreeMap<String, Vec<u8>>>,
     items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
     optional: bool,
-    object: &str,
-    kind: &str,
+    (object, kind, default_mode): (&str, &str, Option<i32>),
 ) -> Result<(), String> {
+    // The kubelet's default file mode for these volumes: 0644.
+    let file_mode = |m: Option<i32>| (m.or(default_mode).unwrap_or(0o644) & 0o777) as u32;
     let Some(data) = data else {
         return if optional {
             Ok(())
@@ -366,17 +363,24 @@ fn write_object(
                     .get(&item.key)
                     .ok_or_else(|| format!("{kind} {object:?} has no key {:?}", item.key))?;
                 let path = relative(&item.path).map_err(|e| format!("item path: {e}"))?;
-                write_file(&dir.join(path), value)?;
+                write_file_mode(&dir.join(path), value, file_mode(item.mode))?;
             }
         }
         _ => {
             for (key, value) in &data {
                 let path = relative(key).map_err(|e| format!("key: {e}"))?;
-                write_file(&dir.join(path), value)?;
+                write_file_mode(&dir.join(path), value, file_mode(None))?;
             }
         }
     }
     Ok(())
+}
+
+fn write_file_mode(path: &Path, content: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    write_file(path, content)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Writes downwardAPI items as files.
@@ -422,11 +426,17 @@ fn write_downward(
     Ok(())
 }
 
+/// Writes a file whole (a temporary file renamed over it), so that a refresh never shows a
+/// reader half a file.
 fn write_file(path: &Path, content: &[u8]) -> Result<(), String> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
-    std::fs::write(path, content).map_err(|e| format!("{}: {e}", path.display()))
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".procnode-tmp");
+    std::fs::write(&tmp, content)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn make_dir(dir: &Path, mode: u32) -> io::Result<()> {

@@ -29,6 +29,9 @@ BIN=$ROOT/target/debug/procnode
 CP=$ROOT/tests/e2e/control-plane.sh
 NODE=procnode-e2e
 STATE=$(mktemp -d)
+# Containers run as nobody: the directory above the state dir must let them through (procnode
+# makes the state dir itself 0711).
+chmod 711 "$STATE"
 LOG=$STATE/procnode.log
 PROCNODE_PID=
 step() { echo "e2e: $*"; }
@@ -92,6 +95,40 @@ kubectl apply -f examples/job.yaml >/dev/null
 wait_for "job/hello to complete" 60 kubectl wait --for=condition=complete job/hello --timeout=1s
 kubectl logs job/hello | grep -q "the answer is 42" || fail "kubectl logs job/hello: $(kubectl logs job/hello 2>&1)"
 step "   complete; logs: $(kubectl logs job/hello | tr '\n' '|')"
+
+step "2b. Secret and ConfigMap references: env, envFrom and volumes"
+kubectl create secret generic e2e-secret --from-literal=password=s3cret >/dev/null
+kubectl create configmap e2e-config --from-literal=mode=fast --from-literal=level=7 >/dev/null
+cat <<'EOF' | kubectl apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: configured, labels: {team: e2e}}
+spec:
+  restartPolicy: Never
+  nodeSelector: {type: virtual-kubelet}
+  tolerations: [{key: virtual-kubelet.io/provider, operator: Exists}]
+  volumes:
+  - {name: cfg, configMap: {name: e2e-config}}
+  - {name: sec, secret: {secretName: e2e-secret}}
+  - {name: info, downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}}
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'echo "env=$PASSWORD/$CFG_mode/$CFG_level files=$(cat $PROCNODE_VOLUME_CFG/mode)/$(cat $PROCNODE_VOLUME_SEC/password) labels=$(cat $PROCNODE_VOLUME_INFO/labels)"']
+    env:
+    - name: PASSWORD
+      valueFrom: {secretKeyRef: {name: e2e-secret, key: password}}
+    envFrom:
+    - {prefix: CFG_, configMapRef: {name: e2e-config}}
+    volumeMounts:
+    - {name: cfg, mountPath: /etc/e2e-config}
+    - {name: sec, mountPath: /etc/e2e-secret}
+    - {name: info, mountPath: /etc/e2e-info}
+EOF
+wait_for "pod/configured to succeed" 60 bash -c '[ "$(kubectl get pod configured -o jsonpath={.status.phase})" = Succeeded ]'
+out=$(kubectl logs configured)
+[ "$out" = 'env=s3cret/fast/7 files=fast/s3cret labels=team="e2e"' ] || fail "configured pod printed: $out"
+step "   $out"
 
 step "3. a Deployment scaled 1 -> 5 -> 0"
 # examples/deployment.yaml, each replica's shell marked for counting.
@@ -174,9 +211,24 @@ step "   same pods, not restarted; the job's exit and output kept"
 step "cleaning up"
 kubectl delete deployment ticker --wait=false >/dev/null
 kubectl delete job hello while-down --wait=false >/dev/null
-kubectl delete pod failing --wait=false >/dev/null
+kubectl delete pod failing configured --wait=false >/dev/null
 wait_for "every pod to be gone" 60 bash -c '[ -z "$(kubectl get pods --no-headers 2>/dev/null)" ]'
 has_count "e2e-marker" 0 || fail "processes left after their pods were deleted"
 kill -TERM "$PROCNODE_PID"; wait "$PROCNODE_PID" || fail "procnode exited non-zero on SIGTERM"
 PROCNODE_PID=
+step "7. an unauthorised or unreachable API server: clear errors, retries, no crash"
+sed -E 's/(token: *)[^} ]+/\1wrong-token/' "$KUBECONFIG" > "$STATE/bad-token.kubeconfig"
+sed 's#https://127.0.0.1:6443#https://127.0.0.1:1#' "$KUBECONFIG" > "$STATE/unreachable.kubeconfig"
+for kind in bad-token unreachable; do
+  "$BIN" node --kubeconfig "$STATE/$kind.kubeconfig" --node-name "$NODE-$kind" \
+    --state-dir "$STATE/$kind" --kubelet-port 0 >"$STATE/$kind.log" 2>&1 &
+  pid=$!
+  if [ $kind = bad-token ]; then want="unauthorised (401)"; else want="unreachable"; fi
+  wait_for "procnode to report $want" 30 grep -q "$want" "$STATE/$kind.log"
+  sleep 2
+  kill -0 "$pid" || fail "procnode ($kind) exited instead of retrying"
+  kill -TERM "$pid"; wait "$pid" || fail "procnode ($kind) exited non-zero on SIGTERM"
+  step "   $kind: $(grep -o "API server.*" "$STATE/$kind.log" | head -1 | cut -c1-140)"
+done
+
 step "passed"
