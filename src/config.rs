@@ -271,6 +271,11 @@ pub struct Config {
     #[arg(long, env = "PROCNODE_NODE_STATUS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub node_status_interval: Duration,
 
+    /// Node mode: how often Secret, ConfigMap and projected volumes are read again from the
+    /// API server (files change in place, as with the kubelet's periodic sync).
+    #[arg(long, env = "PROCNODE_OBJECT_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub object_refresh_interval: Duration,
+
     /// Log format of procnode's own logs on stderr.
     #[arg(long, env = "PROCNODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -118,6 +118,27 @@ pub async fn run(
         }
     });
 
+    // The web API too, when asked for (`--listen`): both front ends then share this runtime.
+    let web_api = match config.listen.clone() {
+        Some(crate::config::ListenAddr::Tcp(addr)) => {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let state = crate::api::AppState::new(runtime.clone(), node.clone(), &config)
+                .map_err(|e| e.to_string())?;
+            tracing::info!(addr = %addr, "serving the web API beside the node");
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(tcp, crate::api::router(state)).await {
+                    tracing::error!(error = %e, "web API stopped");
+                }
+            }))
+        }
+        Some(crate::config::ListenAddr::Unix(_)) => {
+            return Err("node mode serves the web API on TCP only".into());
+        }
+        None => None,
+    };
+
     let tasks = [
         tokio::spawn(node_object::run(
             client.clone(),
@@ -140,6 +161,9 @@ pub async fn run(
         t.abort();
     }
     kubelet_api.abort();
+    if let Some(w) = web_api {
+        w.abort();
+    }
     if config.keep_pods_on_exit && config.supervisor == crate::config::SupervisorMode::Shim {
         tracing::info!("leaving every pod running under its supervisor for the next procnode");
     } else {

@@ -59,6 +59,8 @@ pub struct Settings {
     pub volume_check_interval: Duration,
     /// Secret and ConfigMap contents, for a front end with API access (none in web mode).
     pub objects: Option<Arc<dyn volumes::ObjectSource>>,
+    /// How often volumes filled from `objects` are refreshed.
+    pub object_refresh_interval: Duration,
 }
 
 impl Settings {
@@ -97,6 +99,7 @@ impl Settings {
             },
             volume_check_interval: config.volume_check_interval,
             objects: None,
+            object_refresh_interval: config.object_refresh_interval,
         }
     }
 
@@ -619,7 +622,44 @@ async fn prepare_pod(
     if !watched.is_empty() {
         tokio::spawn(watch_volume_sizes(entry.clone(), settings.clone(), watched));
     }
+    let from_objects = entry.pod().spec.as_ref().is_some_and(|s| {
+        s.volumes
+            .iter()
+            .flatten()
+            .any(|v| v.secret.is_some() || v.config_map.is_some() || v.projected.is_some())
+    });
+    if settings.objects.is_some() && from_objects {
+        tokio::spawn(refresh_object_volumes(entry.clone(), settings.clone()));
+    }
     Ok(())
+}
+
+/// Rewrites the pod's Secret, ConfigMap and projected volumes every
+/// `object_refresh_interval` while the pod runs, so that a changed object reaches its files.
+async fn refresh_object_volumes(entry: Arc<PodEntry>, settings: Arc<Settings>) {
+    let mut tick = tokio::time::interval(settings.object_refresh_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = entry.wait_done() => return,
+            _ = tick.tick() => {}
+        }
+        let (e, s) = (entry.clone(), settings.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let pod = e.pod();
+            if let Err(err) = volumes::prepare(
+                &pod,
+                &s.pod_dir(&e),
+                &s.volumes,
+                &s.node,
+                s.objects.as_deref(),
+            ) {
+                tracing::warn!(pod = %e.key, error = %err, "cannot refresh the pod's volumes");
+            }
+        })
+        .await;
+    }
 }
 
 /// Evicts the pod when an emptyDir grows past its `sizeLimit`, as the kubelet's local storage

@@ -54,7 +54,8 @@ trap cleanup EXIT
 
 start_procnode() {
   "$BIN" node --node-name "$NODE" --node-ip 127.0.0.1 --state-dir "$STATE/state" \
-    --cgroup-parent procnode-e2e --backoff-initial 1s >>"$LOG" 2>&1 &
+    --cgroup-parent procnode-e2e --backoff-initial 1s --object-refresh-interval 2s \
+    --listen 127.0.0.1:13000 >>"$LOG" 2>&1 &
   PROCNODE_PID=$!
 }
 
@@ -129,6 +130,44 @@ wait_for "pod/configured to succeed" 60 bash -c '[ "$(kubectl get pod configured
 out=$(kubectl logs configured)
 [ "$out" = 'env=s3cret/fast/7 files=fast/s3cret labels=team="e2e"' ] || fail "configured pod printed: $out"
 step "   $out"
+
+step "2c. a changed ConfigMap reaches the files of a running pod"
+cat <<'EOF' | kubectl apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: watcher}
+spec:
+  nodeSelector: {type: virtual-kubelet}
+  tolerations: [{key: virtual-kubelet.io/provider, operator: Exists}]
+  volumes: [{name: cfg, configMap: {name: e2e-config}}]
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'while :; do cat $PROCNODE_VOLUME_CFG/mode; echo; sleep 0.5; done']
+    volumeMounts: [{name: cfg, mountPath: /etc/e2e-config}]
+EOF
+wait_for "pod/watcher to run" 60 kubectl wait --for=condition=Ready pod/watcher --timeout=1s
+kubectl patch configmap e2e-config -p '{"data":{"mode":"careful"}}' >/dev/null
+wait_for "the new value in the pod's output" 30 bash -c 'kubectl logs watcher | grep -q careful'
+step "   the pod read 'careful' without a restart"
+followed=$( (timeout 3 kubectl logs -f watcher --tail=1 || true) | wc -l)
+[ "$followed" -ge 3 ] || fail "kubectl logs -f gave $followed lines in 3 s"
+step "   kubectl logs -f streamed $followed lines in 3 s"
+summary=$(kubectl get --raw "/api/v1/nodes/$NODE/proxy/stats/summary")
+echo "$summary" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+w = [p for p in s["pods"] if p["podRef"]["name"] == "watcher"][0]
+assert s["node"]["nodeName"] and w["containers"][0]["memory"]["workingSetBytes"] > 0, s
+' || fail "stats/summary through the API server: $summary"
+step "   stats/summary through the API server's node proxy lists the pod's usage"
+
+step "2d. the web API (--listen) serves the same runtime"
+web=$(curl -fsS http://127.0.0.1:13000/getPods | python3 -c 'import json,sys; print(" ".join(sorted(p["metadata"]["name"] for p in json.load(sys.stdin))))')
+cluster=$(kubectl get pods --field-selector spec.nodeName=$NODE -o jsonpath='{.items[*].metadata.name}' | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//')
+[ "$web" = "$cluster" ] || fail "getPods [$web] vs the cluster [$cluster]"
+step "   getPods: $web"
+kubectl delete pod watcher configured --wait=false >/dev/null
 
 step "3. a Deployment scaled 1 -> 5 -> 0"
 # examples/deployment.yaml, each replica's shell marked for counting.
@@ -211,7 +250,7 @@ step "   same pods, not restarted; the job's exit and output kept"
 step "cleaning up"
 kubectl delete deployment ticker --wait=false >/dev/null
 kubectl delete job hello while-down --wait=false >/dev/null
-kubectl delete pod failing configured --wait=false >/dev/null
+kubectl delete pod failing --wait=false >/dev/null
 wait_for "every pod to be gone" 60 bash -c '[ -z "$(kubectl get pods --no-headers 2>/dev/null)" ]'
 has_count "e2e-marker" 0 || fail "processes left after their pods were deleted"
 kill -TERM "$PROCNODE_PID"; wait "$PROCNODE_PID" || fail "procnode exited non-zero on SIGTERM"
