@@ -150,7 +150,61 @@ impl ApiObjects {
     }
 }
 
+impl ApiObjects {
+    /// A bound token for `account` from the API server's TokenRequest.
+    pub async fn token(
+        &self,
+        ns: &str,
+        account: &str,
+        audience: Option<&str>,
+        expiration_seconds: Option<i64>,
+    ) -> Option<String> {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": audience.map(|a| vec![a.to_string()]).unwrap_or_default(),
+                "expirationSeconds": expiration_seconds.unwrap_or(3600),
+            }
+        }))
+        .ok()?;
+        match api
+            .create_subresource::<TokenRequest, TokenRequest>(
+                "token",
+                account,
+                &Default::default(),
+                &request,
+            )
+            .await
+        {
+            Ok(answer) => answer.status.map(|s| s.token),
+            Err(e) => {
+                tracing::warn!(namespace = ns, account, error = %e, "TokenRequest failed");
+                None
+            }
+        }
+    }
+}
+
 impl ObjectSource for ApiObjects {
+    fn service_account_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: Option<&str>,
+        expiration_seconds: Option<i64>,
+    ) -> Option<String> {
+        self.handle.block_on(self.token(
+            namespace,
+            service_account,
+            audience,
+            expiration_seconds,
+        ))
+    }
+
     fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         self.handle.block_on(self.secret_data(namespace, name))
     }

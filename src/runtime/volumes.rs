@@ -39,6 +39,16 @@ pub trait ObjectSource: Send + Sync + std::fmt::Debug {
     fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
     /// The ConfigMap's data (binaryData included), or `None` if it does not exist.
     fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+    /// A token for the service account (the API server's TokenRequest), or `None`.
+    fn service_account_token(
+        &self,
+        _namespace: &str,
+        _service_account: &str,
+        _audience: Option<&str>,
+        _expiration_seconds: Option<i64>,
+    ) -> Option<String> {
+        None
+    }
 }
 
 /// What the operator allows.
@@ -217,9 +227,31 @@ fn prepare_one(
                     (&s.name, "Secret", p.default_mode),
                 )
                 .map_err(|m| missing_object(name, "secret", m, objects.is_none()))?;
-            } else if source.service_account_token.is_some() {
-                // Tokens come from the API server's TokenRequest: only a front end with API
-                // access can fill them in; web mode leaves the file out.
+            } else if let Some(t) = &source.service_account_token {
+                // From the API server's TokenRequest: only a front end with API access can
+                // fill it in; web mode leaves the file out.
+                let account = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into());
+                let token = objects.and_then(|o| {
+                    o.service_account_token(
+                        namespace,
+                        &account,
+                        t.audience.as_deref(),
+                        t.expiration_seconds,
+                    )
+                });
+                if let Some(token) = token {
+                    let path = relative(&t.path).map_err(|e| setup(format!("token path: {e}")))?;
+                    let mode = (p.default_mode.unwrap_or(0o644) & 0o777) as u32;
+                    write_file_mode(&own_dir.join(path), token.as_bytes(), mode).map_err(setup)?;
+                } else if objects.is_some() {
+                    return Err(setup(format!(
+                        "no token for service account {account:?} (TokenRequest failed)"
+                    )));
+                }
             } else {
                 return Err(unsupported(name, "this projected source", ""));
             }

@@ -112,10 +112,16 @@ spec:
   - {name: cfg, configMap: {name: e2e-config}}
   - {name: sec, secret: {secretName: e2e-secret}}
   - {name: info, downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}}
+  - name: api-access
+    projected:
+      sources:
+      - serviceAccountToken: {path: token, expirationSeconds: 3600}
+      - configMap: {name: kube-root-ca.crt, optional: true, items: [{key: ca.crt, path: ca.crt}]}
+      - downwardAPI: {items: [{path: namespace, fieldRef: {fieldPath: metadata.namespace}}]}
   containers:
   - name: main
     image: busybox
-    command: [sh, -c, 'echo "env=$PASSWORD/$CFG_mode/$CFG_level files=$(cat $PROCNODE_VOLUME_CFG/mode)/$(cat $PROCNODE_VOLUME_SEC/password) labels=$(cat $PROCNODE_VOLUME_INFO/labels)"']
+    command: [sh, -c, 'echo "env=$PASSWORD/$CFG_mode/$CFG_level files=$(cat $PROCNODE_VOLUME_CFG/mode)/$(cat $PROCNODE_VOLUME_SEC/password) labels=$(cat $PROCNODE_VOLUME_INFO/labels) ns=$(cat $PROCNODE_VOLUME_API_ACCESS/namespace) token=$(cut -c1-3 $PROCNODE_VOLUME_API_ACCESS/token)"']
     env:
     - name: PASSWORD
       valueFrom: {secretKeyRef: {name: e2e-secret, key: password}}
@@ -125,10 +131,12 @@ spec:
     - {name: cfg, mountPath: /etc/e2e-config}
     - {name: sec, mountPath: /etc/e2e-secret}
     - {name: info, mountPath: /etc/e2e-info}
+    - {name: api-access, mountPath: /var/run/secrets/e2e-api-access}
 EOF
 wait_for "pod/configured to succeed" 60 bash -c '[ "$(kubectl get pod configured -o jsonpath={.status.phase})" = Succeeded ]'
 out=$(kubectl logs configured)
-[ "$out" = 'env=s3cret/fast/7 files=fast/s3cret labels=team="e2e"' ] || fail "configured pod printed: $out"
+# (A service-account token is a JWT: it starts with "eyJ".)
+[ "$out" = 'env=s3cret/fast/7 files=fast/s3cret labels=team="e2e" ns=default token=eyJ' ] || fail "configured pod printed: $out"
 step "   $out"
 
 step "2c. a changed ConfigMap reaches the files of a running pod"
