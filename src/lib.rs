@@ -107,6 +107,17 @@ where
         .with_graceful_shutdown(shutdown)
         .await?;
     notify_service_manager(&[sd_notify::NotifyState::Stopping]);
+    stop_pods_on_exit(&runtime, &config).await;
+    refresher.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    Ok(())
+}
+
+/// On the way out: stop every pod with its grace period, or with `--keep-pods-on-exit` (and
+/// supervisors) leave them running for the next procnode.
+pub(crate) async fn stop_pods_on_exit(runtime: &runtime::Runtime, config: &Config) {
     if config.keep_pods_on_exit && config.supervisor == config::SupervisorMode::Shim {
         tracing::info!("leaving every pod running under its supervisor for the next procnode");
     } else {
@@ -114,11 +125,6 @@ where
         runtime.shutdown().await;
         tracing::info!("all pods stopped");
     }
-    refresher.abort();
-    if let Some(w) = watchdog {
-        w.abort();
-    }
-    Ok(())
 }
 
 /// Tells systemd about a state change when it started procnode with `NOTIFY_SOCKET` (a no-op

@@ -164,13 +164,7 @@ pub async fn run(
     if let Some(w) = web_api {
         w.abort();
     }
-    if config.keep_pods_on_exit && config.supervisor == crate::config::SupervisorMode::Shim {
-        tracing::info!("leaving every pod running under its supervisor for the next procnode");
-    } else {
-        tracing::info!("stopping every pod");
-        runtime.shutdown().await;
-        tracing::info!("all pods stopped");
-    }
+    crate::stop_pods_on_exit(&runtime, &config).await;
     refresher.abort();
     Ok(())
 }

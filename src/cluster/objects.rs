@@ -197,12 +197,8 @@ impl ObjectSource for ApiObjects {
         audience: Option<&str>,
         expiration_seconds: Option<i64>,
     ) -> Option<String> {
-        self.handle.block_on(self.token(
-            namespace,
-            service_account,
-            audience,
-            expiration_seconds,
-        ))
+        self.handle
+            .block_on(self.token(namespace, service_account, audience, expiration_seconds))
     }
 
     fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
