@@ -232,3 +232,51 @@ async fn without_cgroups_the_node_says_limits_are_not_enforced() {
         .await;
     srv.stop().await;
 }
+
+/// With cgroups the stats Summary measures the container's cgroup: memory held by a process
+/// that left the process group (setsid) still counts.
+#[tokio::test]
+async fn stats_come_from_the_cgroup_and_include_processes_outside_the_group() {
+    let srv = Server::start(&[]).await;
+    let p = pod(
+        "escaped-hog",
+        &sh("setsid sh -c 'x=$(head -c 33554432 /dev/zero | tr \"\\0\" a); echo held; sleep 300 & wait' & exec sleep 300"),
+        "Always",
+    );
+    assert_eq!(srv.create(&p).await.status(), 201);
+    srv.wait_status("escaped-hog", "Running", |s| phase(s) == "Running")
+        .await;
+    wait_until(
+        "the escapee holds its memory",
+        Duration::from_secs(20),
+        || async {
+            let (_, logs) = srv.logs("escaped-hog", "main", "").await;
+            logs.contains("held").then_some(())
+        },
+    )
+    .await;
+    let summary: Value = srv
+        .http
+        .get(srv.url("/getStatsSummary"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pod = summary["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == "escaped-hog")
+        .unwrap();
+    let ws = pod["containers"][0]["memory"]["workingSetBytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        ws > 32 << 20,
+        "the cgroup holds the escapee's 32 MiB, stats say {ws}"
+    );
+    assert_eq!(srv.delete(&p).await.status(), 200);
+    srv.stop().await;
+}

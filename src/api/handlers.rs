@@ -377,9 +377,8 @@ pub async fn operating_system() -> &'static str {
 
 /// The kubelet's stats Summary (`/stats/summary` shape), measured from the pods' process groups.
 pub async fn stats_summary(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let pods = s.runtime.stat_refs();
-    let node = s.node.clone();
-    let summary = tokio::task::spawn_blocking(move || node.stats_summary(&pods))
+    let (runtime, node) = (s.runtime.clone(), s.node.clone());
+    let summary = tokio::task::spawn_blocking(move || node.stats_summary(&runtime.stat_refs()))
         .await
         .map_err(|e| ApiError::Internal(format!("stats task: {e}")))?;
     Ok(json(StatusCode::OK, summary.to_string()))

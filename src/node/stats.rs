@@ -1,6 +1,8 @@
 //! The kubelet's stats Summary (`/stats/summary` shape) measured from the real process trees.
 //!
-//! Without a cgroup per pod, a container is its process group: one pass over `/proc` reads
+//! A container with a cgroup is measured from it (CPU of every process that ever ran in it,
+//! working set = memory less inactive file cache, RSS = anonymous memory). Without one, a
+//! container is its process group: one pass over `/proc` reads
 //! every process's group, CPU ticks and resident memory, and sums them per group. CPU rates
 //! (`usageNanoCores`) come from the difference to the previous call; the first time a container
 //! is seen its rate is its average since it started. What this cannot see: processes that left
@@ -22,6 +24,8 @@ pub struct ContainerRef {
     pub started_at: Timestamp,
     /// Its process group (the pid of its first process).
     pub pgid: i32,
+    /// Its cgroup's figures, when it has a cgroup (preferred over the process group's).
+    pub cgroup: Option<crate::runtime::cgroup::CgroupUsage>,
 }
 
 /// One pod as the runtime knows it.
@@ -39,7 +43,9 @@ pub struct PodRef {
 pub struct GroupUsage {
     /// CPU time of the live processes and of the children they have waited for.
     pub cpu_ns: u64,
-    /// Resident memory.
+    /// Memory in use (resident memory, or the cgroup's usage).
+    pub usage_bytes: u64,
+    /// Working set: resident memory, or the cgroup's usage less inactive file cache.
     pub rss_bytes: u64,
     /// Resident memory not backed by files (anonymous).
     pub anon_bytes: u64,
@@ -88,7 +94,7 @@ impl StatsCollector {
         let time = now.to_string();
         let cpu = |nano_cores: u64, total: u64| json!({"time": time, "usageNanoCores": nano_cores, "usageCoreNanoSeconds": total});
         let memory = |u: &GroupUsage| {
-            json!({"time": time, "usageBytes": u.rss_bytes, "workingSetBytes": u.rss_bytes,
+            json!({"time": time, "usageBytes": u.usage_bytes, "workingSetBytes": u.rss_bytes,
                    "rssBytes": u.anon_bytes})
         };
 
@@ -98,11 +104,21 @@ impl StatsCollector {
             let mut total_rate = 0u64;
             let mut containers = Vec::new();
             for c in &pod.containers {
-                let usage = groups.get(&c.pgid).copied().unwrap_or_default();
+                let usage = match c.cgroup {
+                    Some(cg) => GroupUsage {
+                        cpu_ns: cg.cpu_ns,
+                        usage_bytes: cg.memory_bytes,
+                        rss_bytes: cg.working_set_bytes,
+                        anon_bytes: cg.rss_bytes,
+                        processes: 0,
+                    },
+                    None => groups.get(&c.pgid).copied().unwrap_or_default(),
+                };
                 let key = (pod.uid.clone(), c.name.clone(), c.pgid);
                 let nano_cores = rate(key, usage.cpu_ns, Some(c.started_at));
                 total.cpu_ns += usage.cpu_ns;
                 total.rss_bytes += usage.rss_bytes;
+                total.usage_bytes += usage.usage_bytes;
                 total.anon_bytes += usage.anon_bytes;
                 total_rate += nano_cores;
                 containers.push(json!({
@@ -198,6 +214,7 @@ pub fn scan_groups(proc: &Path) -> HashMap<i32, GroupUsage> {
         let g = groups.entry(s.pgrp).or_default();
         g.cpu_ns += s.cpu_ticks * 1_000_000_000 / ticks;
         g.rss_bytes += resident * page;
+        g.usage_bytes += resident * page;
         g.anon_bytes += resident.saturating_sub(shared) * page;
         g.processes += 1;
     }

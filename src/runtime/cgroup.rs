@@ -37,6 +37,18 @@ pub enum CgroupMode {
     Off,
 }
 
+/// What a container's cgroup has used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupUsage {
+    /// CPU time of every process that ran in it, exited ones included.
+    pub cpu_ns: u64,
+    pub memory_bytes: u64,
+    /// Memory less inactive file cache (the kubelet's working set).
+    pub working_set_bytes: u64,
+    /// Anonymous memory.
+    pub rss_bytes: u64,
+}
+
 /// What a container asks for (from `resources`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -230,6 +242,58 @@ impl Cgroups {
                     apply_v1(controller, dir, limits)?;
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// CPU and memory of the container's current cgroup, or `None` without cgroups (or when
+    /// a figure is missing). Blocking.
+    pub fn usage(&self, pod: &str, container: &str) -> Option<CgroupUsage> {
+        let layout = self.layout.as_ref()?;
+        let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+        let stat = |text: &str, key: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        match layout {
+            Layout::V2 { pods, .. } => {
+                let dir = pods.join(pod).join(container);
+                let cpu = read(dir.join("cpu.stat"))?;
+                let memory = read(dir.join("memory.stat"))?;
+                let current: u64 = read(dir.join("memory.current"))?.trim().parse().ok()?;
+                Some(CgroupUsage {
+                    cpu_ns: stat(&cpu, "usage_usec")? * 1000,
+                    memory_bytes: current,
+                    working_set_bytes: current
+                        .saturating_sub(stat(&memory, "inactive_file").unwrap_or(0)),
+                    rss_bytes: stat(&memory, "anon").unwrap_or(0),
+                })
+            }
+            Layout::V1 { pods } => {
+                let dir = |c: &str| {
+                    pods.iter()
+                        .find(|(name, _)| *name == c)
+                        .map(|(_, d)| d.join(pod).join(container))
+                };
+                let cpuacct = dir("cpuacct").or_else(|| dir("cpu"))?;
+                let cpu_ns: u64 = read(cpuacct.join("cpuacct.usage"))?.trim().parse().ok()?;
+                let mem = dir("memory")?;
+                let usage: u64 = read(mem.join("memory.usage_in_bytes"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                let memory = read(mem.join("memory.stat"))?;
+                let inactive = stat(&memory, "total_inactive_file")
+                    .or_else(|| stat(&memory, "inactive_file"))
+                    .unwrap_or(0);
+                Some(CgroupUsage {
+                    cpu_ns,
+                    memory_bytes: usage,
+                    working_set_bytes: usage.saturating_sub(inactive),
+                    rss_bytes: stat(&memory, "total_rss")
+                        .or_else(|| stat(&memory, "rss"))
+                        .unwrap_or(0),
+                })
             }
         }
     }
@@ -455,7 +519,7 @@ fn setup_v2_in(base: &Path, parent: &str) -> io::Result<Layout> {
 fn setup_v1(parent: &str) -> io::Result<Layout> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut pods = Vec::new();
-    for controller in ["memory", "pids", "cpu", "freezer"] {
+    for controller in ["memory", "pids", "cpu", "cpuacct", "freezer"] {
         // mountinfo: ... MOUNT_POINT ... - cgroup SOURCE SUPER_OPTIONS
         let mount = mountinfo.lines().find_map(|line| {
             let (left, right) = line.split_once(" - ")?;
@@ -477,6 +541,10 @@ fn setup_v1(parent: &str) -> io::Result<Layout> {
         };
         let own = own_path(|c| c.split(',').any(|x| x == controller)).unwrap_or_default();
         let dir = under(&mount, &own).join(parent);
+        // Controllers mounted together (cpu,cpuacct) share one directory.
+        if pods.iter().any(|(_, d)| *d == dir) {
+            continue;
+        }
         make_dir(&dir)?;
         pods.push((controller, dir));
     }
@@ -539,6 +607,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.oom_kills("podu1", "main"), 1);
+        std::fs::write(
+            b.join("pods/podu1/main/cpu.stat"),
+            "usage_usec 2500\nuser_usec 2000\n",
+        )
+        .unwrap();
+        std::fs::write(b.join("pods/podu1/main/memory.current"), "10485760\n").unwrap();
+        std::fs::write(
+            b.join("pods/podu1/main/memory.stat"),
+            "anon 4194304\nfile 6291456\ninactive_file 2097152\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.usage("podu1", "main"),
+            Some(CgroupUsage {
+                cpu_ns: 2_500_000,
+                memory_bytes: 10 << 20,
+                working_set_bytes: 8 << 20,
+                rss_bytes: 4 << 20,
+            })
+        );
         // A resize that lifts the limits writes "max".
         c.resize_container("podu1", "main", &Limits::default())
             .unwrap();

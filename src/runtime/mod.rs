@@ -196,33 +196,46 @@ impl Runtime {
         self.store.list()
     }
 
-    /// Every pod with its running containers' process groups, for the stats Summary.
+    /// Every pod with its running containers' process groups and cgroup figures, for the
+    /// stats Summary. Blocking (reads cgroup files).
     pub fn stat_refs(&self) -> Vec<crate::node::stats::PodRef> {
         self.store
             .list()
             .iter()
             .map(|entry| {
-                let state = entry.state.lock().expect("state lock");
-                let containers = state
-                    .init
-                    .iter()
-                    .chain(state.containers.iter())
-                    .filter_map(|c| match (&c.state, c.pid) {
-                        (status::ContainerState::Running { started_at }, Some(pgid)) => {
-                            Some(crate::node::stats::ContainerRef {
-                                name: c.name.clone(),
-                                started_at: *started_at,
-                                pgid,
-                            })
-                        }
-                        _ => None,
-                    })
+                // What runs, under the lock; the cgroup files are read after it.
+                let (start_time, running) = {
+                    let state = entry.state.lock().expect("state lock");
+                    let running: Vec<(String, Timestamp, i32)> = state
+                        .init
+                        .iter()
+                        .chain(state.containers.iter())
+                        .filter_map(|c| match (&c.state, c.pid) {
+                            (status::ContainerState::Running { started_at }, Some(pgid)) => {
+                                Some((c.name.clone(), *started_at, pgid))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    (state.start_time, running)
+                };
+                let pod_cgroup = self.settings.pod_cgroup(entry);
+                let containers = running
+                    .into_iter()
+                    .map(
+                        |(name, started_at, pgid)| crate::node::stats::ContainerRef {
+                            cgroup: self.settings.cgroups.usage(&pod_cgroup, &name),
+                            name,
+                            started_at,
+                            pgid,
+                        },
+                    )
                     .collect();
                 crate::node::stats::PodRef {
                     name: entry.key.name.clone(),
                     namespace: entry.key.namespace.clone(),
                     uid: entry.uid.clone(),
-                    start_time: state.start_time,
+                    start_time,
                     containers,
                 }
             })
