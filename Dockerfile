@@ -3,7 +3,7 @@
 # Stage 1 builds a release binary; stage 2 is a slim Debian with the shell and coreutils that
 # pods' commands usually expect (pods run inside this container unless hostPID/host mounts are
 # used), plus procps for `ps` in debugging sessions.
-FROM rust:1.88-bookworm AS build
+FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
