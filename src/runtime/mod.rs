@@ -442,7 +442,12 @@ impl Runtime {
         let (before, after) = (containers(&old), containers(&new.pod));
         let labels_changed = old.metadata.labels != new.pod.metadata.labels
             || old.metadata.annotations != new.pod.metadata.annotations;
+        let had_deadline = has_deadline(&entry);
         entry.set_pod(new.pod);
+        if !had_deadline && has_deadline(&entry) && !entry.is_done() {
+            // A deadline set by this update: watch it from now on.
+            tokio::spawn(enforce_deadline(entry.clone(), self.settings.clone()));
+        }
         let mut resized = false;
         for (idx, (b, a)) in before.iter().zip(after.iter()).enumerate() {
             if b.image != a.image {
@@ -718,6 +723,14 @@ async fn watch_volume_sizes(
     }
 }
 
+fn has_deadline(entry: &PodEntry) -> bool {
+    entry
+        .pod()
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.active_deadline_seconds.is_some())
+}
+
 /// `activeDeadlineSeconds`: once the pod has been active that long, it is stopped and Failed
 /// with reason `DeadlineExceeded`, as the kubelet does. Ends early when the pod finishes.
 async fn enforce_deadline(entry: Arc<PodEntry>, settings: Arc<Settings>) {
@@ -811,7 +824,9 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, restored: bool) 
         st.start_time.get_or_insert_with(Timestamp::now);
         (st.init.len(), st.containers.len(), st.restart_policy)
     };
-    tokio::spawn(enforce_deadline(entry.clone(), settings.clone()));
+    if has_deadline(&entry) {
+        tokio::spawn(enforce_deadline(entry.clone(), settings.clone()));
+    }
     if let Err(e) = prepare_pod(&entry, &settings).await {
         tracing::warn!(pod = %entry.key, error = %e, "the pod's volumes cannot be set up");
         {
