@@ -28,7 +28,7 @@ pub enum ConfigError {
     ResourceContainer { var: String, container: String },
     #[error("env {var}: invalid quantity: {detail}")]
     Quantity { var: String, detail: String },
-    #[error("env {var}: {kind} references must be resolved before the pod reaches procnode")]
+    #[error("env {var}: the {kind} reference could not be resolved (the object or key does not exist, or, in web mode, Virtual Kubelet did not resolve it)")]
     Unresolved { var: String, kind: &'static str },
 }
 
