@@ -351,3 +351,41 @@ async fn with_keep_pods_on_exit_an_upgrade_leaves_pods_running() {
     assert!(group_members(pid).0.is_empty());
     b.terminate().await;
 }
+
+/// A container taken back after a restart of procnode does not run its postStart hook again
+/// (the kubelet runs it once per container start).
+#[tokio::test]
+async fn post_start_hooks_run_once_per_start_not_per_procnode() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    let trail = marks.path().join("post-start");
+    let mut p = pod("hooked", &["sleep", "300"], "Always");
+    p["spec"]["containers"][0]["lifecycle"] = json!({"postStart": {"exec": {"command":
+        ["sh", "-c", format!("echo ran >> {}", trail.display())]}}});
+    let a = Procnode::start(dir.path(), &[]);
+    assert_eq!(a.post("/createPod", &p).await, 201);
+    let s = a
+        .wait_status("hooked", "running", |s| phase(s) == "Running")
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    wait_until("the hook ran", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&trail)
+            .ok()
+            .filter(|t| t == "ran\n")
+    })
+    .await;
+    a.kill9().await;
+    let b = Procnode::start(dir.path(), &[]);
+    let s = b
+        .wait_status("hooked", "re-attached", |s| phase(s) == "Running")
+        .await;
+    assert_eq!(container_pid(&s, "main"), Some(pid));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        std::fs::read_to_string(&trail).unwrap(),
+        "ran\n",
+        "not run again"
+    );
+    assert_eq!(b.delete(&p).await, 200);
+    b.terminate().await;
+}

@@ -101,8 +101,16 @@ pub async fn supervise(
                     c.container_id = Some(container_id.clone());
                 });
                 let probes = exec_context(&entry, idx, &settings);
-                let (end, probe_failure, changed) =
-                    run(&mut sup, &entry, idx, &mut stop, &settings, probes).await;
+                let (end, probe_failure, changed) = run(
+                    &mut sup,
+                    &entry,
+                    idx,
+                    &mut stop,
+                    &settings,
+                    probes,
+                    taking_back,
+                )
+                .await;
                 redefined = changed;
                 let termination = match end {
                     Event::Exited(e) => {
@@ -410,6 +418,7 @@ async fn run(
     stop: &mut watch::Receiver<Option<Duration>>,
     settings: &Settings,
     probes: Option<probe::ExecContext>,
+    resumed: bool,
 ) -> (Event, Option<String>, bool) {
     let grace = super::grace_period(entry, settings, None);
     let container = entry.container_spec(idx);
@@ -427,8 +436,9 @@ async fn run(
     };
     tokio::pin!(probing);
     let mut probe_failure: Option<String> = None;
-    // postStart runs beside the process; if it fails the run is stopped.
-    let mut post_start = ctx.clone().and_then(|ctx| {
+    // postStart runs beside the process; if it fails the run is stopped. A run taken back
+    // after a restart of procnode had its hook already (the kubelet does not run it again).
+    let mut post_start = ctx.clone().filter(|_| !resumed).and_then(|ctx| {
         probe::hook(
             &container,
             probe::Hook::PostStart,
