@@ -299,8 +299,18 @@ async fn hanging_hooks_and_unknown_users_end_in_precise_states() {
     }
     srv.wait_status("hang-pre", "Running", |s| phase(s) == "Running")
         .await;
-    srv.wait_status("hang-post", "Running", |s| phase(s) == "Running")
+    // While postStart runs the kubelet reports the container as ContainerCreating and the pod
+    // as Pending, though its process runs.
+    let s = srv
+        .wait_status("hang-post", "started, hook running", |s| {
+            container(s, "main")["containerID"].is_string()
+        })
         .await;
+    assert_eq!(phase(&s), "Pending", "{s}");
+    assert_eq!(
+        container(&s, "main")["state"]["waiting"]["reason"],
+        "ContainerCreating"
+    );
     for p in [&pre, &post] {
         // Answers once no process of the pod is left (grace 1 s; 2 s more after a hook).
         assert_eq!(srv.delete(p).await.status(), 200);

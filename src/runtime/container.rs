@@ -92,8 +92,14 @@ pub async fn supervise(
                     probe::has(&spec, probe::Kind::Readiness),
                     probe::has(&spec, probe::Kind::Startup),
                 );
+                let post_start = !taking_back
+                    && spec
+                        .lifecycle
+                        .as_ref()
+                        .is_some_and(|l| l.post_start.is_some());
                 entry.update_container(idx, |c| {
                     c.state = ContainerState::Running { started_at };
+                    c.post_start_pending = post_start;
                     // Without a readiness (startup) probe a running container is ready (started).
                     c.ready = !probed_ready;
                     c.started = !probed_start;
@@ -506,6 +512,7 @@ async fn run(
             }
             result = async { post_start.as_mut().expect("guarded").await }, if post_start.is_some() => {
                 post_start = None;
+                entry.update_container(idx, |c| c.post_start_pending = false);
                 if let Err(reason) = result {
                     if kill_at.is_none() && pre_stop.is_none() && probe_failure.is_none() {
                         tracing::info!(pod = %entry.key, container = idx, %reason, "stopping container");

@@ -166,6 +166,9 @@ pub struct ContainerStatus {
     pub container_id: Option<String>,
     /// The supervisor of the current run, while it runs.
     pub supervisor: Option<String>,
+    /// The run's postStart hook has not finished yet: the kubelet reports such a container as
+    /// waiting (ContainerCreating) and its pod as Pending.
+    pub post_start_pending: bool,
 }
 
 impl ContainerStatus {
@@ -184,10 +187,27 @@ impl ContainerStatus {
             pid: None,
             container_id: None,
             supervisor: None,
+            post_start_pending: false,
         }
     }
 
     fn to_k8s(&self) -> k8s::ContainerStatus {
+        let running = matches!(self.state, ContainerState::Running { .. });
+        if running && self.post_start_pending {
+            return k8s::ContainerStatus {
+                state: Some(state_to_k8s(&ContainerState::Waiting {
+                    reason: reason::CONTAINER_CREATING,
+                    message: None,
+                })),
+                ready: false,
+                started: Some(false),
+                ..self.with_state_of_run()
+            };
+        }
+        self.with_state_of_run()
+    }
+
+    fn with_state_of_run(&self) -> k8s::ContainerStatus {
         let running = matches!(self.state, ContainerState::Running { .. });
         k8s::ContainerStatus {
             name: self.name.clone(),
@@ -420,6 +440,13 @@ impl PodState {
         let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
         for c in &self.containers {
             match &c.state {
+                ContainerState::Running { .. } if c.post_start_pending => {
+                    if c.last_termination.is_some() {
+                        stopped += 1
+                    } else {
+                        waiting += 1
+                    }
+                }
                 ContainerState::Running { .. } => running += 1,
                 ContainerState::Terminated(t) => {
                     stopped += 1;
@@ -552,6 +579,22 @@ mod tests {
         ContainerState::Running {
             started_at: Timestamp::UNIX_EPOCH,
         }
+    }
+
+    #[test]
+    fn a_container_in_its_post_start_hook_is_creating_and_its_pod_pending() {
+        let mut p = pod(RestartPolicy::Always, vec![running()]);
+        p.containers[0].post_start_pending = true;
+        p.refresh(Timestamp::now());
+        assert_eq!(p.phase(), Phase::Pending);
+        let k = p.containers[0].to_k8s();
+        let waiting = k.state.unwrap().waiting.unwrap();
+        assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
+        assert!(!k.ready);
+        p.containers[0].post_start_pending = false;
+        p.refresh(Timestamp::now());
+        assert_eq!(p.phase(), Phase::Running);
+        assert!(p.containers[0].to_k8s().state.unwrap().running.is_some());
     }
 
     #[test]
