@@ -53,7 +53,7 @@ async fn an_empty_dir_is_shared_by_the_pods_containers_and_private_to_them() {
             (
                 "writer",
                 &format!(
-                    "echo hello > {m}/note; echo $PROCNODE_VOLUME_SCRATCH; ls -l {}",
+                    "echo hello > {m}/.note; mv {m}/.note {m}/note; echo $PROCNODE_VOLUME_SCRATCH; ls -l {}",
                     m.trim_start_matches('/')
                 ),
                 json!([{"name": "scratch", "mountPath": m}]),
