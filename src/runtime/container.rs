@@ -558,10 +558,7 @@ async fn run(
             .cgroups
             .container_dirs(&settings.pod_cgroup(entry), &entry.container_spec(idx).name);
         if !dirs.is_empty() {
-            let _ = tokio::task::spawn_blocking(move || {
-                dirs.iter().for_each(|d| process::kill_cgroup(d))
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || process::kill_cgroups(&dirs)).await;
         }
     }
     // The supervisor has ended what was left of the process group; collect the output still

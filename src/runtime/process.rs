@@ -474,15 +474,39 @@ pub fn signal_group(pgid: i32, sig: Signal) -> bool {
     }
 }
 
+/// SIGKILLs every process in the cgroups `dirs` (one per hierarchy) and their descendants:
+/// `cgroup.kill` where the kernel has it (v2); with cgroup v1 the freezer hierarchy's directory
+/// (if there is one) goes first, frozen while its processes are signalled so that none can
+/// fork meanwhile. Blocking.
+pub fn kill_cgroups(dirs: &[PathBuf]) {
+    let mut ordered: Vec<&PathBuf> = dirs.iter().collect();
+    ordered.sort_by_key(|d| !d.join("freezer.state").exists());
+    for dir in ordered {
+        kill_cgroup(dir);
+    }
+}
+
 /// SIGKILLs every process in the cgroup `dir` and its descendants until none is left (or a
 /// second has passed): `cgroup.kill` where the kernel has it (v2), else each pid of
-/// `cgroup.procs`, repeatedly, since a forking process may add more. Blocking.
+/// `cgroup.procs`, repeatedly, since a forking process may add more (a v1 freezer directory is
+/// frozen first and thawed after, so that the signals are delivered). Blocking.
 pub fn kill_cgroup(dir: &Path) {
     let kill_file = dir.join("cgroup.kill");
     if kill_file.exists() && std::fs::write(&kill_file, "1").is_ok() {
         return;
     }
-    for _ in 0..100 {
+    let freezer = dir.join("freezer.state");
+    let frozen = freezer.exists() && std::fs::write(&freezer, "FROZEN").is_ok();
+    if frozen {
+        for _ in 0..100 {
+            match std::fs::read_to_string(&freezer) {
+                Ok(state) if state.trim() == "FROZEN" => break,
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Err(_) => break,
+            }
+        }
+    }
+    for round in 0..100 {
         let mut any = false;
         let mut dirs = vec![dir.to_path_buf()];
         while let Some(d) = dirs.pop() {
@@ -501,10 +525,17 @@ pub fn kill_cgroup(dir: &Path) {
                 );
             }
         }
+        // Frozen processes die once thawed: thaw after the first round of signals.
+        if frozen && round == 0 {
+            let _ = std::fs::write(&freezer, "THAWED");
+        }
         if !any {
-            return;
+            break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if frozen {
+        let _ = std::fs::write(&freezer, "THAWED");
     }
 }
 

@@ -157,9 +157,7 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
                     // rest of its process group.
                     process::signal_group(pid, Signal::SIGKILL);
                     // And what left the group but not the container's cgroup (setsid).
-                    for dir in &spec.cgroups {
-                        process::kill_cgroup(dir);
-                    }
+                    process::kill_cgroups(&spec.cgroups);
                     let e = Exited {
                         status,
                         finished_ns: crate::logs::now_ns(),
