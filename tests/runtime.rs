@@ -589,8 +589,12 @@ async fn active_deadline_stops_the_pod_and_fails_it() {
         .wait_status("deadline", "Running", |s| phase(s) == "Running")
         .await;
     let pgid = container_pid(&s, "main").unwrap();
+    // The pod is Failed as soon as the deadline passes; its container a moment later, once
+    // stopped.
     let s = srv
-        .wait_status("deadline", "Failed", |s| phase(s) == "Failed")
+        .wait_status("deadline", "Failed and stopped", |s| {
+            phase(s) == "Failed" && container(s, "main")["state"]["terminated"].is_object()
+        })
         .await;
     assert_eq!(s["reason"], "DeadlineExceeded");
     assert!(s["message"].as_str().unwrap().contains("deadline"));

@@ -285,7 +285,9 @@ async fn an_empty_dir_over_its_size_limit_evicts_the_pod() {
     );
     assert_eq!(srv.create(&p).await.status(), 201);
     let s = srv
-        .wait_status("grower", "Failed", |s| phase(s) == "Failed")
+        .wait_status("grower", "Failed and stopped", |s| {
+            phase(s) == "Failed" && container(s, "main")["state"]["terminated"].is_object()
+        })
         .await;
     assert_eq!(s["reason"], "Evicted");
     assert_eq!(
