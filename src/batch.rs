@@ -143,6 +143,9 @@ pub async fn run(path: &Path, config: Config) -> Result<i32, String> {
         Some(job) => run_job(&runtime, &config, pod, &job).await,
     };
     let _ = std::fs::remove_dir_all(&state_dir);
+    // The pods' cgroups went with them; the parent too if no other procnode uses it.
+    let cgroups = runtime.settings().cgroups.clone();
+    let _ = tokio::task::spawn_blocking(move || cgroups.remove_parent_if_empty()).await;
     code
 }
 
