@@ -305,6 +305,22 @@ impl PodEntry {
         r
     }
 
+    /// Fails the pod with `reason` and `message` (the kubelet's pod-level failures: a deadline,
+    /// an eviction, volumes that cannot be set up), unless `keep_terminal` and it has already
+    /// ended. Returns whether it was failed.
+    pub fn fail(&self, reason: &str, message: String, keep_terminal: bool) -> bool {
+        {
+            let mut st = self.state.lock().expect("state lock");
+            if keep_terminal && st.phase().is_terminal() {
+                return false;
+            }
+            st.failure = Some((reason.to_string(), message));
+            st.refresh(k8s_openapi::jiff::Timestamp::now());
+        }
+        self.status_changed();
+        true
+    }
+
     /// Tells whoever follows [`PodEntry::status_changes`] that the state may have changed.
     pub fn status_changed(&self) {
         self.status_version.send_modify(|v| *v += 1);

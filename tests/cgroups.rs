@@ -11,15 +11,7 @@ use serde_json::{json, Value};
 use support::{container, container_pid, phase, pod, sh, wait_until, Server};
 
 async fn node_condition(srv: &Server) -> Value {
-    let conds: Value = srv
-        .http
-        .get(srv.url("/nodeConditions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conds = srv.get_json("/nodeConditions").await;
     conds
         .as_array()
         .unwrap()
@@ -255,15 +247,7 @@ async fn stats_come_from_the_cgroup_and_include_processes_outside_the_group() {
         },
     )
     .await;
-    let summary: Value = srv
-        .http
-        .get(srv.url("/getStatsSummary"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let summary = srv.get_json("/getStatsSummary").await;
     let pod = summary["pods"]
         .as_array()
         .unwrap()

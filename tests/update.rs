@@ -25,14 +25,8 @@ async fn update(srv: &Server, p: &Value) -> (u16, Value) {
 }
 
 async fn get_pod(srv: &Server, name: &str) -> Value {
-    srv.http
-        .get(srv.url(&format!("/getPod?namespace=default&name={name}")))
-        .send()
+    srv.get_json(&format!("/getPod?namespace=default&name={name}"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 fn two_containers(name: &str, policy: &str) -> Value {

@@ -172,13 +172,18 @@ impl StatsCollector {
     }
 }
 
-/// Usage per process group, from one pass over `proc` (a `/proc`-like directory).
-pub fn scan_groups(proc: &Path) -> HashMap<i32, GroupUsage> {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+/// Clock ticks per second, the unit of CPU times in `/proc`.
+fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .filter(|&t| t > 0)
-        .unwrap_or(100) as u64;
+        .unwrap_or(100) as u64
+}
+
+/// Usage per process group, from one pass over `proc` (a `/proc`-like directory).
+pub fn scan_groups(proc: &Path) -> HashMap<i32, GroupUsage> {
+    let ticks = clock_ticks();
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
@@ -254,11 +259,7 @@ struct HostUsage {
 
 /// Busy CPU time of the whole host (`/proc/stat`) and its memory (`/proc/meminfo`).
 fn host_usage() -> HostUsage {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|&t| t > 0)
-        .unwrap_or(100) as u64;
+    let ticks = clock_ticks();
     let busy_ticks = std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| {

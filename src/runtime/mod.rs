@@ -705,18 +705,11 @@ async fn watch_volume_sizes(
         let Some((name, _, _, limit)) = over else {
             continue;
         };
-        {
-            let mut st = entry.state.lock().expect("state lock");
-            if st.phase().is_terminal() {
-                return;
-            }
-            st.failure = Some((
-                "Evicted".into(),
-                format!("Usage of EmptyDir volume \"{name}\" exceeds the limit \"{limit}\". "),
-            ));
-            st.refresh(Timestamp::now());
+        let message =
+            format!("Usage of EmptyDir volume \"{name}\" exceeds the limit \"{limit}\". ");
+        if !entry.fail("Evicted", message, true) {
+            return;
         }
-        entry.status_changed();
         tracing::info!(pod = %entry.key, volume = %name, "emptyDir over its sizeLimit; evicting the pod");
         entry.request_stop(Duration::ZERO);
         return;
@@ -768,18 +761,10 @@ async fn enforce_deadline(entry: Arc<PodEntry>, settings: Arc<Settings>) {
             _ = expired => break,
         }
     }
-    {
-        let mut st = entry.state.lock().expect("state lock");
-        if st.phase().is_terminal() {
-            return;
-        }
-        st.failure = Some((
-            "DeadlineExceeded".into(),
-            "Pod was active on the node longer than the specified deadline".into(),
-        ));
-        st.refresh(Timestamp::now());
+    let message = "Pod was active on the node longer than the specified deadline".to_string();
+    if !entry.fail("DeadlineExceeded", message, true) {
+        return;
     }
-    entry.status_changed();
     tracing::info!(pod = %entry.key, "active deadline exceeded; stopping the pod");
     entry.request_stop(grace_period(&entry, &settings, None));
 }
@@ -829,12 +814,7 @@ async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, restored: bool) 
     }
     if let Err(e) = prepare_pod(&entry, &settings).await {
         tracing::warn!(pod = %entry.key, error = %e, "the pod's volumes cannot be set up");
-        {
-            let mut st = entry.state.lock().expect("state lock");
-            st.failure = Some((e.reason().to_string(), e.to_string()));
-            st.refresh(Timestamp::now());
-        }
-        entry.status_changed();
+        entry.fail(e.reason(), e.to_string(), false);
         finish(&entry, &settings).await;
         return;
     }

@@ -241,6 +241,18 @@ impl Server {
         format!("{}{}", self.base, path_and_query)
     }
 
+    /// `GET path` answered with JSON (panics otherwise).
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn create(&self, pod: &Value) -> reqwest::Response {
         self.http
             .post(self.url("/createPod"))
