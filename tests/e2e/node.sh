@@ -35,7 +35,17 @@ chmod 711 "$STATE"
 LOG=$STATE/procnode.log
 PROCNODE_PID=
 step() { echo "e2e: $*"; }
-fail() { echo "e2e: FAILED: $*" >&2; echo "--- procnode log (last 40 lines)" >&2; tail -40 "$LOG" >&2 || true; exit 1; }
+fail() {
+  echo "e2e: FAILED: $*" >&2
+  echo "--- procnode log (last 40 lines)" >&2; tail -40 "$LOG" >&2 || true
+  # What the cluster thought: the node's conditions and taints, the pods, the last events.
+  echo "--- node $NODE" >&2
+  kubectl get node "$NODE" -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}){"\n"}{end}taints: {.spec.taints}{"\n"}' >&2 2>/dev/null || true
+  echo "--- pods" >&2; kubectl get pods -A -o wide >&2 2>/dev/null || true
+  echo "--- events (last 20)" >&2
+  kubectl get events -A --sort-by=.lastTimestamp 2>/dev/null | tail -20 >&2 || true
+  exit 1
+}
 
 cleanup() {
   set +e
@@ -52,9 +62,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# DiskPressure off: the test machine's disk may well be over 90% full (a CI clone builds ~7 GB),
+# and the control plane would then taint the node and schedule nothing on it.
 start_procnode() {
   "$BIN" node --node-name "$NODE" --node-ip 127.0.0.1 --state-dir "$STATE/state" \
     --cgroup-parent procnode-e2e --backoff-initial 1s --object-refresh-interval 2s \
+    --disk-pressure-percent 0 \
     --listen 127.0.0.1:13000 >>"$LOG" 2>&1 &
   PROCNODE_PID=$!
 }
