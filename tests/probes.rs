@@ -136,28 +136,7 @@ async fn startup_probes_gate_the_others_and_kill_a_container_that_never_starts()
 #[tokio::test]
 async fn http_and_tcp_probes_talk_to_real_sockets() {
     let srv = Server::start(&[]).await;
-    // A tiny HTTP server: 200 on /healthy, 500 elsewhere.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                break;
-            };
-            let mut buf = vec![0u8; 1024];
-            let n = s.read(&mut buf).await.unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]).to_string();
-            let status = if head.starts_with("GET /healthy ") {
-                "200 OK"
-            } else {
-                "500 Internal Server Error"
-            };
-            let _ = s
-                .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
-                .await;
-        }
-    });
+    let (port, server) = health_server(None, "500 Internal Server Error").await;
     let with_probe = |name: &str, probe: Value| {
         let mut p = pod(name, &["sleep", "300"], "Always");
         p["spec"]["containers"][0]["ports"] = json!([{"name": "web", "containerPort": port}]);
@@ -345,31 +324,7 @@ async fn https_probes_skip_certificate_verification() {
     .with_single_cert(vec![certified.cert.der().clone()], key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut s) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut buf = vec![0u8; 1024];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let ok = String::from_utf8_lossy(&buf[..n]).starts_with("GET /healthy ");
-                let status = if ok {
-                    "200 OK"
-                } else {
-                    "503 Service Unavailable"
-                };
-                let _ = s
-                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
-                    .await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
+    let (port, server) = health_server(Some(acceptor), "503 Service Unavailable").await;
     let probe = |path: &str| json!({"httpGet": {"scheme": "HTTPS", "path": path, "port": port}, "periodSeconds": 1});
     let mut good = pod("https-ok", &["sleep", "300"], "Always");
     good["spec"]["containers"][0]["readinessProbe"] = probe("/healthy");
@@ -392,4 +347,44 @@ async fn https_probes_skip_certificate_verification() {
     );
     server.abort();
     srv.stop().await;
+}
+
+/// A small HTTP server on 127.0.0.1 (over TLS when given an acceptor) for probes to call:
+/// `200 OK` for `GET /healthy`, the status `otherwise` for any other request. Returns its port
+/// and its task (abort it when done).
+async fn health_server(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    otherwise: &'static str,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn answer(mut s: impl AsyncRead + AsyncWrite + Unpin, otherwise: &str) {
+        let mut buf = vec![0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        let status = if buf[..n].starts_with(b"GET /healthy ") {
+            "200 OK"
+        } else {
+            otherwise
+        };
+        let response = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+        let _ = s.write_all(response.as_bytes()).await;
+        let _ = s.shutdown().await;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(s) = acceptor.accept(tcp).await {
+                            answer(s, otherwise).await
+                        }
+                    }
+                    None => answer(tcp, otherwise).await,
+                }
+            });
+        }
+    });
+    (port, task)
 }

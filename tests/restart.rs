@@ -18,6 +18,7 @@ struct Procnode {
     http: reqwest::Client,
     /// Set once the test has stopped it itself.
     stopped: bool,
+    state_dir: std::path::PathBuf,
 }
 
 /// A test that fails half-way still stops procnode, and with it every pod it runs.
@@ -30,6 +31,10 @@ impl Drop for Procnode {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        // A test that failed after killing procnode leaves supervisors without it.
+        if std::thread::panicking() {
+            support::kill_pods_of(&self.state_dir);
         }
     }
 }
@@ -49,6 +54,7 @@ impl Procnode {
         args.extend_from_slice(extra);
         let (child, addr) = support::start_binary(state_dir, &args);
         Procnode {
+            state_dir: state_dir.to_path_buf(),
             pid: child.id() as i32,
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),

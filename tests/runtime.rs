@@ -323,6 +323,35 @@ async fn delete_kills_the_whole_process_group_including_grandchildren() {
     srv.stop().await;
 }
 
+/// The test support's own guarantee: a test that fails half-way (and so never calls
+/// `stop`) still leaves no supervisor, container or cgroup behind.
+#[tokio::test]
+async fn a_test_server_dropped_without_stop_leaves_no_process() {
+    let srv = Server::start(&[]).await;
+    let p = pod("dropped", &sh("sleep 300 & sleep 300 & wait"), "Always");
+    srv.create(&p).await;
+    let s = srv
+        .wait_status("dropped", "Running", |s| phase(s) == "Running")
+        .await;
+    let pgid = container_pid(&s, "main").unwrap();
+    let supervisor = support::parent_of(pgid);
+    support::wait_until(
+        "three processes in the group",
+        Duration::from_secs(10),
+        || async { (group_members(pgid).0.len() == 3).then_some(()) },
+    )
+    .await;
+    let cgroup_parent = support::cgroup_parent_for(srv.state_dir.path());
+    drop(srv);
+    support::assert_groups_gone(&[pgid]).await;
+    assert!(
+        !std::path::Path::new(&format!("/proc/{supervisor}")).exists(),
+        "supervisor {supervisor} left (alive or zombie)"
+    );
+    let left = support::cgroup_dirs(&cgroup_parent);
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
 #[tokio::test]
 async fn leftovers_in_the_group_are_ended_when_the_main_process_exits() {
     let srv = Server::start(&[]).await;

@@ -21,7 +21,7 @@ mod supervisor;
 pub mod users;
 pub mod volumes;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,16 +118,11 @@ impl Settings {
     /// The name (abstract unix socket) of the supervisor of run `run` of container `idx`:
     /// unique per state directory, pod, container and run.
     pub fn supervisor_name(&self, entry: &PodEntry, idx: usize, run: u64) -> String {
-        let fnv = |text: &str| {
-            text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            })
-        };
         let id = format!("{}/{}/{}", entry.key.namespace, entry.key.name, entry.uid);
         format!(
-            "procnode/{:016x}/{:016x}/{idx}/{run}",
-            fnv(&self.state_dir.to_string_lossy()),
-            fnv(&id)
+            "{}{:016x}/{idx}/{run}",
+            supervisor_prefix(&self.state_dir),
+            fnv1a(&id)
         )
     }
 
@@ -142,6 +137,19 @@ impl Settings {
             .files
             .map(|_| self.state_dir.join("logs").join(pod_dir_name(key, uid)))
     }
+}
+
+/// What the names of every supervisor of the procnode using `state_dir` begin with (their
+/// command line is `procnode shim NAME`).
+pub fn supervisor_prefix(state_dir: &Path) -> String {
+    format!("procnode/{:016x}/", fnv1a(&state_dir.to_string_lossy()))
+}
+
+/// 64-bit FNV-1a: short, stable names from long paths.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn pod_dir_name(key: &PodKey, uid: &str) -> String {

@@ -340,6 +340,139 @@ impl Server {
     }
 }
 
+/// A test that panics never reaches [`Server::stop`]: its pods' supervisors (made to outlive
+/// procnode) and containers would outlive the test binary too. Dropping an unstopped server
+/// kills them and removes its cgroups, so that one failure does not leave processes behind.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            kill_pods_of(self.state_dir.path());
+        }
+    }
+}
+
+/// Kills every supervisor of the procnode that used `state_dir`, with its container's process
+/// group, and removes that procnode's test cgroups. Synchronous: it runs from `Drop`.
+pub fn kill_pods_of(state_dir: &std::path::Path) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
+    let prefixes: Vec<String> = [Some(state_dir.to_path_buf()), state_dir.canonicalize().ok()]
+        .into_iter()
+        .flatten()
+        .map(|dir| procnode::runtime::supervisor_prefix(&dir))
+        .collect();
+    let procs = processes();
+    let shims: Vec<i32> = procs
+        .iter()
+        .filter(|(_, _, argv)| {
+            argv.get(1).is_some_and(|a| a == "shim")
+                && argv
+                    .get(2)
+                    .is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        })
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    // Each container leads its own group, a child of its supervisor, which reaps it.
+    for (pid, ppid, _) in &procs {
+        if shims.contains(ppid) {
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for &pid in &shims {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        // The supervisors are this process's children (the server ran in it).
+        let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::empty()));
+    }
+    remove_cgroup_tree(&cgroup_parent_for(state_dir));
+}
+
+/// Every process as (pid, parent pid, argv).
+fn processes() -> Vec<(i32, i32, Vec<String>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let argv = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        out.push((pid, ppid, argv));
+    }
+    out
+}
+
+/// Every cgroup directory called `name`, in every hierarchy (v1 controllers may nest it under
+/// the cgroup this process runs in, as `memory/<parent>/.../name`).
+pub fn cgroup_dirs(name: &str) -> Vec<std::path::PathBuf> {
+    fn find(dir: &std::path::Path, name: &str, depth: u32, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if entry.file_name() == name {
+                out.push(entry.path());
+            } else if depth > 1 {
+                find(&entry.path(), name, depth - 1, out);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    find(std::path::Path::new("/sys/fs/cgroup"), name, 8, &mut found);
+    found
+}
+
+/// Kills what is left in, and removes, every cgroup directory called `name` with everything
+/// below it, deepest first.
+pub fn remove_cgroup_tree(name: &str) {
+    use nix::sys::signal::{kill, Signal};
+    // Every directory below `dir`, children before their parent.
+    fn below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                below(&entry.path(), out);
+            }
+        }
+        out.push(dir.to_path_buf());
+    }
+    let mut dirs = Vec::new();
+    for top in cgroup_dirs(name) {
+        below(&top, &mut dirs);
+    }
+    for dir in &dirs {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    for dir in &dirs {
+        for _ in 0..50 {
+            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 pub fn phase(s: &Value) -> &str {
     s["phase"].as_str().unwrap_or("")
 }
