@@ -267,6 +267,18 @@ pub struct Config {
     #[arg(long, env = "PROCNODE_KUBELET_TLS_KEY", requires = "kubelet_tls_cert")]
     pub kubelet_tls_key: Option<PathBuf>,
 
+    /// Node mode: who may use the kubelet API. `webhook`: a client certificate signed by
+    /// --kubelet-client-ca or a bearer token the API server vouches for (TokenReview), then a
+    /// SubjectAccessReview for nodes/proxy, nodes/stats, ... (as a kubelet with webhook
+    /// authentication and authorization); `none`: anyone who reaches the port.
+    #[arg(long, env = "PROCNODE_KUBELET_AUTH", value_enum, default_value_t = KubeletAuthMode::Webhook)]
+    pub kubelet_auth: KubeletAuthMode,
+
+    /// Node mode: CA (PEM) whose client certificates the kubelet API accepts (the API server
+    /// shows one for `kubectl logs`); default: the cluster CA of the kubeconfig, if it has one.
+    #[arg(long, env = "PROCNODE_KUBELET_CLIENT_CA")]
+    pub kubelet_client_ca: Option<PathBuf>,
+
     /// Node mode: the node's status is written at least this often (and at once on a change).
     #[arg(long, env = "PROCNODE_NODE_STATUS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub node_status_interval: Duration,
@@ -351,6 +363,12 @@ impl std::fmt::Display for ListenAddr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SupervisorMode {
     Shim,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeletAuthMode {
+    Webhook,
     None,
 }
 

@@ -1,4 +1,5 @@
 use procnode::config::{Config, ConfigError, ListenAddr, LogFormat};
+use procnode::tls::ClientCerts;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -189,9 +190,10 @@ async fn serve_on(addr: ListenAddr, config: Config) -> std::io::Result<()> {
             let tcp = tokio::net::TcpListener::bind(a).await.map_err(cannot)?;
             match (&config.tls_cert, &config.tls_key) {
                 (Some(cert), Some(key)) => {
-                    let tls =
-                        procnode::tls::server_config(cert, key, config.tls_client_ca.as_deref())
-                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    let clients = ClientCerts::required_by(config.tls_client_ca.as_deref());
+                    let tls = clients
+                        .and_then(|clients| procnode::tls::server_config(cert, key, clients))
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
                     let listener = procnode::tls::TlsListener::new(tcp, tls)?;
                     procnode::run(listener, config, shutdown_signal()).await
                 }

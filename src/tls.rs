@@ -51,12 +51,36 @@ fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-/// The server side of TLS: `cert` and `key` (PEM), and with `client_ca` (PEM) a required client
-/// certificate signed by it.
+/// Which client certificates a TLS server asks for.
+pub enum ClientCerts {
+    /// None: callers are identified (if at all) above TLS.
+    None,
+    /// Every client must show one signed by one of these CAs, or the handshake fails.
+    Required(Vec<CertificateDer<'static>>),
+    /// A client may show one signed by one of these CAs (one signed by another is refused).
+    Optional(Vec<CertificateDer<'static>>),
+}
+
+impl ClientCerts {
+    /// `Required` by the CA in the PEM file `ca`, or `None` without one.
+    pub fn required_by(ca: Option<&Path>) -> Result<ClientCerts, TlsError> {
+        Ok(match ca {
+            Some(ca) => ClientCerts::Required(read_certs(ca, "the client CA")?),
+            None => ClientCerts::None,
+        })
+    }
+
+    /// The CA certificates of the PEM file `ca`.
+    pub fn read_ca(ca: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        read_certs(ca, "the client CA")
+    }
+}
+
+/// The server side of TLS: `cert` and `key` (PEM), and the client certificates to ask for.
 pub fn server_config(
     cert: &Path,
     key: &Path,
-    client_ca: Option<&Path>,
+    clients: ClientCerts,
 ) -> Result<ServerConfig, TlsError> {
     let chain = read_certs(cert, "the server certificate")?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
@@ -68,18 +92,29 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in read_certs(ca, "the client CA")? {
-                roots.add(c).map_err(|e| TlsError::Config(e.to_string()))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+    let (cas, required) = match clients {
+        ClientCerts::None => (Vec::new(), false),
+        ClientCerts::Required(cas) => (cas, true),
+        ClientCerts::Optional(cas) => (cas, false),
+    };
+    let builder = if cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in cas {
+            roots.add(c).map_err(|e| TlsError::Config(e.to_string()))?;
         }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let verifier = if required {
+            verifier
+        } else {
+            verifier.allow_unauthenticated()
+        };
+        builder.with_client_cert_verifier(
+            verifier
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?,
+        )
     };
     let mut config = builder
         .with_single_cert(chain, key)
@@ -146,5 +181,29 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+/// Who is at the other end of a connection: its address and, where it showed one, the leaf of
+/// its (verified) client certificate. Handlers get it as `ConnectInfo<Peer>`.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub certificate: Option<CertificateDer<'static>>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Peer {
+        let certificate = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| leaf.clone().into_owned());
+        Peer {
+            addr: *stream.remote_addr(),
+            certificate,
+        }
     }
 }

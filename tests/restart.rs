@@ -307,11 +307,22 @@ async fn a_start_missing_from_the_record_is_found_again_not_started_twice() {
         .wait_status("unrecorded", "running", |s| phase(s) == "Running")
         .await;
     let pid = container_pid(&s, "main").unwrap();
-    a.kill9().await;
-    // As if procnode had died between starting the container and recording it.
+    // The record of the start is written just after the API shows it: wait for it, so that
+    // the edit below is what makes it missing.
     let status_file = dir
         .path()
         .join("records/default_unrecorded_uid-unrecorded.status.json");
+    wait_until(
+        "the start to be recorded",
+        Duration::from_secs(10),
+        || async {
+            let saved: Value = serde_json::from_slice(&std::fs::read(&status_file).ok()?).ok()?;
+            saved["containers"][0]["state"].get("running").map(|_| ())
+        },
+    )
+    .await;
+    a.kill9().await;
+    // As if procnode had died between starting the container and recording it.
     let mut saved: Value = serde_json::from_slice(&std::fs::read(&status_file).unwrap()).unwrap();
     saved["containers"][0]["state"] =
         json!({"waiting": {"reason": "ContainerCreating", "message": null}});

@@ -25,8 +25,12 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("no such endpoint: {0}")]
     NoRoute(String),
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
+    /// No credentials, or ones that identify nobody.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// An identified caller who may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("too many log follow streams are open (see --max-follow-streams); try again later")]
     TooManyFollowers,
     /// A bug or a panic inside procnode, not the caller's fault.
@@ -66,7 +70,8 @@ impl ApiError {
             // The state directory is full or read-only: nothing was stored.
             ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyFollowers => StatusCode::TOO_MANY_REQUESTS,
         }
     }

@@ -150,6 +150,6 @@ async fn authorize(
     if offered.as_bytes().ct_eq(token.as_bytes()).into() {
         next.run(req).await
     } else {
-        ApiError::Unauthorized.into_response()
+        ApiError::Unauthorized("missing or wrong bearer token".into()).into_response()
     }
 }

@@ -16,6 +16,7 @@
 //! - the kubelet API (`/containerLogs`, `/pods`, `/healthz`, `/stats/summary`) on
 //!   `--kubelet-port` over TLS, for `kubectl logs` and metrics-server.
 
+pub mod auth;
 mod lease;
 mod node_object;
 mod objects;
@@ -25,10 +26,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+
+use crate::config::KubeletAuthMode;
+use crate::tls::ClientCerts;
 use crate::Config;
 
-/// The API server, or why it cannot be reached.
-async fn connect(config: &Config) -> Result<kube::Client, String> {
+/// The API server and the cluster's CA certificates (DER; empty when the kubeconfig names
+/// none), or why it cannot be reached.
+async fn connect(config: &Config) -> Result<(kube::Client, Vec<CertificateDer<'static>>), String> {
     let kube_config = match &config.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -41,10 +47,16 @@ async fn connect(config: &Config) -> Result<kube::Client, String> {
             format!("no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster): {e}")
         })?,
     };
+    let mut cluster_ca: Vec<CertificateDer<'static>> = (kube_config.root_cert.iter().flatten())
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
+    if let (true, Some(file)) = (cluster_ca.is_empty(), &kube_config.root_cert_file) {
+        cluster_ca = crate::tls::ClientCerts::read_ca(file).map_err(|e| e.to_string())?;
+    }
     let url = kube_config.cluster_url.clone();
     let client =
         kube::Client::try_from(kube_config).map_err(|e| format!("API server {url}: {e}"))?;
-    Ok(client)
+    Ok((client, cluster_ca))
 }
 
 /// Waits until the API server answers (logging why not, with back-off), or `None` on shutdown.
@@ -87,7 +99,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let mut shutdown = Box::pin(shutdown);
-    let client = connect(&config).await?;
+    let (client, cluster_ca) = connect(&config).await?;
     let Some(version) = wait_for_api(&client, &mut shutdown).await else {
         return Ok(());
     };
@@ -104,7 +116,20 @@ pub async fn run(
     let refresher = tokio::spawn(node.clone().refresh_every(config.host_refresh));
 
     // The kubelet API.
-    let tls = kubelet_tls(&config, &node_name, &node.facts().host_ip, &state_dir)?;
+    let clients = match config.kubelet_auth {
+        KubeletAuthMode::None => ClientCerts::None,
+        KubeletAuthMode::Webhook => ClientCerts::Optional(match &config.kubelet_client_ca {
+            Some(file) => ClientCerts::read_ca(file).map_err(|e| e.to_string())?,
+            None => cluster_ca,
+        }),
+    };
+    let tls = kubelet_tls(
+        &config,
+        &node_name,
+        &node.facts().host_ip,
+        &state_dir,
+        clients,
+    )?;
     let bind = std::net::SocketAddr::from(([0, 0, 0, 0], config.kubelet_port));
     let tcp = tokio::net::TcpListener::bind(bind)
         .await
@@ -112,11 +137,9 @@ pub async fn run(
     let listener = crate::tls::TlsListener::new(tcp, tls).map_err(|e| e.to_string())?;
     let state = crate::api::AppState::new(runtime.clone(), node.clone(), &config)
         .map_err(|e| e.to_string())?;
-    let kubelet_api = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, crate::api::kubelet_router(state)).await {
-            tracing::error!(error = %e, "kubelet API stopped");
-        }
-    });
+    let auth = (config.kubelet_auth == KubeletAuthMode::Webhook)
+        .then(|| auth::KubeletAuth::new(client.clone(), &node_name));
+    let kubelet_api = tokio::spawn(serve_kubelet_api(listener, state, auth));
 
     // The web API too, when asked for (`--listen`): both front ends then share this runtime.
     let web_api = match config.listen.clone() {
@@ -169,6 +192,23 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves the kubelet API on `listener`, every route behind `auth` when there is one, until
+/// the task is aborted.
+pub async fn serve_kubelet_api(
+    listener: crate::tls::TlsListener,
+    state: crate::api::AppState,
+    auth: Option<Arc<auth::KubeletAuth>>,
+) {
+    let mut router = crate::api::kubelet_router(state);
+    if let Some(auth) = auth {
+        router = router.layer(axum::middleware::from_fn_with_state(auth, auth::check));
+    }
+    let app = router.into_make_service_with_connect_info::<crate::tls::Peer>();
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "kubelet API stopped");
+    }
+}
+
 /// The kubelet API's TLS: the given certificate, else a self-signed one for the node's name
 /// and IP, made once and kept in the state directory.
 fn kubelet_tls(
@@ -176,6 +216,7 @@ fn kubelet_tls(
     node_name: &str,
     node_ip: &str,
     state_dir: &std::path::Path,
+    clients: ClientCerts,
 ) -> Result<rustls::ServerConfig, String> {
     let (cert, key) = match (&config.kubelet_tls_cert, &config.kubelet_tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -194,5 +235,5 @@ fn kubelet_tls(
             (cert, key)
         }
     };
-    crate::tls::server_config(&cert, &key, None).map_err(|e| e.to_string())
+    crate::tls::server_config(&cert, &key, clients).map_err(|e| e.to_string())
 }

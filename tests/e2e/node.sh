@@ -8,6 +8,9 @@
 #   5. a pod whose command fails shows Error with its exit code;
 #   6. procnode killed with SIGKILL and started again loses no pod: running ones keep running
 #      (not restarted), a Job that finished meanwhile is Completed with its output.
+# Along the way: Secrets/ConfigMaps, `kubectl logs -f`, stats through the node proxy, the
+# kubelet port's authentication (the API server shows its client certificate; others need a
+# token the API server knows), the web API beside.
 # Bounded in time (E2E_TIMEOUT, default 900 s); every process it started is stopped at the end.
 #
 #   bash tests/e2e/node.sh            # after `cargo build`
@@ -67,7 +70,7 @@ trap cleanup EXIT
 start_procnode() {
   "$BIN" node --node-name "$NODE" --node-ip 127.0.0.1 --state-dir "$STATE/state" \
     --cgroup-parent procnode-e2e --backoff-initial 1s --object-refresh-interval 2s \
-    --disk-pressure-percent 0 \
+    --disk-pressure-percent 0 --kubelet-client-ca "$(bash "$CP" ca)" \
     --listen 127.0.0.1:13000 >>"$LOG" 2>&1 &
   PROCNODE_PID=$!
 }
@@ -182,6 +185,16 @@ w = [p for p in s["pods"] if p["podRef"]["name"] == "watcher"][0]
 assert s["node"]["nodeName"] and w["containers"][0]["memory"]["workingSetBytes"] > 0, s
 ' || fail "stats/summary through the API server: $summary"
 step "   stats/summary through the API server's node proxy lists the pod's usage"
+# Straight to the kubelet port: nobody gets 401; the admin token (a TokenReview names its
+# user, a SubjectAccessReview lets it in) gets the pods.
+anon=$(curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:10250/pods)
+[ "$anon" = 401 ] || fail "the kubelet API answered $anon to an anonymous caller"
+forged=$(curl -sk -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer forged' https://127.0.0.1:10250/pods)
+[ "$forged" = 401 ] || fail "the kubelet API answered $forged to a forged token"
+token=$(kubectl config view --raw -o jsonpath='{.users[0].user.token}')
+curl -fsk -H "Authorization: Bearer $token" https://127.0.0.1:10250/pods | grep -q '"watcher"' \
+  || fail "the kubelet API refused the admin token"
+step "   the kubelet port: anonymous 401, forged token 401, admin token served"
 
 step "2d. the web API (--listen) serves the same runtime"
 web=$(curl -fsS http://127.0.0.1:13000/getPods | python3 -c 'import json,sys; print(" ".join(sorted(p["metadata"]["name"] for p in json.load(sys.stdin))))')

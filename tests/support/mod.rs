@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod tls;
+
 /// A pod as a Kubernetes API server stores it (the sleeper fixture), with `name`, `uid`,
 /// `command` and `restartPolicy` replaced.
 pub fn pod(name: &str, command: &[&str], restart_policy: &str) -> Value {
