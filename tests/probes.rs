@@ -1,13 +1,14 @@
 //! Probes against real processes and real sockets: readiness flips `ready` and the Ready
 //! condition both ways, a failing liveness probe restarts the container, a startup probe holds
-//! the others back and kills a container that never starts, httpGet and tcpSocket handlers.
+//! the others back and kills a container that never starts, httpGet, tcpSocket and gRPC
+//! handlers.
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{container, phase, pod, wait_until, Server};
+use support::{container, phase, pod, sh, wait_until, Server};
 
 fn ready_condition(s: &Value) -> String {
     s["conditions"]
@@ -387,4 +388,194 @@ async fn health_server(
         }
     });
     (port, task)
+}
+
+/// gRPC probes against a real HTTP/2 gRPC health server: SERVING is ready, NOT_SERVING and an
+/// unknown service are not, nothing listening is not; a failing gRPC liveness probe restarts
+/// the container with the answer in its message.
+#[tokio::test]
+async fn grpc_probes_speak_the_grpc_health_protocol() {
+    let srv = Server::start(&[]).await;
+    let (port, server, asked) = grpc_health_server().await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let with_probe = |name: &str, which: &str, port: u16, service: Option<&str>| {
+        let mut p = pod(name, &["sleep", "300"], "Always");
+        p["spec"]["terminationGracePeriodSeconds"] = json!(1);
+        let mut grpc = json!({"port": port});
+        if let Some(service) = service {
+            grpc["service"] = json!(service);
+        }
+        p["spec"]["containers"][0][which] =
+            json!({"grpc": grpc, "periodSeconds": 1, "failureThreshold": 1});
+        p
+    };
+    let pods = [
+        with_probe("grpc-default", "readinessProbe", port, None),
+        with_probe("grpc-good", "readinessProbe", port, Some("good")),
+        with_probe("grpc-bad", "readinessProbe", port, Some("bad")),
+        with_probe("grpc-unknown", "readinessProbe", port, Some("nope")),
+        with_probe("grpc-closed", "readinessProbe", closed_port, None),
+        with_probe("grpc-dying", "livenessProbe", port, Some("bad")),
+    ];
+    for p in &pods {
+        srv.create(p).await;
+    }
+    for name in ["grpc-default", "grpc-good"] {
+        srv.wait_status(name, "ready", |s| container(s, "main")["ready"] == true)
+            .await;
+    }
+    let s = srv
+        .wait_status("grpc-dying", "a restart", |s| {
+            container(s, "main")["restartCount"].as_i64() >= Some(1)
+        })
+        .await;
+    let message = container(&s, "main")["lastState"]["terminated"]["message"].clone();
+    assert!(
+        message
+            .as_str()
+            .unwrap()
+            .contains(r#"Liveness probe failed: service unhealthy (responded with "NOT_SERVING")"#),
+        "{message}"
+    );
+    // Wait until the failing readiness probes have each run a few times (the closed port's
+    // as often: they share the period).
+    wait_until(
+        "failing probes to have run",
+        Duration::from_secs(10),
+        || async {
+            let asked = asked.lock().unwrap();
+            let times = |service: &str| asked.iter().filter(|s| *s == service).count();
+            (times("bad") >= 4 && times("nope") >= 3).then_some(())
+        },
+    )
+    .await;
+    for name in ["grpc-bad", "grpc-unknown", "grpc-closed"] {
+        let s = srv.status(name).await.unwrap();
+        assert_eq!(phase(&s), "Running", "{name}");
+        assert_eq!(container(&s, "main")["ready"], false, "{name}");
+    }
+    for p in &pods {
+        srv.delete(p).await;
+    }
+    server.abort();
+    srv.stop().await;
+}
+
+/// A gRPC health server (`grpc.health.v1.Health/Check`) on 127.0.0.1 over plaintext HTTP/2:
+/// SERVING for "" and "good", NOT_SERVING for "bad", grpc-status NOT_FOUND (5) for any other
+/// service, as grpc-go's health server answers. The protobuf messages (one field each) are
+/// encoded by hand.
+async fn grpc_health_server() -> (
+    u16,
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        let mut body = request.into_body();
+                        let mut received = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            received.extend_from_slice(&chunk);
+                        }
+                        // [flag, 4-byte length, 0x0a, len, service...]
+                        let service = received
+                            .get(7..)
+                            .map(|s| String::from_utf8_lossy(s).into_owned())
+                            .unwrap_or_default();
+                        log.lock().unwrap().push(service.clone());
+                        let status = match service.as_str() {
+                            "" | "good" => Some(1u8),
+                            "bad" => Some(2),
+                            _ => None,
+                        };
+                        let head = |grpc_status: Option<&str>| {
+                            let mut r = axum::http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/grpc");
+                            if let Some(code) = grpc_status {
+                                r = r.header("grpc-status", code);
+                            }
+                            r.body(()).unwrap()
+                        };
+                        let Some(status) = status else {
+                            let _ = respond.send_response(head(Some("5")), true);
+                            return;
+                        };
+                        let Ok(mut stream) = respond.send_response(head(None), false) else {
+                            return;
+                        };
+                        let message = [0u8, 0, 0, 0, 2, 0x08, status];
+                        let _ = stream.send_data(message.to_vec().into(), false);
+                        let mut trailers = axum::http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let _ = stream.send_trailers(trailers);
+                    });
+                }
+            });
+        }
+    });
+    (port, task, asked)
+}
+
+/// A `sleep` preStop hook: the stop signal comes only after it (a process that records when it
+/// got SIGTERM shows the wait), and a sleep longer than the grace period is cut at the grace
+/// period, so the delete still ends.
+#[tokio::test]
+async fn a_sleep_pre_stop_hook_delays_the_stop_signal_within_the_grace_period() {
+    let srv = Server::start(&[]).await;
+    let marks = tempfile::tempdir().unwrap();
+    let trail = marks.path().join("term-at");
+    let script = format!(
+        "trap 'date +%s.%N > {}; exit 0' TERM; while :; do sleep 0.05; done",
+        trail.display()
+    );
+    let mut short = pod("sleep-hook", &sh(&script), "Always");
+    short["spec"]["terminationGracePeriodSeconds"] = json!(30);
+    short["spec"]["containers"][0]["lifecycle"] = json!({"preStop": {"sleep": {"seconds": 2}}});
+    let mut long = pod("long-sleep-hook", &["sleep", "300"], "Always");
+    long["spec"]["terminationGracePeriodSeconds"] = json!(1);
+    long["spec"]["containers"][0]["lifecycle"] = json!({"preStop": {"sleep": {"seconds": 600}}});
+    for p in [&short, &long] {
+        assert_eq!(srv.create(p).await.status(), 201);
+        srv.wait_status(p["metadata"]["name"].as_str().unwrap(), "Running", |s| {
+            phase(s) == "Running"
+        })
+        .await;
+    }
+    let asked = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(srv.delete(&short).await.status(), 200);
+    let term_at: f64 = std::fs::read_to_string(&trail)
+        .expect("the process got SIGTERM")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        term_at - asked >= 1.9,
+        "SIGTERM came {:.2} s after the delete, before the 2 s preStop sleep ended",
+        term_at - asked
+    );
+    // The 600 s sleep is cut at the 1 s grace period: the delete answers (the test harness's
+    // own 20 s wait would fail long before 600 s).
+    tokio::time::timeout(Duration::from_secs(20), srv.delete(&long))
+        .await
+        .expect("the delete ended within the grace period, not after the 600 s sleep");
+    srv.stop().await;
 }

@@ -1,6 +1,6 @@
 //! Probes, as the kubelet runs them: `startupProbe` first (liveness and readiness wait for it),
-//! then `livenessProbe` and `readinessProbe` side by side; each with an exec, httpGet or
-//! tcpSocket handler and `initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`,
+//! then `livenessProbe` and `readinessProbe` side by side; each with an exec, httpGet,
+//! tcpSocket or grpc handler and `initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`,
 //! `successThreshold`, `failureThreshold`.
 //!
 //! [`watch`] is a future the container task polls next to the process it runs (no task of its
@@ -49,6 +49,14 @@ enum Handler {
         host: String,
         port: u16,
     },
+    /// The gRPC health-checking protocol (`grpc.health.v1.Health/Check`) over plaintext
+    /// HTTP/2, as the kubelet's gRPC probe.
+    Grpc {
+        port: u16,
+        service: String,
+    },
+    /// A hook that only waits (`lifecycle.*.sleep`).
+    Sleep(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -79,12 +87,45 @@ fn port(p: &IntOrString, c: &Container) -> Result<u16, String> {
     }
 }
 
-fn handler(
-    exec: &Option<k8s_openapi::api::core::v1::ExecAction>,
-    http_get: &Option<k8s_openapi::api::core::v1::HTTPGetAction>,
-    tcp_socket: &Option<k8s_openapi::api::core::v1::TCPSocketAction>,
-    c: &Container,
-) -> Result<Handler, String> {
+/// The handlers a probe or a hook may name (probes have `grpc`, hooks `sleep`).
+struct Handlers<'a> {
+    exec: &'a Option<k8s_openapi::api::core::v1::ExecAction>,
+    http_get: &'a Option<k8s_openapi::api::core::v1::HTTPGetAction>,
+    tcp_socket: &'a Option<k8s_openapi::api::core::v1::TCPSocketAction>,
+    grpc: Option<&'a k8s_openapi::api::core::v1::GRPCAction>,
+    sleep: Option<&'a k8s_openapi::api::core::v1::SleepAction>,
+}
+
+impl<'a> Handlers<'a> {
+    fn of_probe(p: &'a Probe) -> Self {
+        Handlers {
+            exec: &p.exec,
+            http_get: &p.http_get,
+            tcp_socket: &p.tcp_socket,
+            grpc: p.grpc.as_ref(),
+            sleep: None,
+        }
+    }
+
+    fn of_hook(h: &'a k8s_openapi::api::core::v1::LifecycleHandler) -> Self {
+        Handlers {
+            exec: &h.exec,
+            http_get: &h.http_get,
+            tcp_socket: &h.tcp_socket,
+            grpc: None,
+            sleep: h.sleep.as_ref(),
+        }
+    }
+}
+
+fn handler(h: Handlers<'_>, c: &Container) -> Result<Handler, String> {
+    let Handlers {
+        exec,
+        http_get,
+        tcp_socket,
+        grpc,
+        sleep,
+    } = h;
     Ok(if let Some(exec) = exec {
         Handler::Exec(exec.command.clone().unwrap_or_default())
     } else if let Some(h) = http_get {
@@ -123,15 +164,20 @@ fn handler(
                 .unwrap_or_else(|| "127.0.0.1".into()),
             port: port(&t.port, c)?,
         }
+    } else if let Some(g) = grpc {
+        Handler::Grpc {
+            port: u16::try_from(g.port).map_err(|_| format!("port {} is out of range", g.port))?,
+            service: g.service.clone().unwrap_or_default(),
+        }
+    } else if let Some(s) = sleep {
+        Handler::Sleep(Duration::from_secs(s.seconds.max(0) as u64))
     } else {
-        return Err(
-            "no exec, httpGet or tcpSocket handler (grpc and sleep are not supported)".into(),
-        );
+        return Err("no handler: exec, httpGet, tcpSocket, grpc (probes) or sleep (hooks)".into());
     })
 }
 
 fn spec(kind: Kind, p: &Probe, c: &Container) -> Result<Spec, String> {
-    let handler = handler(&p.exec, &p.http_get, &p.tcp_socket, c)?;
+    let handler = handler(Handlers::of_probe(p), c)?;
     Ok(Spec {
         kind,
         handler,
@@ -204,6 +250,25 @@ async fn check(handler: &Handler, timeout: Duration, ctx: &ExecContext) -> Resul
                 Err(_) => Err(format!("dial tcp {host}:{port}: timeout")),
             }
         }
+        // Bounded like any hook: a preStop sleep longer than the grace period is cut short.
+        Handler::Sleep(d) => {
+            tokio::time::sleep((*d).min(timeout)).await;
+            Ok(())
+        }
+        Handler::Grpc { port, service } => {
+            let target = format!("127.0.0.1:{port}");
+            match tokio::time::timeout(timeout, grpc_health(&target, service)).await {
+                Ok(Ok(1)) => Ok(()),
+                Ok(Ok(status)) => Err(format!(
+                    "service unhealthy (responded with {:?})",
+                    grpc_status_name(status)
+                )),
+                Ok(Err(e)) => Err(format!("rpc error on {target}: {e}")),
+                Err(_) => Err(format!(
+                    "timeout: health rpc did not complete within {timeout:?}"
+                )),
+            }
+        }
         Handler::Http {
             host,
             port,
@@ -246,6 +311,137 @@ async fn check(handler: &Handler, timeout: Duration, ctx: &ExecContext) -> Resul
                 Err(format!("HTTP probe failed with statuscode: {code}"))
             }
         }
+    }
+}
+
+/// One `grpc.health.v1.Health/Check` call for `service` over plaintext HTTP/2 to `target`
+/// (host:port): the status of the answer (1 = SERVING, 2 = NOT_SERVING, 3 = SERVICE_UNKNOWN).
+/// The messages are protobuf with one field each, encoded here by hand.
+async fn grpc_health(target: &str, service: &str) -> Result<u64, String> {
+    let tcp = tokio::net::TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (client, connection) = h2::client::handshake(tcp)
+        .await
+        .map_err(|e| format!("HTTP/2: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let _end_driver = AbortOnDrop(driver);
+    let mut client = client.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
+    let request = axum::http::Request::post(format!("http://{target}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "kube-probe/procnode")
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let (answer, mut body) = client
+        .send_request(request, false)
+        .map_err(|e| format!("HTTP/2: {e}"))?;
+    // HealthCheckRequest { service = 1 }, in a gRPC frame (not compressed, 4-byte length).
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        message.push(0x0a);
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    body.send_data(frame.into(), true)
+        .map_err(|e| format!("HTTP/2: {e}"))?;
+    let answer = answer.await.map_err(|e| format!("HTTP/2: {e}"))?;
+    if answer.status() != 200 {
+        return Err(format!("HTTP status {}", answer.status()));
+    }
+    let grpc_error = |headers: &axum::http::HeaderMap| {
+        let code = headers.get("grpc-status")?.to_str().ok()?;
+        (code != "0").then(|| {
+            let message = headers
+                .get("grpc-message")
+                .and_then(|m| m.to_str().ok())
+                .unwrap_or("");
+            format!("grpc-status {code} {message}")
+                .trim_end()
+                .to_string()
+        })
+    };
+    if let Some(e) = grpc_error(answer.headers()) {
+        return Err(e);
+    }
+    let mut body = answer.into_body();
+    let mut received = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| format!("HTTP/2: {e}"))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        received.extend_from_slice(&chunk);
+        if received.len() > 64 * 1024 {
+            return Err("answer too long".into());
+        }
+    }
+    if let Ok(Some(trailers)) = body.trailers().await {
+        if let Some(e) = grpc_error(&trailers) {
+            return Err(e);
+        }
+    }
+    // HealthCheckResponse { status = 1 (enum, varint) }; an absent field is 0 (UNKNOWN).
+    let message = received.get(5..).ok_or("no answer message")?;
+    let mut at = 0;
+    let mut status = 0;
+    while at < message.len() {
+        let key = take_varint(message, &mut at).ok_or("bad answer message")?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = take_varint(message, &mut at).ok_or("bad answer message")?,
+            (_, 0) => {
+                take_varint(message, &mut at).ok_or("bad answer message")?;
+            }
+            (_, 2) => {
+                let len = take_varint(message, &mut at).ok_or("bad answer message")? as usize;
+                at = at.checked_add(len).ok_or("bad answer message")?;
+            }
+            _ => return Err("bad answer message".into()),
+        }
+    }
+    Ok(status)
+}
+
+fn grpc_status_name(status: u64) -> &'static str {
+    match status {
+        0 => "UNKNOWN",
+        1 => "SERVING",
+        2 => "NOT_SERVING",
+        3 => "SERVICE_UNKNOWN",
+        _ => "unknown status",
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Aborts a task when dropped (the HTTP/2 connection of a probe ends with the probe).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -434,7 +630,7 @@ pub fn hook(c: &Container, which: Hook, ctx: ExecContext, limit: Duration) -> Op
         Hook::PostStart => "PostStartHook",
         Hook::PreStop => "PreStopHook",
     };
-    let handler = handler(&h.exec, &h.http_get, &h.tcp_socket, c);
+    let handler = handler(Handlers::of_hook(h), c);
     Some(Box::pin(async move {
         let handler = handler.map_err(|e| format!("{name} failed: {e}"))?;
         check(&handler, limit, &ctx)
