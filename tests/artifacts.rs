@@ -171,6 +171,49 @@ fn the_kubectl_examples_target_a_virtual_kubelet_node() {
     }
 }
 
+/// examples/node-rbac.yaml (what `procnode node` may do under RBAC; the e2e runs the node as
+/// this ServiceAccount against a control plane that authorizes with RBAC) parses into the real
+/// types, and its binding ties the role to the account its token belongs to.
+#[test]
+fn the_node_mode_rbac_example_binds_its_role_to_its_service_account() {
+    let docs = documents("examples/node-rbac.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "Secret",
+            "ClusterRole",
+            "ClusterRoleBinding"
+        ]
+    );
+    let account: ServiceAccount = typed(&docs[0]);
+    let secret: k8s_openapi::api::core::v1::Secret = typed(&docs[1]);
+    let role: ClusterRole = typed(&docs[2]);
+    let binding: ClusterRoleBinding = typed(&docs[3]);
+    let account_name = account.metadata.name.unwrap();
+    assert_eq!(
+        secret.metadata.annotations.unwrap()["kubernetes.io/service-account.name"],
+        account_name
+    );
+    assert_eq!(
+        secret.type_.as_deref(),
+        Some("kubernetes.io/service-account-token")
+    );
+    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.kind.as_str(), subject.name.as_str()),
+        ("ServiceAccount", account_name.as_str())
+    );
+    assert_eq!(subject.namespace, account.metadata.namespace);
+    // Nothing broader than named verbs: no wildcard.
+    for rule in role.rules.unwrap() {
+        assert!(!rule.verbs.iter().any(|v| v == "*"), "{rule:?}");
+        assert!(!rule.resources.unwrap_or_default().iter().any(|r| r == "*"));
+    }
+}
+
 #[test]
 fn the_systemd_unit_starts_a_valid_command_and_waits_for_the_grace_periods() {
     let unit = read("systemd/procnode.service");

@@ -34,7 +34,7 @@ impl ApiObjects {
 
     pub async fn secret_data(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let secret = api.get_opt(name).await.ok().flatten()?;
+        let secret = logged(api.get_opt(name).await, "secret", ns, name)?;
         let mut data: BTreeMap<String, Vec<u8>> = secret
             .data
             .unwrap_or_default()
@@ -49,7 +49,7 @@ impl ApiObjects {
 
     pub async fn config_map_data(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-        let cm = api.get_opt(name).await.ok().flatten()?;
+        let cm = logged(api.get_opt(name).await, "configmap", ns, name)?;
         let mut data: BTreeMap<String, Vec<u8>> = cm
             .binary_data
             .unwrap_or_default()
@@ -138,6 +138,16 @@ impl ApiObjects {
             c.env = Some(resolved);
         }
     }
+}
+
+/// The object, or `None` when it does not exist or cannot be read; a read that failed for
+/// another reason than absence (a refusal, an unreachable API server) is logged, since it
+/// looks to the pod like a missing object.
+fn logged<T>(read: Result<Option<T>, kube::Error>, kind: &str, ns: &str, name: &str) -> Option<T> {
+    read.unwrap_or_else(|e| {
+        tracing::warn!(kind, namespace = ns, name, error = %e, "cannot read the object");
+        None
+    })
 }
 
 /// A Secret or ConfigMap named by a pod.

@@ -8,7 +8,8 @@
 #   5. a pod whose command fails shows Error with its exit code;
 #   6. procnode killed with SIGKILL and started again loses no pod: running ones keep running
 #      (not restarted), a Job that finished meanwhile is Completed with its output.
-# Along the way: Secrets/ConfigMaps, `kubectl logs -f`, stats through the node proxy, the
+# procnode runs as the ServiceAccount of examples/node-rbac.yaml under RBAC, so every step also
+# checks that role. Along the way: Secrets/ConfigMaps, `kubectl logs -f`, stats through the node proxy, the
 # kubelet port's authentication (the API server shows its client certificate; others need a
 # token the API server knows), the web API beside.
 # Bounded in time (E2E_TIMEOUT, default 900 s); every process it started is stopped at the end.
@@ -68,7 +69,7 @@ trap cleanup EXIT
 # DiskPressure off: the test machine's disk may well be over 90% full (a CI clone builds ~7 GB),
 # and the control plane would then taint the node and schedule nothing on it.
 start_procnode() {
-  "$BIN" node --node-name "$NODE" --node-ip 127.0.0.1 --state-dir "$STATE/state" \
+  "$BIN" node --kubeconfig "$NODE_KUBECONFIG" --node-name "$NODE" --node-ip 127.0.0.1 --state-dir "$STATE/state" \
     --cgroup-parent procnode-e2e --backoff-initial 1s --object-refresh-interval 2s \
     --disk-pressure-percent 0 --kubelet-client-ca "$(bash "$CP" ca)" \
     --listen 127.0.0.1:13000 >>"$LOG" 2>&1 &
@@ -95,6 +96,23 @@ bash "$CP" build
 eval "$(bash "$CP" start)"
 export KUBECONFIG
 kubectl version --short 2>/dev/null | sed 's/^/e2e:   /' || true
+
+step "0. procnode's own identity: the ServiceAccount and ClusterRole of examples/node-rbac.yaml"
+# The control plane authorizes with RBAC: procnode runs with no more than that role allows.
+kubectl apply -f examples/node-rbac.yaml >/dev/null
+wait_for "the procnode-node token" 30 bash -c \
+  '[ -n "$(kubectl -n kube-system get secret procnode-node-token -o jsonpath={.data.token})" ]'
+NODE_KUBECONFIG=$STATE/node.kubeconfig
+server=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+node_token=$(kubectl -n kube-system get secret procnode-node-token -o jsonpath='{.data.token}' | base64 -d)
+kubectl config --kubeconfig "$NODE_KUBECONFIG" set-cluster e2e --server "$server" --insecure-skip-tls-verify=true >/dev/null
+kubectl config --kubeconfig "$NODE_KUBECONFIG" set-credentials procnode --token "$node_token" >/dev/null
+kubectl config --kubeconfig "$NODE_KUBECONFIG" set-context e2e --cluster e2e --user procnode >/dev/null
+kubectl config --kubeconfig "$NODE_KUBECONFIG" use-context e2e >/dev/null
+[ "$(kubectl --kubeconfig "$NODE_KUBECONFIG" auth can-i watch pods -A 2>/dev/null || true)" = yes ] || fail "the role is not bound"
+[ "$(kubectl --kubeconfig "$NODE_KUBECONFIG" auth can-i create deployments 2>/dev/null || true)" = no ] \
+  || fail "the procnode-node identity can do more than its role"
+step "   system:serviceaccount:kube-system:procnode-node"
 
 step "1. the node registers and becomes Ready with the host's capacity"
 start_procnode
@@ -280,6 +298,12 @@ restarts=$(kubectl get pods -l app=ticker -o jsonpath='{.items[*].status.contain
 [ "$restarts" = "0 0" ] || fail "ticker restart counts: $restarts"
 has_count "e2e-marker" 2 || fail "ticker processes after the restart: $(count e2e-marker)"
 step "   same pods, not restarted; the job's exit and output kept"
+
+# Nothing procnode asked for was refused: the role in examples/node-rbac.yaml is enough.
+if grep -qiE "forbidden|\b403\b" "$LOG"; then
+  fail "the API server refused procnode something: $(grep -iE 'forbidden|\b403\b' "$LOG" | head -3)"
+fi
+step "   procnode's log shows no refused call: the role is enough"
 
 step "cleaning up"
 kubectl delete deployment ticker --wait=false >/dev/null
