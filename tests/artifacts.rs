@@ -277,3 +277,59 @@ fn the_dockerfile_builds_this_crate_with_a_supported_toolchain() {
     procnode_accepts(&args);
     assert!(dockerfile.contains("ENTRYPOINT [\"procnode\"]"));
 }
+
+/// Every setting `procnode --help` lists has a row in the README's configuration table, with
+/// its environment variable, and the table names no setting procnode does not have.
+#[test]
+fn the_readme_documents_every_setting_and_no_other() {
+    use clap::CommandFactory;
+    let readme = read("README.md");
+    let section = readme
+        .split("## Configuration")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Configuration section");
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `--")).collect();
+    let command = procnode::Config::command();
+    let mut settings = Vec::new();
+    let mut missing = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        settings.push(long.to_string());
+        let flag = format!("`--{long}");
+        let row = rows
+            .iter()
+            .find(|r| r.contains(&format!("{flag}`")) || r.contains(&format!("{flag} ")));
+        let Some(row) = row else {
+            missing.push(format!("--{long}"));
+            continue;
+        };
+        if let Some(env) = arg.get_env() {
+            let env = env.to_string_lossy();
+            assert!(
+                row.contains(&format!("`{env}`")),
+                "--{long}: {env} missing from {row}"
+            );
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "no row in the README's table: {missing:?}"
+    );
+    for row in rows {
+        for flag in row.split('`').filter(|f| f.starts_with("--")) {
+            let name = flag
+                .trim_start_matches("--")
+                .split([' ', '='])
+                .next()
+                .unwrap();
+            assert!(
+                settings.iter().any(|s| s == name),
+                "the README documents --{name}, which procnode does not have"
+            );
+        }
+    }
+}
