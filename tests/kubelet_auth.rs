@@ -146,6 +146,14 @@ async fn the_kubelet_api_asks_the_api_server_who_may_do_what() {
     );
     assert_eq!(get("/pods", None, Some("bob-token")).await, status("403"));
     assert_eq!(
+        get("/metrics/resource", None, Some("bob-token")).await,
+        status("403")
+    );
+    assert_eq!(
+        get("/metrics/resource", None, Some("alice-token")).await,
+        status("200")
+    );
+    assert_eq!(
         get("/containerLogs/default/p/c", None, Some("bob-token")).await,
         status("403")
     );

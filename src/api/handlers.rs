@@ -384,6 +384,21 @@ pub async fn stats_summary(State(s): State<AppState>) -> Result<Response, ApiErr
     Ok(json(StatusCode::OK, summary.to_string()))
 }
 
+/// The kubelet's resource metrics (`/metrics/resource`, for metrics-server), from the same
+/// Summary as `/stats/summary`.
+pub async fn resource_metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let (runtime, node) = (s.runtime.clone(), s.node.clone());
+    let summary = tokio::task::spawn_blocking(move || node.stats_summary(&runtime.stat_refs()))
+        .await
+        .map_err(|e| ApiError::Internal(format!("stats task: {e}")))?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::node::stats::resource_metrics(&summary),
+    )
+        .into_response())
+}
+
 /// Prometheus metrics: pods by phase, container starts, restarts and exits by reason, spawn
 /// latency, log bytes captured, dropped and held, request latency by route.
 pub async fn metrics(State(s): State<AppState>) -> Response {

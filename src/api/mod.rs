@@ -61,6 +61,7 @@ pub fn kubelet_router(state: AppState) -> Router {
         .route("/pods", get(handlers::kubelet_pods))
         .route("/healthz", get(handlers::health))
         .route("/stats/summary", get(handlers::stats_summary))
+        .route("/metrics/resource", get(handlers::resource_metrics))
         .with_state(state)
 }
 

@@ -172,6 +172,154 @@ impl StatsCollector {
     }
 }
 
+/// The kubelet's resource metrics (`/metrics/resource`, Prometheus text), which metrics-server
+/// 0.6 and later scrape instead of the Summary: cumulative CPU seconds and working set of the
+/// node, of each pod and of each container, and each container's start time, all read from
+/// one Summary (so both endpoints always agree). Samples carry the Summary's time in
+/// milliseconds, as the kubelet's do.
+pub fn resource_metrics(summary: &Value) -> String {
+    use std::fmt::Write;
+    let millis = |v: &Value| {
+        v["time"]
+            .as_str()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .map_or(0, |t| t.as_millisecond())
+    };
+    let seconds = |ns: &Value| ns.as_u64().unwrap_or(0) as f64 / 1e9;
+    let label = |v: &Value| {
+        v.as_str()
+            .unwrap_or("")
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String, i64)>| {
+        let _ = writeln!(out, "# HELP {name} [STABLE] {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value, at) in samples {
+            let _ = writeln!(out, "{name}{labels} {value} {at}");
+        }
+    };
+    let node = &summary["node"];
+    let pods = summary["pods"].as_array().cloned().unwrap_or_default();
+    let pod_labels = |p: &Value| {
+        format!(
+            "namespace=\"{}\",pod=\"{}\"",
+            label(&p["podRef"]["namespace"]),
+            label(&p["podRef"]["name"])
+        )
+    };
+    let per_container = |f: &dyn Fn(&Value) -> Option<(String, i64)>| {
+        let mut samples = Vec::new();
+        for p in &pods {
+            for c in p["containers"].as_array().into_iter().flatten() {
+                if let Some((value, at)) = f(c) {
+                    let labels =
+                        format!("{{container=\"{}\",{}}}", label(&c["name"]), pod_labels(p));
+                    samples.push((labels, value, at));
+                }
+            }
+        }
+        samples
+    };
+    family(
+        "container_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative cpu time consumed by the container in core-seconds",
+        per_container(&|c| {
+            Some((
+                seconds(&c["cpu"]["usageCoreNanoSeconds"]).to_string(),
+                millis(&c["cpu"]),
+            ))
+        }),
+    );
+    family(
+        "container_memory_working_set_bytes",
+        "gauge",
+        "Current working set of the container in bytes",
+        per_container(&|c| {
+            Some((
+                c["memory"]["workingSetBytes"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .to_string(),
+                millis(&c["memory"]),
+            ))
+        }),
+    );
+    family(
+        "container_start_time_seconds",
+        "gauge",
+        "Start time of the container since unix epoch in seconds",
+        per_container(&|c| {
+            let start = c["startTime"].as_str()?.parse::<Timestamp>().ok()?;
+            Some((
+                (start.as_millisecond() as f64 / 1e3).to_string(),
+                start.as_millisecond(),
+            ))
+        }),
+    );
+    family(
+        "node_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative cpu time consumed by the node in core-seconds",
+        vec![(
+            String::new(),
+            seconds(&node["cpu"]["usageCoreNanoSeconds"]).to_string(),
+            millis(&node["cpu"]),
+        )],
+    );
+    family(
+        "node_memory_working_set_bytes",
+        "gauge",
+        "Current working set of the node in bytes",
+        vec![(
+            String::new(),
+            node["memory"]["workingSetBytes"]
+                .as_u64()
+                .unwrap_or(0)
+                .to_string(),
+            millis(&node["memory"]),
+        )],
+    );
+    let per_pod = |f: &dyn Fn(&Value) -> (String, i64)| {
+        pods.iter()
+            .map(|p| {
+                let (value, at) = f(p);
+                (format!("{{{}}}", pod_labels(p)), value, at)
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "pod_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative cpu time consumed by the pod in core-seconds",
+        per_pod(&|p| {
+            (
+                seconds(&p["cpu"]["usageCoreNanoSeconds"]).to_string(),
+                millis(&p["cpu"]),
+            )
+        }),
+    );
+    family(
+        "pod_memory_working_set_bytes",
+        "gauge",
+        "Current working set of the pod in bytes",
+        per_pod(&|p| {
+            (
+                p["memory"]["workingSetBytes"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .to_string(),
+                millis(&p["memory"]),
+            )
+        }),
+    );
+    out.push_str("# HELP scrape_error [ALPHA] 1 if there was an error while getting container metrics, 0 otherwise\n# TYPE scrape_error gauge\nscrape_error 0\n");
+    out
+}
+
 /// Clock ticks per second, the unit of CPU times in `/proc`.
 fn clock_ticks() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
@@ -311,6 +459,49 @@ fn boot_time(now: Timestamp) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_metrics_carry_the_summarys_figures_in_the_kubelets_names() {
+        let t = "2026-11-25T10:00:00Z";
+        let summary = json!({
+            "node": {"cpu": {"time": t, "usageCoreNanoSeconds": 2_500_000_000u64},
+                     "memory": {"time": t, "workingSetBytes": 4096}},
+            "pods": [{
+                "podRef": {"name": "web", "namespace": "default", "uid": "u1"},
+                "cpu": {"time": t, "usageCoreNanoSeconds": 1_500_000_000u64},
+                "memory": {"time": t, "workingSetBytes": 2048},
+                "containers": [{
+                    "name": "main", "startTime": "2026-11-25T09:00:00Z",
+                    "cpu": {"time": t, "usageCoreNanoSeconds": 1_500_000_000u64},
+                    "memory": {"time": t, "workingSetBytes": 2048}
+                }]
+            }]
+        });
+        let text = resource_metrics(&summary);
+        let at = "1795600800000";
+        let labels = r#"{container="main",namespace="default",pod="web"}"#;
+        for line in [
+            format!("container_cpu_usage_seconds_total{labels} 1.5 {at}"),
+            format!("container_memory_working_set_bytes{labels} 2048 {at}"),
+            format!("container_start_time_seconds{labels} 1795597200 1795597200000"),
+            format!("node_cpu_usage_seconds_total 2.5 {at}"),
+            format!("node_memory_working_set_bytes 4096 {at}"),
+            format!(r#"pod_cpu_usage_seconds_total{{namespace="default",pod="web"}} 1.5 {at}"#),
+            format!(r#"pod_memory_working_set_bytes{{namespace="default",pod="web"}} 2048 {at}"#),
+            "# TYPE node_cpu_usage_seconds_total counter".to_string(),
+            "# TYPE container_memory_working_set_bytes gauge".to_string(),
+            "scrape_error 0".to_string(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // Label values are escaped as the text format wants.
+        let mut odd = summary.clone();
+        odd["pods"][0]["podRef"]["name"] = json!("a\"b\\c");
+        assert!(resource_metrics(&odd).contains(r#"pod="a\"b\\c""#));
+    }
 
     #[test]
     fn stat_lines_with_awkward_command_names_parse() {

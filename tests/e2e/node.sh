@@ -203,6 +203,11 @@ w = [p for p in s["pods"] if p["podRef"]["name"] == "watcher"][0]
 assert s["node"]["nodeName"] and w["containers"][0]["memory"]["workingSetBytes"] > 0, s
 ' || fail "stats/summary through the API server: $summary"
 step "   stats/summary through the API server's node proxy lists the pod's usage"
+resource=$(kubectl get --raw "/api/v1/nodes/$NODE/proxy/metrics/resource")
+echo "$resource" | grep -Eq '^container_memory_working_set_bytes\{container="main",namespace="default",pod="watcher"\} [1-9][0-9]* [0-9]+$' \
+  && echo "$resource" | grep -Eq '^node_cpu_usage_seconds_total [0-9.e+]+ [0-9]+$' \
+  || fail "metrics/resource through the API server: $resource"
+step "   metrics/resource (what metrics-server scrapes) has the pod's working set"
 # Straight to the kubelet port: nobody gets 401; the admin token (a TokenReview names its
 # user, a SubjectAccessReview lets it in) gets the pods.
 anon=$(curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:10250/pods)
