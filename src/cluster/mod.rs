@@ -17,6 +17,7 @@
 //!   `--kubelet-port` over TLS, for `kubectl logs` and metrics-server.
 
 pub mod auth;
+mod events;
 mod lease;
 mod node_object;
 mod objects;

@@ -10,7 +10,8 @@
 //!   deleted with grace 0 (as the kubelet does once the containers are gone).
 //! - On every (re)list, pods the runtime runs that the cluster no longer has are stopped.
 //! - One task per pod follows the runtime's status changes and patches `pods/status` whenever
-//!   the status differs from the last one written.
+//!   the status differs from the last one written, recording the events the change stands for
+//!   ([`super::events`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,9 +23,18 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 
+use super::events::Recorder;
 use super::objects::ApiObjects;
 use crate::runtime::Runtime;
 use crate::store::{PodEntry, PodKey};
+
+/// What handling a pod needs.
+struct Context {
+    client: kube::Client,
+    runtime: Arc<Runtime>,
+    objects: ApiObjects,
+    events: Recorder,
+}
 
 /// What the watch loop knows of a pod it handed to the runtime.
 struct Tracked {
@@ -60,7 +70,12 @@ fn is_terminal(pod: &Pod) -> bool {
 /// Watches the node's pods until aborted.
 pub async fn run(client: kube::Client, runtime: Arc<Runtime>, node: String) {
     let api: Api<Pod> = Api::all(client.clone());
-    let objects = ApiObjects::new(client.clone());
+    let cx = Context {
+        objects: ApiObjects::new(client.clone()),
+        events: Recorder::new(client.clone(), &node),
+        runtime: runtime.clone(),
+        client,
+    };
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     let mut tracked: HashMap<PodKey, Tracked> = HashMap::new();
@@ -80,16 +95,7 @@ pub async fn run(client: kube::Client, runtime: Arc<Runtime>, node: String) {
             Event::InitApply(pod) | Event::Apply(pod) => {
                 if let Some(key) = key_of(&pod) {
                     listed.insert(key.clone());
-                    apply(
-                        &client,
-                        &runtime,
-                        &objects,
-                        &mut tracked,
-                        &mut pushers,
-                        key,
-                        pod,
-                    )
-                    .await;
+                    apply(&cx, &mut tracked, &mut pushers, key, pod).await;
                 }
             }
             Event::InitDone => {
@@ -117,17 +123,18 @@ pub async fn run(client: kube::Client, runtime: Arc<Runtime>, node: String) {
 }
 
 async fn apply(
-    client: &kube::Client,
-    runtime: &Arc<Runtime>,
-    objects: &ApiObjects,
+    cx: &Context,
     tracked: &mut HashMap<PodKey, Tracked>,
     pushers: &mut HashSet<(PodKey, String)>,
     key: PodKey,
     mut pod: Pod,
 ) {
+    let (runtime, objects) = (&cx.runtime, &cx.objects);
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
+    let api: Api<Pod> = Api::namespaced(cx.client.clone(), &key.namespace);
     let known = runtime.get(&key).ok().filter(|e| e.uid == uid);
+    // The status the cluster has: what the first status push compares with, for events.
+    let cluster_status = serde_json::to_value(&pod.status).unwrap_or_default();
 
     if pod.metadata.deletion_timestamp.is_some() {
         let t = tracked.entry(key.clone()).or_insert_with(|| Tracked {
@@ -144,8 +151,11 @@ async fn apply(
             .deletion_grace_period_seconds
             .map(|s| Duration::from_secs(s.max(0) as u64));
         let runtime = runtime.clone();
+        let events = cx.events.clone();
         tokio::spawn(async move {
-            if known.is_some() {
+            if let Some(entry) = known {
+                let status = serde_json::from_str(&entry.status_json()).unwrap_or_default();
+                events.record(&key, &uid, super::events::stopping(&status));
                 runtime.delete(&key, grace).await;
             }
             // The containers are gone: remove the object, as the kubelet does.
@@ -191,7 +201,7 @@ async fn apply(
                     deleting: false,
                 },
             );
-            start_pusher(pushers, api, entry, runtime.clone());
+            start_pusher(pushers, cx, api, entry, cluster_status);
         }
         None if is_terminal(&pod) => {}
         None => {
@@ -215,7 +225,7 @@ async fn apply(
                             deleting: false,
                         },
                     );
-                    start_pusher(pushers, api, entry, runtime.clone());
+                    start_pusher(pushers, cx, api, entry, cluster_status);
                 }
                 Err(e) => {
                     tracing::warn!(pod = %key, error = %e, "cannot run the pod");
@@ -234,20 +244,30 @@ async fn apply(
 /// One status pusher per pod (by key and uid).
 fn start_pusher(
     pushers: &mut HashSet<(PodKey, String)>,
+    cx: &Context,
     api: Api<Pod>,
     entry: Arc<PodEntry>,
-    runtime: Arc<Runtime>,
+    cluster_status: serde_json::Value,
 ) {
     if pushers.insert((entry.key.clone(), entry.uid.clone())) {
-        tokio::spawn(push_status(api, entry, runtime));
+        let (runtime, events) = (cx.runtime.clone(), cx.events.clone());
+        tokio::spawn(push_status(api, entry, runtime, events, cluster_status));
     }
 }
 
 /// Patches `pods/status` on every change of the pod's state, until the runtime forgets the
-/// pod or its object is gone.
-async fn push_status(api: Api<Pod>, entry: Arc<PodEntry>, runtime: Arc<Runtime>) {
+/// pod or its object is gone; records the events each change stands for (compared with the
+/// status last written, at first the one the cluster had).
+async fn push_status(
+    api: Api<Pod>,
+    entry: Arc<PodEntry>,
+    runtime: Arc<Runtime>,
+    events: Recorder,
+    cluster_status: serde_json::Value,
+) {
     let mut changes = entry.status_changes();
     let mut last = String::new();
+    let mut written = cluster_status;
     loop {
         let status = entry.status_json();
         if status != last {
@@ -261,7 +281,13 @@ async fn push_status(api: Api<Pod>, entry: Arc<PodEntry>, runtime: Arc<Runtime>)
                 )
                 .await
             {
-                Ok(_) => last = status.clone(),
+                Ok(_) => {
+                    let now = patch["status"].clone();
+                    let happened = super::events::between(&written, &now, &entry.key, &entry.uid);
+                    events.record(&entry.key, &entry.uid, happened);
+                    written = now;
+                    last = status.clone();
+                }
                 Err(kube::Error::Api(e)) if e.code == 404 => return,
                 Err(e) => {
                     tracing::warn!(pod = %entry.key, error = %e, "cannot write the pod status; retrying");

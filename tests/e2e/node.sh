@@ -130,6 +130,15 @@ kubectl apply -f examples/job.yaml >/dev/null
 wait_for "job/hello to complete" 60 kubectl wait --for=condition=complete job/hello --timeout=1s
 kubectl logs job/hello | grep -q "the answer is 42" || fail "kubectl logs job/hello: $(kubectl logs job/hello 2>&1)"
 step "   complete; logs: $(kubectl logs job/hello | tr '\n' '|')"
+# The events kubectl describe shows, recorded as the kubelet records them.
+hello_pod=$(kubectl get pods -l job-name=hello -o jsonpath='{.items[0].metadata.name}')
+reasons() {
+  kubectl get events --field-selector "involvedObject.name=$1,source=kubelet" \
+    -o jsonpath='{range .items[*]}{.reason}{" "}{end}'
+}
+wait_for "the Pulled, Created and Started events of $hello_pod" 20 bash -c \
+  "r=\$(kubectl get events --field-selector involvedObject.name=$hello_pod -o jsonpath='{.items[*].reason}'); [[ \$r == *Pulled* && \$r == *Created* && \$r == *Started* ]]"
+step "   events: $(reasons "$hello_pod")"
 
 step "2b. Secret and ConfigMap references: env, envFrom and volumes"
 kubectl create secret generic e2e-secret --from-literal=password=s3cret >/dev/null
@@ -253,6 +262,8 @@ kubectl delete pod stubborn --wait=true >/dev/null
 took=$(( $(date +%s) - began ))
 has_count "e2e-marker-stubborn" 0 || fail "the pod's process survived its deletion"
 [ "$took" -le 13 ] || fail "delete took ${took}s for a 3 s grace period"
+wait_for "a Killing event for pod/stubborn" 20 bash -c \
+  "kubectl get events --field-selector involvedObject.name=stubborn,reason=Killing -o name | grep -q ."
 step "   gone after ${took}s (grace 3 s, TERM ignored)"
 
 step "5. a failing command shows Error with its exit code"
@@ -302,7 +313,11 @@ after=$(kubectl get pods -l app=ticker -o jsonpath='{range .items[*]}{.metadata.
 restarts=$(kubectl get pods -l app=ticker -o jsonpath='{.items[*].status.containerStatuses[0].restartCount}')
 [ "$restarts" = "0 0" ] || fail "ticker restart counts: $restarts"
 has_count "e2e-marker" 2 || fail "ticker processes after the restart: $(count e2e-marker)"
-step "   same pods, not restarted; the job's exit and output kept"
+for p in $after; do
+  started=$(kubectl get events --field-selector "involvedObject.name=$p,reason=Started" -o name | wc -l)
+  [ "$started" = 1 ] || fail "pod $p has $started Started events after procnode's restart (want 1)"
+done
+step "   same pods, not restarted (one Started event each); the job's exit and output kept"
 
 # Nothing procnode asked for was refused: the role in examples/node-rbac.yaml is enough.
 if grep -qiE "forbidden|\b403\b" "$LOG"; then

@@ -1,0 +1,289 @@
+//! Events for `kubectl describe pod`, as a kubelet records them: `Pulled`, `Created` and
+//! `Started` when a container starts, `BackOff` while it waits in CrashLoopBackOff, `Failed`
+//! when it cannot start, `Unhealthy` and `Killing` when a liveness or startup probe stops it,
+//! `Killing` when its pod is deleted.
+//!
+//! They are read off the difference between two pod statuses ([`between`]): the one last
+//! written to the API server and the new one, so a procnode that restarts and takes its pods
+//! back (whose status in the cluster already shows them running) records nothing twice.
+//! Recording is best effort: an event that cannot be written is logged, never retried, and
+//! never holds up a status update.
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, PostParams};
+use serde_json::Value;
+
+use crate::store::PodKey;
+
+/// One event about a container of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+    /// `spec.containers{NAME}` or `spec.initContainers{NAME}`.
+    pub field_path: String,
+}
+
+/// The container statuses of a pod status, with the field path of each container.
+fn containers(status: &Value) -> Vec<(String, &Value)> {
+    let mut out = Vec::new();
+    for (list, spec) in [
+        ("initContainerStatuses", "initContainers"),
+        ("containerStatuses", "containers"),
+    ] {
+        for c in status[list].as_array().into_iter().flatten() {
+            let name = c["name"].as_str().unwrap_or_default();
+            out.push((format!("spec.{spec}{{{name}}}"), c));
+        }
+    }
+    out
+}
+
+/// What happened between pod status `before` (as last written; `Null` if none) and `after`.
+pub fn between(before: &Value, after: &Value, key: &PodKey, uid: &str) -> Vec<PodEvent> {
+    let earlier = containers(before);
+    let mut events = Vec::new();
+    for (field_path, now) in containers(after) {
+        let was = earlier
+            .iter()
+            .find(|(path, _)| *path == field_path)
+            .map_or(&Value::Null, |(_, c)| *c);
+        let name = now["name"].as_str().unwrap_or_default();
+        let event = |warning, reason, message: String| PodEvent {
+            warning,
+            reason,
+            message,
+            field_path: field_path.clone(),
+        };
+        // A run that ended by a failed liveness or startup probe.
+        let ended = &now["lastState"]["terminated"];
+        if ended.is_object() && *ended != was["lastState"]["terminated"] {
+            let message = ended["message"].as_str().unwrap_or_default();
+            for probe in ["Liveness", "Startup"] {
+                if message.starts_with(&format!("{probe} probe failed")) {
+                    events.push(event(true, "Unhealthy", message.to_string()));
+                    events.push(event(
+                        false,
+                        "Killing",
+                        format!(
+                            "Container {name} failed {} probe, will be restarted",
+                            probe.to_lowercase()
+                        ),
+                    ));
+                }
+            }
+        }
+        let running = now["state"]["running"].is_object();
+        let new_run = running
+            && (!was["state"]["running"].is_object() || was["containerID"] != now["containerID"]);
+        if new_run {
+            let image = now["image"].as_str().unwrap_or_default();
+            events.push(event(
+                false,
+                "Pulled",
+                format!("Container image {image:?} already present on machine"),
+            ));
+            events.push(event(false, "Created", format!("Created container {name}")));
+            events.push(event(false, "Started", format!("Started container {name}")));
+        }
+        let waiting = &now["state"]["waiting"];
+        let reason = waiting["reason"].as_str().unwrap_or_default();
+        let changed =
+            *waiting != was["state"]["waiting"] || now["restartCount"] != was["restartCount"];
+        if reason == "CrashLoopBackOff" && changed {
+            events.push(event(
+                true,
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {name} in pod {}_{}({uid})",
+                    key.name, key.namespace
+                ),
+            ));
+        }
+        let cannot_start = matches!(
+            reason,
+            "RunContainerError" | "CreateContainerConfigError" | "CreateContainerError"
+        );
+        let failed_start = &now["state"]["terminated"];
+        if cannot_start && changed {
+            let message = waiting["message"].as_str().unwrap_or(reason);
+            events.push(event(true, "Failed", format!("Error: {message}")));
+        } else if failed_start["reason"] == "StartError"
+            && *failed_start != was["state"]["terminated"]
+        {
+            let message = failed_start["message"].as_str().unwrap_or("StartError");
+            events.push(event(true, "Failed", format!("Error: {message}")));
+        }
+    }
+    events
+}
+
+/// `Killing` for each running container of a pod that is being deleted.
+pub fn stopping(status: &Value) -> Vec<PodEvent> {
+    containers(status)
+        .into_iter()
+        .filter(|(_, c)| c["state"]["running"].is_object())
+        .map(|(field_path, c)| PodEvent {
+            warning: false,
+            reason: "Killing",
+            message: format!(
+                "Stopping container {}",
+                c["name"].as_str().unwrap_or_default()
+            ),
+            field_path,
+        })
+        .collect()
+}
+
+/// Writes events about pods as this node's kubelet.
+#[derive(Clone)]
+pub struct Recorder {
+    client: kube::Client,
+    node: String,
+}
+
+impl Recorder {
+    pub fn new(client: kube::Client, node: &str) -> Recorder {
+        Recorder {
+            client,
+            node: node.to_string(),
+        }
+    }
+
+    /// Writes `events` about pod `key` (uid `uid`) in the background.
+    pub fn record(&self, key: &PodKey, uid: &str, events: Vec<PodEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let (recorder, key, uid) = (self.clone(), key.clone(), uid.to_string());
+        tokio::spawn(async move {
+            for e in events {
+                recorder.write(&key, &uid, e).await;
+            }
+        });
+    }
+
+    async fn write(&self, key: &PodKey, uid: &str, e: PodEvent) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", key.name)),
+                namespace: Some(key.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(key.name.clone()),
+                namespace: Some(key.namespace.clone()),
+                uid: Some(uid.to_string()),
+                field_path: Some(e.field_path),
+                ..Default::default()
+            },
+            reason: Some(e.reason.to_string()),
+            message: Some(e.message),
+            type_: Some(if e.warning { "Warning" } else { "Normal" }.into()),
+            source: Some(EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.node.clone()),
+            }),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: None::<MicroTime>,
+            count: Some(1),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(self.node.clone()),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::debug!(pod = %key, error = %e, "cannot record an event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn key() -> PodKey {
+        PodKey {
+            namespace: "default".into(),
+            name: "web".into(),
+        }
+    }
+
+    fn reasons(events: &[PodEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.reason).collect()
+    }
+
+    #[test]
+    fn a_start_a_crash_loop_and_a_probe_kill_read_as_the_kubelet_records_them() {
+        let pending = json!({"phase": "Pending", "containerStatuses": [
+            {"name": "main", "image": "busybox", "restartCount": 0,
+             "state": {"waiting": {"reason": "ContainerCreating"}}}]});
+        let running = json!({"phase": "Running", "containerStatuses": [
+            {"name": "main", "image": "busybox", "restartCount": 0, "containerID": "procnode://10",
+             "state": {"running": {"startedAt": "2026-11-25T10:00:00Z"}}}]});
+        let started = between(&pending, &running, &key(), "u1");
+        assert_eq!(reasons(&started), ["Pulled", "Created", "Started"]);
+        assert_eq!(
+            started[0].message,
+            r#"Container image "busybox" already present on machine"#
+        );
+        assert_eq!(started[2].message, "Started container main");
+        assert_eq!(started[2].field_path, "spec.containers{main}");
+        // The same status again, or first seen after a restart of procnode: nothing.
+        assert!(between(&running, &running, &key(), "u1").is_empty());
+
+        let killed = json!({"phase": "Running", "containerStatuses": [
+            {"name": "main", "image": "busybox", "restartCount": 1,
+             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+             "lastState": {"terminated": {"exitCode": 143, "reason": "Error",
+                 "message": "Liveness probe failed: command exited with 1"}}}]});
+        let events = between(&running, &killed, &key(), "u1");
+        assert_eq!(reasons(&events), ["Unhealthy", "Killing", "BackOff"]);
+        assert!(events[0].warning && !events[1].warning && events[2].warning);
+        assert_eq!(
+            events[1].message,
+            "Container main failed liveness probe, will be restarted"
+        );
+        assert_eq!(
+            events[2].message,
+            "Back-off restarting failed container main in pod web_default(u1)"
+        );
+        // Still backing off, nothing new.
+        assert!(between(&killed, &killed, &key(), "u1").is_empty());
+
+        let restarted = json!({"containerStatuses": [
+            {"name": "main", "image": "busybox", "restartCount": 1, "containerID": "procnode://11",
+             "state": {"running": {"startedAt": "2026-11-25T10:00:20Z"}},
+             "lastState": killed["containerStatuses"][0]["lastState"]}]});
+        assert_eq!(
+            reasons(&between(&killed, &restarted, &key(), "u1")),
+            ["Pulled", "Created", "Started"]
+        );
+    }
+
+    #[test]
+    fn containers_that_cannot_start_and_deletions() {
+        let cannot = json!({"initContainerStatuses": [
+            {"name": "setup", "restartCount": 0, "state": {"waiting": {
+                "reason": "RunContainerError", "message": "exec: \"nope\": not found"}}}]});
+        let events = between(&Value::Null, &cannot, &key(), "u1");
+        assert_eq!(reasons(&events), ["Failed"]);
+        assert_eq!(events[0].message, "Error: exec: \"nope\": not found");
+        assert_eq!(events[0].field_path, "spec.initContainers{setup}");
+
+        let status = json!({"containerStatuses": [
+            {"name": "a", "state": {"running": {}}},
+            {"name": "b", "state": {"terminated": {"exitCode": 0}}}]});
+        let events = stopping(&status);
+        assert_eq!(reasons(&events), ["Killing"]);
+        assert_eq!(events[0].message, "Stopping container a");
+    }
+}
