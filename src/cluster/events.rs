@@ -7,7 +7,7 @@
 //! written to the API server and the new one, so a procnode that restarts and takes its pods
 //! back (whose status in the cluster already shows them running) records nothing twice.
 //! Recording is best effort: an event that cannot be written is logged, never retried, and
-//! never holds up a status update.
+//! never holds up a status update; at most [`WRITERS`] batches are written at once.
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -137,11 +137,16 @@ pub fn stopping(status: &Value) -> Vec<PodEvent> {
         .collect()
 }
 
+/// At most this many batches of events are being written at once; past it (a slow or
+/// unreachable API server), new ones are dropped rather than queued without bound.
+const WRITERS: usize = 32;
+
 /// Writes events about pods as this node's kubelet.
 #[derive(Clone)]
 pub struct Recorder {
     client: kube::Client,
     node: String,
+    writers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Recorder {
@@ -149,6 +154,7 @@ impl Recorder {
         Recorder {
             client,
             node: node.to_string(),
+            writers: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITERS)),
         }
     }
 
@@ -157,11 +163,16 @@ impl Recorder {
         if events.is_empty() {
             return;
         }
+        let Ok(permit) = self.writers.clone().try_acquire_owned() else {
+            tracing::debug!(pod = %key, dropped = events.len(), "too many event writes under way");
+            return;
+        };
         let (recorder, key, uid) = (self.clone(), key.clone(), uid.to_string());
         tokio::spawn(async move {
             for e in events {
                 recorder.write(&key, &uid, e).await;
             }
+            drop(permit);
         });
     }
 
