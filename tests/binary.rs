@@ -31,7 +31,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 
 #[tokio::test]
 async fn quick_start_then_sigterm_stops_pods_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::StateDir::new();
     let (mut child, addr) = start(dir.path(), &[]);
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
@@ -305,7 +305,7 @@ async fn a_root_agent_runs_pods_without_run_as_user_as_nobody() {
         eprintln!("skipped: the default user applies when procnode runs as root");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::StateDir::new();
     let (mut child, addr) = start(dir.path(), &[]);
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
@@ -400,7 +400,7 @@ fn the_lifecycle_example_runs_a_job_like_pod_to_success() {
         .map(|dir| dir.join("examples/lifecycle"))
         .unwrap();
     assert!(example.exists(), "{} not built", example.display());
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::StateDir::new();
     let (mut child, addr) = start(dir.path(), &["--backoff-initial", "200ms"]);
     let out = Command::new(&example)
         .arg(format!("http://{addr}"))

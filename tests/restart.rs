@@ -18,7 +18,6 @@ struct Procnode {
     http: reqwest::Client,
     /// Set once the test has stopped it itself.
     stopped: bool,
-    state_dir: std::path::PathBuf,
 }
 
 /// A test that fails half-way still stops procnode, and with it every pod it runs.
@@ -31,10 +30,6 @@ impl Drop for Procnode {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-        }
-        // A test that failed after killing procnode leaves supervisors without it.
-        if std::thread::panicking() {
-            support::kill_pods_of(&self.state_dir);
         }
     }
 }
@@ -54,7 +49,6 @@ impl Procnode {
         args.extend_from_slice(extra);
         let (child, addr) = support::start_binary(state_dir, &args);
         Procnode {
-            state_dir: state_dir.to_path_buf(),
             pid: child.id() as i32,
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
@@ -149,7 +143,7 @@ fn reaped(pid: i32) -> bool {
 
 #[tokio::test]
 async fn pods_and_exit_codes_survive_kill_9_and_containers_are_reattached() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::StateDir::new();
     let marks = tempfile::tempdir().unwrap();
     let go = marks.path().join("go");
     let a = Procnode::start(dir.path(), &["--log-files"]);
@@ -241,7 +235,7 @@ async fn pods_and_exit_codes_survive_kill_9_and_containers_are_reattached() {
 
 #[tokio::test]
 async fn a_vanished_supervisor_is_reported_and_the_container_restarted() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::StateDir::new();
     let p = Procnode::start(dir.path(), &[]);
     let always = pod("orphaned", &sh("sleep 300 & wait"), "Always");
     assert_eq!(p.post("/createPod", &always).await, 201);
@@ -270,7 +264,7 @@ async fn a_vanished_supervisor_is_reported_and_the_container_restarted() {
 
 #[tokio::test]
 async fn corrupt_records_are_set_aside_and_the_rest_restores() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::StateDir::new();
     let a = Procnode::start(dir.path(), &[]);
     let ok = pod("kept", &sh("exit 0"), "Never");
     assert_eq!(a.post("/createPod", &ok).await, 201);
@@ -299,7 +293,7 @@ async fn corrupt_records_are_set_aside_and_the_rest_restores() {
 
 #[tokio::test]
 async fn a_start_missing_from_the_record_is_found_again_not_started_twice() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::StateDir::new();
     let a = Procnode::start(dir.path(), &[]);
     let p = pod("unrecorded", &["sleep", "300"], "Always");
     assert_eq!(a.post("/createPod", &p).await, 201);
@@ -349,7 +343,7 @@ async fn a_start_missing_from_the_record_is_found_again_not_started_twice() {
 
 #[tokio::test]
 async fn with_keep_pods_on_exit_an_upgrade_leaves_pods_running() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::StateDir::new();
     let a = Procnode::start(dir.path(), &["--keep-pods-on-exit"]);
     let p = pod("survivor", &["sleep", "300"], "Always");
     assert_eq!(a.post("/createPod", &p).await, 201);
@@ -373,7 +367,7 @@ async fn with_keep_pods_on_exit_an_upgrade_leaves_pods_running() {
 /// (the kubelet runs it once per container start).
 #[tokio::test]
 async fn post_start_hooks_run_once_per_start_not_per_procnode() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::StateDir::new();
     let marks = tempfile::tempdir().unwrap();
     let trail = marks.path().join("post-start");
     let mut p = pod("hooked", &["sleep", "300"], "Always");
@@ -405,4 +399,47 @@ async fn post_start_hooks_run_once_per_start_not_per_procnode() {
     );
     assert_eq!(b.delete(&p).await, 200);
     b.terminate().await;
+}
+
+/// The test support's own guarantee: a test that kills procnode on purpose and then fails
+/// still leaves no supervisor, container or cgroup behind (its `StateDir` kills them).
+#[tokio::test]
+async fn a_test_failing_after_killing_procnode_leaves_nothing_behind() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let failed = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let dir = support::StateDir::new();
+            let a = Procnode::start(dir.path(), &[]);
+            let p = pod("orphaned", &["sleep", "300"], "Always");
+            assert_eq!(a.post("/createPod", &p).await, 201);
+            let s = a
+                .wait_status("orphaned", "running", |s| phase(s) == "Running")
+                .await;
+            let pid = container_pid(&s, "main").unwrap();
+            tx.send((
+                pid,
+                support::parent_of(pid),
+                support::cgroup_parent_for(dir.path()),
+            ))
+            .unwrap();
+            a.kill9().await;
+            panic!("(on purpose) a test that fails after killing procnode");
+        })
+    })
+    .join();
+    assert!(failed.is_err(), "the inner test was meant to fail");
+    let (pid, supervisor, cgroup_parent) = rx.recv().unwrap();
+    support::assert_groups_gone(&[pid]).await;
+    wait_until(
+        "the supervisor to be gone",
+        Duration::from_secs(5),
+        || async { (!std::path::Path::new(&format!("/proc/{supervisor}")).exists()).then_some(()) },
+    )
+    .await;
+    let left = support::cgroup_dirs(&cgroup_parent);
+    assert!(left.is_empty(), "cgroups left: {left:?}");
 }

@@ -354,8 +354,32 @@ impl Drop for Server {
     }
 }
 
-/// Kills every supervisor of the procnode that used `state_dir`, with its container's process
-/// group, and removes that procnode's test cgroups. Synchronous: it runs from `Drop`.
+/// A temporary state directory for a test that runs the procnode binary. If the test panics,
+/// whatever that procnode left is killed ([`kill_pods_of`]): a test that killed procnode on
+/// purpose and then failed would otherwise leave its pods' supervisors running.
+pub struct StateDir(tempfile::TempDir);
+
+impl StateDir {
+    pub fn new() -> StateDir {
+        StateDir(tempfile::tempdir().expect("tempdir"))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            kill_pods_of(self.0.path());
+        }
+    }
+}
+
+/// Kills the procnode binaries started on `state_dir` (by `start_binary`), every supervisor of
+/// a procnode that used it, with its container's process group, and removes that procnode's
+/// test cgroups. Synchronous: it runs from `Drop`.
 pub fn kill_pods_of(state_dir: &std::path::Path) {
     use nix::sys::signal::{kill, Signal};
     use nix::sys::wait::{waitpid, WaitPidFlag};
@@ -365,6 +389,15 @@ pub fn kill_pods_of(state_dir: &std::path::Path) {
         .flatten()
         .map(|dir| procnode::runtime::supervisor_prefix(&dir))
         .collect();
+    // A binary from start_binary names its cgroup parent, made from the state dir, on its
+    // command line.
+    let parent = cgroup_parent_for(state_dir);
+    for (pid, _, argv) in processes() {
+        if argv.contains(&parent) && !argv.iter().any(|a| a == "shim") {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::empty()));
+        }
+    }
     let procs = processes();
     let shims: Vec<i32> = procs
         .iter()
