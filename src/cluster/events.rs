@@ -9,9 +9,11 @@
 //! Recording is best effort: an event that cannot be written is logged, never retried, and
 //! never holds up a status update; at most [`WRITERS`] batches are written at once.
 
+use std::collections::HashMap;
+
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::Value;
 
 use crate::store::PodKey;
@@ -141,12 +143,29 @@ pub fn stopping(status: &Value) -> Vec<PodEvent> {
 /// unreachable API server), new ones are dropped rather than queued without bound.
 const WRITERS: usize = 32;
 
+/// A repeat of an event within this time raises the count of the one already written instead
+/// of writing another (the kubelet's event correlator uses 10 minutes too).
+const AGGREGATE_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
+/// At most this many written events are remembered for aggregation.
+const REMEMBERED: usize = 4096;
+
+/// What makes two events the same: the pod (by uid), the container, the reason and message.
+type Identity = (String, String, &'static str, String);
+
+/// An event already written: its name, count and when it was last seen.
+struct Written {
+    name: String,
+    count: i32,
+    last: std::time::Instant,
+}
+
 /// Writes events about pods as this node's kubelet.
 #[derive(Clone)]
 pub struct Recorder {
     client: kube::Client,
     node: String,
     writers: std::sync::Arc<tokio::sync::Semaphore>,
+    written: std::sync::Arc<std::sync::Mutex<HashMap<Identity, Written>>>,
 }
 
 impl Recorder {
@@ -155,6 +174,7 @@ impl Recorder {
             client,
             node: node.to_string(),
             writers: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITERS)),
+            written: Default::default(),
         }
     }
 
@@ -176,8 +196,42 @@ impl Recorder {
         });
     }
 
+    /// Writes one event, or counts it on the same event written less than
+    /// [`AGGREGATE_WITHIN`] ago (a crash loop's `BackOff` shows as one event "x5").
     async fn write(&self, key: &PodKey, uid: &str, e: PodEvent) {
         let now = k8s_openapi::jiff::Timestamp::now();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
+        let identity: Identity = (
+            uid.to_string(),
+            e.field_path.clone(),
+            e.reason,
+            e.message.clone(),
+        );
+        let repeat = {
+            let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            written
+                .get(&identity)
+                .filter(|w| w.last.elapsed() < AGGREGATE_WITHIN)
+                .map(|w| (w.name.clone(), w.count + 1))
+        };
+        if let Some((name, count)) = repeat {
+            let patch = serde_json::json!({"count": count, "lastTimestamp": Time(now)});
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.remember(identity, name, count);
+                    return;
+                }
+                // Gone (events expire): write it anew.
+                Err(kube::Error::Api(a)) if a.code == 404 => {}
+                Err(err) => {
+                    tracing::debug!(pod = %key, error = %err, "cannot count an event");
+                    return;
+                }
+            }
+        }
         let event = Event {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{}.", key.name)),
@@ -208,18 +262,121 @@ impl Recorder {
             reporting_instance: Some(self.node.clone()),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::debug!(pod = %key, error = %e, "cannot record an event");
+        match api.create(&PostParams::default(), &event).await {
+            Ok(created) => {
+                if let Some(name) = created.metadata.name {
+                    self.remember(identity, name, 1);
+                }
+            }
+            Err(e) => tracing::debug!(pod = %key, error = %e, "cannot record an event"),
         }
+    }
+
+    fn remember(&self, identity: Identity, name: String, count: i32) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if written.len() >= REMEMBERED && !written.contains_key(&identity) {
+            written.retain(|_, w| w.last.elapsed() < AGGREGATE_WITHIN);
+            if written.len() >= REMEMBERED {
+                written.clear();
+            }
+        }
+        let last = std::time::Instant::now();
+        written.insert(identity, Written { name, count, last });
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path, State};
+    use axum::routing::{patch, post};
+    use axum::Json;
     use serde_json::json;
 
     use super::*;
+
+    /// An API server that stores events (POST names them) and applies merge patches to them.
+    async fn fake_api_server() -> (kube::Client, Arc<Mutex<Vec<Value>>>) {
+        type Events = Arc<Mutex<Vec<Value>>>;
+        let events: Events = Default::default();
+        let create = |State(events): State<Events>, Json(mut e): Json<Value>| async move {
+            let mut events = events.lock().unwrap();
+            let name = format!("web.{}", events.len());
+            e["metadata"]["name"] = json!(name);
+            events.push(e.clone());
+            Json(e)
+        };
+        let update = |State(events): State<Events>,
+                      Path(name): Path<String>,
+                      Json(p): Json<Value>| async move {
+            let mut events = events.lock().unwrap();
+            let e = events
+                .iter_mut()
+                .find(|e| e["metadata"]["name"] == name.as_str())
+                .unwrap();
+            for (k, v) in p.as_object().unwrap() {
+                e[k] = v.clone();
+            }
+            Json(e.clone())
+        };
+        let app = axum::Router::new()
+            .route("/api/v1/namespaces/default/events", post(create))
+            .route("/api/v1/namespaces/default/events/{name}", patch(update))
+            .with_state(events.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        (client, events)
+    }
+
+    #[tokio::test]
+    async fn a_repeated_event_is_counted_not_written_again() {
+        let (client, stored) = fake_api_server().await;
+        let recorder = Recorder::new(client, "node-1");
+        let back_off = PodEvent {
+            warning: true,
+            reason: "BackOff",
+            message: "Back-off restarting failed container main".into(),
+            field_path: "spec.containers{main}".into(),
+        };
+        for _ in 0..3 {
+            recorder.write(&key(), "u1", back_off.clone()).await;
+        }
+        let started = PodEvent {
+            warning: false,
+            reason: "Started",
+            message: "Started container main".into(),
+            field_path: "spec.containers{main}".into(),
+        };
+        recorder.write(&key(), "u1", started).await;
+        // Another pod (uid) with the same words is another event.
+        recorder.write(&key(), "u2", back_off).await;
+        let stored = stored.lock().unwrap();
+        let summary: Vec<(&str, i64, &str)> = stored
+            .iter()
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap(),
+                    e["count"].as_i64().unwrap(),
+                    e["involvedObject"]["uid"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("BackOff", 3, "u1"),
+                ("Started", 1, "u1"),
+                ("BackOff", 1, "u2")
+            ]
+        );
+        assert_eq!(stored[0]["source"]["component"], "kubelet");
+        assert_eq!(stored[0]["source"]["host"], "node-1");
+        assert_eq!(stored[0]["type"], "Warning");
+        assert!(stored[0]["lastTimestamp"].is_string());
+    }
 
     fn key() -> PodKey {
         PodKey {
