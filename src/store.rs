@@ -213,7 +213,23 @@ pub struct PodEntry {
     status_version: watch::Sender<u64>,
     /// Per container: bumped when an update asks for its running process to be restarted.
     restarts: Box<[watch::Sender<u64>]>,
+    /// What happened that the status does not show (a failed probe, a failed hook), for a front
+    /// end that records events; kept only once one asked ([`PodEntry::take_notes`]).
+    notes: Mutex<Option<std::collections::VecDeque<Note>>>,
 }
+
+/// Something that happened to a container that its status does not show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// `spec.containers{NAME}` or `spec.initContainers{NAME}`.
+    pub field_path: String,
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Notes kept per pod until a front end takes them; older ones are dropped past this.
+const NOTES_KEPT: usize = 8;
 
 impl PodEntry {
     /// `log_dir`: the pod's directory for on-disk logs (one subdirectory per container).
@@ -247,7 +263,46 @@ impl PodEntry {
             generation: watch::channel(0).0,
             status_version: watch::channel(0).0,
             restarts: (0..n_containers).map(|_| watch::channel(0).0).collect(),
+            notes: Mutex::new(None),
         }
+    }
+
+    /// Notes that container `idx` had `reason` (`message`), for [`PodEntry::take_notes`]; does
+    /// nothing until a front end took notes once, so a pod nobody records events for keeps none.
+    pub fn note(&self, idx: usize, warning: bool, reason: &'static str, message: String) {
+        let field_path = {
+            let st = self.state.lock().expect("state lock");
+            let n_init = st.init.len();
+            match idx.checked_sub(n_init) {
+                None => format!("spec.initContainers{{{}}}", st.init[idx].name),
+                Some(i) => format!("spec.containers{{{}}}", st.containers[i].name),
+            }
+        };
+        {
+            let mut notes = self.notes.lock().expect("notes lock");
+            let Some(notes) = notes.as_mut() else {
+                return;
+            };
+            if notes.len() >= NOTES_KEPT {
+                notes.pop_front();
+            }
+            notes.push_back(Note {
+                field_path,
+                warning,
+                reason,
+                message,
+            });
+        }
+        self.status_version.send_modify(|v| *v += 1);
+    }
+
+    /// The notes since the last call (and, from the first call on, notes are kept).
+    pub fn take_notes(&self) -> Vec<Note> {
+        let mut notes = self.notes.lock().expect("notes lock");
+        notes
+            .get_or_insert_with(Default::default)
+            .drain(..)
+            .collect()
     }
 
     /// The pod as the runtime runs it now (the latest accepted update).
@@ -540,6 +595,52 @@ mod tests {
         for case in cases {
             assert!(parse(case.clone()).is_err(), "accepted {case}");
         }
+    }
+
+    #[test]
+    fn notes_are_kept_only_once_asked_for_and_bounded() {
+        use crate::runtime::status::{ContainerStatus, PodState};
+        let new = parse(serde_json::json!({
+            "metadata": {"name": "a", "uid": "u"},
+            "spec": {"initContainers": [{"name": "setup", "command": ["true"]}],
+                     "containers": [{"name": "main", "command": ["true"]}]}
+        }))
+        .unwrap();
+        let state = PodState::new(
+            new.restart_policy,
+            vec![ContainerStatus::new("setup", "", "PodInitializing")],
+            vec![ContainerStatus::new("main", "", "PodInitializing")],
+            String::new(),
+            "BestEffort",
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let logs = LogConfig {
+            per_container: 1024,
+            budget: Arc::new(crate::logs::LogBudget::new(1 << 20)),
+            files: None,
+        };
+        let entry = PodEntry::new(new, state, &logs, None);
+        let changes = entry.status_changes();
+        entry.note(1, true, "Unhealthy", "dropped: nobody asked yet".into());
+        assert!(entry.take_notes().is_empty());
+        entry.note(0, true, "FailedPostStartHook", "hook".into());
+        for i in 0..NOTES_KEPT + 2 {
+            entry.note(1, true, "Unhealthy", format!("failure {i}"));
+        }
+        assert!(
+            changes.has_changed().unwrap(),
+            "a note wakes status pushers"
+        );
+        let notes = entry.take_notes();
+        assert_eq!(notes.len(), NOTES_KEPT, "the oldest are dropped");
+        assert_eq!(notes[0].message, "failure 2");
+        assert_eq!(notes[0].field_path, "spec.containers{main}");
+        assert!(entry.take_notes().is_empty());
+        entry.note(0, false, "Test", "init".into());
+        assert_eq!(
+            entry.take_notes()[0].field_path,
+            "spec.initContainers{setup}"
+        );
     }
 
     #[test]

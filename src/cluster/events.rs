@@ -1,11 +1,13 @@
 //! Events for `kubectl describe pod`, as a kubelet records them: `Pulled`, `Created` and
 //! `Started` when a container starts, `BackOff` while it waits in CrashLoopBackOff, `Failed`
 //! when it cannot start, `Unhealthy` and `Killing` when a liveness or startup probe stops it,
-//! `Killing` when its pod is deleted.
+//! `Killing` when its pod is deleted, and what the runtime notes that no status shows:
+//! `Unhealthy` for each failed probe, `FailedPostStartHook`, `FailedPreStopHook`.
 //!
-//! They are read off the difference between two pod statuses ([`between`]): the one last
+//! Most are read off the difference between two pod statuses ([`between`]): the one last
 //! written to the API server and the new one, so a procnode that restarts and takes its pods
-//! back (whose status in the cluster already shows them running) records nothing twice.
+//! back (whose status in the cluster already shows them running) records nothing twice. The
+//! rest come from [`PodEntry::take_notes`](crate::store::PodEntry::take_notes).
 //! Recording is best effort: an event that cannot be written is logged, never retried, and
 //! never holds up a status update; at most [`WRITERS`] batches are written at once.
 
@@ -26,6 +28,17 @@ pub struct PodEvent {
     pub message: String,
     /// `spec.containers{NAME}` or `spec.initContainers{NAME}`.
     pub field_path: String,
+}
+
+impl From<crate::store::Note> for PodEvent {
+    fn from(n: crate::store::Note) -> PodEvent {
+        PodEvent {
+            warning: n.warning,
+            reason: n.reason,
+            message: n.message,
+            field_path: n.field_path,
+        }
+    }
 }
 
 /// The container statuses of a pod status, with the field path of each container.
@@ -64,8 +77,8 @@ pub fn between(before: &Value, after: &Value, key: &PodKey, uid: &str) -> Vec<Po
         if ended.is_object() && *ended != was["lastState"]["terminated"] {
             let message = ended["message"].as_str().unwrap_or_default();
             for probe in ["Liveness", "Startup"] {
+                // (Each failed probe was an `Unhealthy` event already, from the runtime's notes.)
                 if message.starts_with(&format!("{probe} probe failed")) {
-                    events.push(event(true, "Unhealthy", message.to_string()));
                     events.push(event(
                         false,
                         "Killing",
@@ -414,14 +427,14 @@ mod tests {
              "lastState": {"terminated": {"exitCode": 143, "reason": "Error",
                  "message": "Liveness probe failed: command exited with 1"}}}]});
         let events = between(&running, &killed, &key(), "u1");
-        assert_eq!(reasons(&events), ["Unhealthy", "Killing", "BackOff"]);
-        assert!(events[0].warning && !events[1].warning && events[2].warning);
+        assert_eq!(reasons(&events), ["Killing", "BackOff"]);
+        assert!(!events[0].warning && events[1].warning);
         assert_eq!(
-            events[1].message,
+            events[0].message,
             "Container main failed liveness probe, will be restarted"
         );
         assert_eq!(
-            events[2].message,
+            events[1].message,
             "Back-off restarting failed container main in pod web_default(u1)"
         );
         // Still backing off, nothing new.

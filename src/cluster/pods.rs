@@ -296,6 +296,13 @@ async fn push_status(
                 }
             }
         }
+        // What the status does not show (failed probes and hooks).
+        let notes: Vec<super::events::PodEvent> = entry
+            .take_notes()
+            .into_iter()
+            .map(super::events::PodEvent::from)
+            .collect();
+        events.record(&entry.key, &entry.uid, notes);
         // A finished pod's state does not change any more.
         let still_ours = runtime
             .get(&entry.key)

@@ -513,6 +513,9 @@ async fn run(
             result = async { post_start.as_mut().expect("guarded").await }, if post_start.is_some() => {
                 post_start = None;
                 entry.update_container(idx, |c| c.post_start_pending = false);
+                if let Err(reason) = &result {
+                    entry.note(idx, true, "FailedPostStartHook", reason.clone());
+                }
                 if let Err(reason) = result {
                     if kill_at.is_none() && pre_stop.is_none() && probe_failure.is_none() {
                         tracing::info!(pod = %entry.key, container = idx, %reason, "stopping container");
@@ -525,6 +528,7 @@ async fn run(
                 pre_stop = None;
                 if let Err(reason) = result {
                     tracing::info!(pod = %entry.key, container = idx, %reason, "preStop hook failed");
+                    entry.note(idx, true, "FailedPreStopHook", reason);
                 }
                 // The kubelet gives at least 2 s after the hook.
                 process::signal_group(pgid, Signal::SIGTERM);

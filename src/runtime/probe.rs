@@ -588,6 +588,9 @@ async fn run_until(s: &Spec, entry: &PodEntry, idx: usize, ctx: &ExecContext) ->
             Err(e) => {
                 failures += 1;
                 successes = 0;
+                // Each failure is an event, as the kubelet records it (repeats are counted).
+                let message = format!("{} probe failed: {e}", s.kind.name());
+                entry.note(idx, true, "Unhealthy", message);
                 if failures >= s.failure_threshold {
                     match s.kind {
                         Kind::Readiness => entry.update_container(idx, |c| c.ready = false),

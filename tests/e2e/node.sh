@@ -283,6 +283,29 @@ echo "$line" | grep -q " Error " || fail "kubectl get pod failing: $line"
 code=$(kubectl get pod failing -o jsonpath='{.status.containerStatuses[0].state.terminated.exitCode}')
 [ "$code" = 3 ] || fail "exit code $code, expected 3"
 step "   $line (exit code $code)"
+# A readiness probe that always fails: one Unhealthy event, its count rising with each failure.
+cat <<'EOF' | kubectl apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: unready}
+spec:
+  nodeSelector: {type: virtual-kubelet}
+  tolerations: [{key: virtual-kubelet.io/provider, operator: Exists}]
+  containers:
+  - name: main
+    image: busybox
+    command: [sleep, "3600"]
+    readinessProbe: {exec: {command: ["false"]}, periodSeconds: 1}
+EOF
+unhealthy() {
+  kubectl get events --field-selector involvedObject.name=unready,reason=Unhealthy -o jsonpath="$1"
+}
+wait_for "an Unhealthy event counted at least 3 times" 60 bash -c \
+  '[ "$(kubectl get events --field-selector involvedObject.name=unready,reason=Unhealthy -o jsonpath={.items[0].count})" -ge 3 ]'
+[ "$(unhealthy '{range .items[*]}x{end}')" = x ] \
+  || fail "repeated probe failures made several events instead of one counted"
+step "   unready: Unhealthy \"$(unhealthy '{.items[0].message} (x{.items[0].count})')\""
+kubectl delete pod unready --wait=false >/dev/null
 
 step "6. procnode killed with SIGKILL and started again loses no pod"
 kubectl scale deployment/ticker --replicas=2 >/dev/null
