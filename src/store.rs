@@ -228,6 +228,13 @@ pub struct Note {
     pub message: String,
 }
 
+/// How Kubernetes names a container inside its pod (an event's `fieldPath`):
+/// `spec.initContainers{NAME}` or `spec.containers{NAME}`.
+pub fn field_path(init: bool, name: &str) -> String {
+    let list = if init { "initContainers" } else { "containers" };
+    format!("spec.{list}{{{name}}}")
+}
+
 /// Notes kept per pod until a front end takes them; older ones are dropped past this.
 const NOTES_KEPT: usize = 8;
 
@@ -270,18 +277,18 @@ impl PodEntry {
     /// Notes that container `idx` had `reason` (`message`), for [`PodEntry::take_notes`]; does
     /// nothing until a front end took notes once, so a pod nobody records events for keeps none.
     pub fn note(&self, idx: usize, warning: bool, reason: &'static str, message: String) {
-        let field_path = {
-            let st = self.state.lock().expect("state lock");
-            let n_init = st.init.len();
-            match idx.checked_sub(n_init) {
-                None => format!("spec.initContainers{{{}}}", st.init[idx].name),
-                Some(i) => format!("spec.containers{{{}}}", st.containers[i].name),
-            }
-        };
         {
+            // (The only place that holds both locks: notes, then state.)
             let mut notes = self.notes.lock().expect("notes lock");
             let Some(notes) = notes.as_mut() else {
                 return;
+            };
+            let field_path = {
+                let st = self.state.lock().expect("state lock");
+                match idx.checked_sub(st.init.len()) {
+                    None => field_path(true, &st.init[idx].name),
+                    Some(i) => field_path(false, &st.containers[i].name),
+                }
             };
             if notes.len() >= NOTES_KEPT {
                 notes.pop_front();
@@ -293,7 +300,7 @@ impl PodEntry {
                 message,
             });
         }
-        self.status_version.send_modify(|v| *v += 1);
+        self.status_changed();
     }
 
     /// The notes since the last call (and, from the first call on, notes are kept).

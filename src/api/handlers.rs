@@ -377,20 +377,21 @@ pub async fn operating_system() -> &'static str {
 
 /// The kubelet's stats Summary (`/stats/summary` shape), measured from the pods' process groups.
 pub async fn stats_summary(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, summary(&s).await?.to_string()))
+}
+
+/// The Summary, measured on a blocking thread (it reads `/proc` and cgroup files).
+async fn summary(s: &AppState) -> Result<serde_json::Value, ApiError> {
     let (runtime, node) = (s.runtime.clone(), s.node.clone());
-    let summary = tokio::task::spawn_blocking(move || node.stats_summary(&runtime.stat_refs()))
+    tokio::task::spawn_blocking(move || node.stats_summary(&runtime.stat_refs()))
         .await
-        .map_err(|e| ApiError::Internal(format!("stats task: {e}")))?;
-    Ok(json(StatusCode::OK, summary.to_string()))
+        .map_err(|e| ApiError::Internal(format!("stats task: {e}")))
 }
 
 /// The kubelet's resource metrics (`/metrics/resource`, for metrics-server), from the same
 /// Summary as `/stats/summary`.
 pub async fn resource_metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let (runtime, node) = (s.runtime.clone(), s.node.clone());
-    let summary = tokio::task::spawn_blocking(move || node.stats_summary(&runtime.stat_refs()))
-        .await
-        .map_err(|e| ApiError::Internal(format!("stats task: {e}")))?;
+    let summary = summary(&s).await?;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -90,7 +90,11 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
         }
     }
 
-    fn get(&self, key: &K) -> Option<V> {
+    fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(key)
@@ -138,7 +142,7 @@ impl KubeletAuth {
                 "Unauthorized: show a client certificate or a bearer token".into(),
             )
         })?;
-        let user = match self.tokens.get(&token.to_string()) {
+        let user = match self.tokens.get(token) {
             Some(known) => known,
             None => {
                 let reviewed = self.review_token(token).await?;

@@ -44,13 +44,13 @@ impl From<crate::store::Note> for PodEvent {
 /// The container statuses of a pod status, with the field path of each container.
 fn containers(status: &Value) -> Vec<(String, &Value)> {
     let mut out = Vec::new();
-    for (list, spec) in [
-        ("initContainerStatuses", "initContainers"),
-        ("containerStatuses", "containers"),
+    for (list, init) in [
+        ("initContainerStatuses", true),
+        ("containerStatuses", false),
     ] {
         for c in status[list].as_array().into_iter().flatten() {
             let name = c["name"].as_str().unwrap_or_default();
-            out.push((format!("spec.{spec}{{{name}}}"), c));
+            out.push((crate::store::field_path(init, name), c));
         }
     }
     out

@@ -119,8 +119,8 @@ fn node_info() -> Value {
 }
 
 /// The status patch: capacity = allocatable (the host's figures less the reservations),
-/// conditions, addresses, daemon endpoint, nodeInfo.
-fn status(node: &Node, kubelet_port: u16) -> Value {
+/// conditions, addresses, daemon endpoint, `info` (the host's facts, read once).
+fn status(node: &Node, kubelet_port: u16, info: &Value) -> Value {
     let snap = node.snapshot();
     let capacity: Value = serde_json::from_str(&snap.capacity).unwrap_or_default();
     let conditions: Value = serde_json::from_str(&snap.conditions).unwrap_or_default();
@@ -132,7 +132,7 @@ fn status(node: &Node, kubelet_port: u16) -> Value {
             "conditions": conditions,
             "addresses": addresses,
             "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
-            "nodeInfo": node_info(),
+            "nodeInfo": info,
         }
     })
 }
@@ -196,6 +196,7 @@ pub async fn run(client: kube::Client, node: Arc<Node>, s: Settings) {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(30));
     }
+    let info = node_info();
     let mut last_written: Option<(String, tokio::time::Instant)> = None;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -212,7 +213,7 @@ pub async fn run(client: kube::Client, node: Arc<Node>, s: Settings) {
             .patch_status(
                 &s.name,
                 &PatchParams::default(),
-                &Patch::Merge(&status(&node, s.kubelet_port)),
+                &Patch::Merge(&status(&node, s.kubelet_port, &info)),
             )
             .await
         {

@@ -35,31 +35,13 @@ impl ApiObjects {
     pub async fn secret_data(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let secret = logged(api.get_opt(name).await, "secret", ns, name)?;
-        let mut data: BTreeMap<String, Vec<u8>> = secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        for (k, v) in secret.string_data.unwrap_or_default() {
-            data.insert(k, v.into_bytes());
-        }
-        Some(data)
+        Some(contents(secret.data, secret.string_data))
     }
 
     pub async fn config_map_data(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let cm = logged(api.get_opt(name).await, "configmap", ns, name)?;
-        let mut data: BTreeMap<String, Vec<u8>> = cm
-            .binary_data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        for (k, v) in cm.data.unwrap_or_default() {
-            data.insert(k, v.into_bytes());
-        }
-        Some(data)
+        Some(contents(cm.binary_data, cm.data))
     }
 
     /// Replaces `envFrom` and `valueFrom` Secret/ConfigMap references in every container of
@@ -138,6 +120,23 @@ impl ApiObjects {
             c.env = Some(resolved);
         }
     }
+}
+
+/// An object's keys: its binary entries, then its text ones (which win on a clash, as the
+/// API server's `stringData` does over `data`).
+fn contents(
+    bytes: Option<BTreeMap<String, k8s_openapi::ByteString>>,
+    text: Option<BTreeMap<String, String>>,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut data: BTreeMap<String, Vec<u8>> = bytes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    for (k, v) in text.unwrap_or_default() {
+        data.insert(k, v.into_bytes());
+    }
+    data
 }
 
 /// The object, or `None` when it does not exist or cannot be read; a read that failed for

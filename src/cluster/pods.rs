@@ -133,8 +133,6 @@ async fn apply(
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(cx.client.clone(), &key.namespace);
     let known = runtime.get(&key).ok().filter(|e| e.uid == uid);
-    // The status the cluster has: what the first status push compares with, for events.
-    let cluster_status = serde_json::to_value(&pod.status).unwrap_or_default();
 
     if pod.metadata.deletion_timestamp.is_some() {
         let t = tracked.entry(key.clone()).or_insert_with(|| Tracked {
@@ -201,7 +199,7 @@ async fn apply(
                     deleting: false,
                 },
             );
-            start_pusher(pushers, cx, api, entry, cluster_status);
+            start_pusher(pushers, cx, api, entry, &pod);
         }
         None if is_terminal(&pod) => {}
         None => {
@@ -225,7 +223,7 @@ async fn apply(
                             deleting: false,
                         },
                     );
-                    start_pusher(pushers, cx, api, entry, cluster_status);
+                    start_pusher(pushers, cx, api, entry, &pod);
                 }
                 Err(e) => {
                     tracing::warn!(pod = %key, error = %e, "cannot run the pod");
@@ -247,9 +245,11 @@ fn start_pusher(
     cx: &Context,
     api: Api<Pod>,
     entry: Arc<PodEntry>,
-    cluster_status: serde_json::Value,
+    pod: &Pod,
 ) {
     if pushers.insert((entry.key.clone(), entry.uid.clone())) {
+        // The status the cluster has: what the first push compares with, for events.
+        let cluster_status = serde_json::to_value(&pod.status).unwrap_or_default();
         let (runtime, events) = (cx.runtime.clone(), cx.events.clone());
         tokio::spawn(push_status(api, entry, runtime, events, cluster_status));
     }

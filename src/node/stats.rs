@@ -185,7 +185,6 @@ pub fn resource_metrics(summary: &Value) -> String {
             .and_then(|t| t.parse::<Timestamp>().ok())
             .map_or(0, |t| t.as_millisecond())
     };
-    let seconds = |ns: &Value| ns.as_u64().unwrap_or(0) as f64 / 1e9;
     let label = |v: &Value| {
         v.as_str()
             .unwrap_or("")
@@ -201,8 +200,17 @@ pub fn resource_metrics(summary: &Value) -> String {
             let _ = writeln!(out, "{name}{labels} {value} {at}");
         }
     };
+    // The two figures of every level (node, pod, container): (value, time in ms).
+    let cpu = |v: &Value| {
+        let seconds = v["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0) as f64 / 1e9;
+        (seconds.to_string(), millis(&v["cpu"]))
+    };
+    let working_set = |v: &Value| {
+        let bytes = v["memory"]["workingSetBytes"].as_u64().unwrap_or(0);
+        (bytes.to_string(), millis(&v["memory"]))
+    };
     let node = &summary["node"];
-    let pods = summary["pods"].as_array().cloned().unwrap_or_default();
+    let pods: &[Value] = summary["pods"].as_array().map_or(&[], Vec::as_slice);
     let pod_labels = |p: &Value| {
         format!(
             "namespace=\"{}\",pod=\"{}\"",
@@ -212,7 +220,7 @@ pub fn resource_metrics(summary: &Value) -> String {
     };
     let per_container = |f: &dyn Fn(&Value) -> Option<(String, i64)>| {
         let mut samples = Vec::new();
-        for p in &pods {
+        for p in pods {
             for c in p["containers"].as_array().into_iter().flatten() {
                 if let Some((value, at)) = f(c) {
                     let labels =
@@ -223,30 +231,26 @@ pub fn resource_metrics(summary: &Value) -> String {
         }
         samples
     };
+    let per_pod = |f: &dyn Fn(&Value) -> (String, i64)| {
+        pods.iter()
+            .map(|p| {
+                let (value, at) = f(p);
+                (format!("{{{}}}", pod_labels(p)), value, at)
+            })
+            .collect::<Vec<_>>()
+    };
+    let of_node = |(value, at): (String, i64)| vec![(String::new(), value, at)];
     family(
         "container_cpu_usage_seconds_total",
         "counter",
         "Cumulative cpu time consumed by the container in core-seconds",
-        per_container(&|c| {
-            Some((
-                seconds(&c["cpu"]["usageCoreNanoSeconds"]).to_string(),
-                millis(&c["cpu"]),
-            ))
-        }),
+        per_container(&|c| Some(cpu(c))),
     );
     family(
         "container_memory_working_set_bytes",
         "gauge",
         "Current working set of the container in bytes",
-        per_container(&|c| {
-            Some((
-                c["memory"]["workingSetBytes"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    .to_string(),
-                millis(&c["memory"]),
-            ))
-        }),
+        per_container(&|c| Some(working_set(c))),
     );
     family(
         "container_start_time_seconds",
@@ -264,57 +268,25 @@ pub fn resource_metrics(summary: &Value) -> String {
         "node_cpu_usage_seconds_total",
         "counter",
         "Cumulative cpu time consumed by the node in core-seconds",
-        vec![(
-            String::new(),
-            seconds(&node["cpu"]["usageCoreNanoSeconds"]).to_string(),
-            millis(&node["cpu"]),
-        )],
+        of_node(cpu(node)),
     );
     family(
         "node_memory_working_set_bytes",
         "gauge",
         "Current working set of the node in bytes",
-        vec![(
-            String::new(),
-            node["memory"]["workingSetBytes"]
-                .as_u64()
-                .unwrap_or(0)
-                .to_string(),
-            millis(&node["memory"]),
-        )],
+        of_node(working_set(node)),
     );
-    let per_pod = |f: &dyn Fn(&Value) -> (String, i64)| {
-        pods.iter()
-            .map(|p| {
-                let (value, at) = f(p);
-                (format!("{{{}}}", pod_labels(p)), value, at)
-            })
-            .collect::<Vec<_>>()
-    };
     family(
         "pod_cpu_usage_seconds_total",
         "counter",
         "Cumulative cpu time consumed by the pod in core-seconds",
-        per_pod(&|p| {
-            (
-                seconds(&p["cpu"]["usageCoreNanoSeconds"]).to_string(),
-                millis(&p["cpu"]),
-            )
-        }),
+        per_pod(&cpu),
     );
     family(
         "pod_memory_working_set_bytes",
         "gauge",
         "Current working set of the pod in bytes",
-        per_pod(&|p| {
-            (
-                p["memory"]["workingSetBytes"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    .to_string(),
-                millis(&p["memory"]),
-            )
-        }),
+        per_pod(&working_set),
     );
     out.push_str("# HELP scrape_error [ALPHA] 1 if there was an error while getting container metrics, 0 otherwise\n# TYPE scrape_error gauge\nscrape_error 0\n");
     out

@@ -139,6 +139,31 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// Writes the volumes of the spec `entry` runs into its pod directory. Blocking.
+    fn prepare_volumes(
+        &self,
+        entry: &PodEntry,
+    ) -> Result<volumes::PodVolumes, volumes::VolumeError> {
+        let (pod, objects) = (entry.pod(), self.objects.as_deref());
+        volumes::prepare(
+            &pod,
+            &self.pod_dir(entry),
+            &self.volumes,
+            &self.node,
+            objects,
+        )
+    }
+
+    /// [`Settings::prepare_volumes`] again for a running pod (changed labels, changed
+    /// objects): a failure is logged, the pod keeps its files as they were. Blocking.
+    fn refresh_volumes(&self, entry: &PodEntry) {
+        if let Err(err) = self.prepare_volumes(entry) {
+            tracing::warn!(pod = %entry.key, error = %err, "cannot refresh the pod's volumes");
+        }
+    }
+}
+
 /// What the names of every supervisor of the procnode using `state_dir` begin with (their
 /// command line is `procnode shim NAME`).
 pub fn supervisor_prefix(state_dir: &Path) -> String {
@@ -482,9 +507,7 @@ impl Runtime {
                     }
                 }
                 if labels_changed {
-                    if let Err(err) = volumes::prepare(&pod, &s.pod_dir(&e), &s.volumes, &s.node, s.objects.as_deref()) {
-                        tracing::warn!(pod = %e.key, error = %err, "cannot refresh the pod's volumes");
-                    }
+                    s.refresh_volumes(&e);
                 }
             })
             .await;
@@ -623,13 +646,7 @@ async fn prepare_pod(
             // Each container start then fails with the cause.
             tracing::warn!(pod = %e.key, error = %err, "cannot create the pod's cgroup");
         }
-        volumes::prepare(
-            &pod,
-            &s.pod_dir(&e),
-            &s.volumes,
-            &s.node,
-            s.objects.as_deref(),
-        )
+        s.prepare_volumes(&e)
     })
     .await
     .map_err(|err| volumes::VolumeError::Setup {
@@ -672,19 +689,7 @@ async fn refresh_object_volumes(entry: Arc<PodEntry>, settings: Arc<Settings>) {
             _ = tick.tick() => {}
         }
         let (e, s) = (entry.clone(), settings.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            let pod = e.pod();
-            if let Err(err) = volumes::prepare(
-                &pod,
-                &s.pod_dir(&e),
-                &s.volumes,
-                &s.node,
-                s.objects.as_deref(),
-            ) {
-                tracing::warn!(pod = %e.key, error = %err, "cannot refresh the pod's volumes");
-            }
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || s.refresh_volumes(&e)).await;
     }
 }
 
