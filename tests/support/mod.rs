@@ -47,22 +47,30 @@ where
     }
 }
 
+/// Every pid in /proc.
+fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+}
+
+/// The fields of `/proc/PID/stat` after the parenthesised command (state, ppid, pgrp, ...),
+/// or `None` once the process is gone.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// Pids of every live (non-zombie) process in process group `pgid`, and of zombies in it.
 pub fn group_members(pgid: i32) -> (Vec<i32>, Vec<i32>) {
     let mut live = Vec::new();
     let mut zombies = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+    for pid in pids() {
+        let Some(f) = stat_fields(pid) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command: state ppid pgrp ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
         if f.len() > 2 && f[2].parse::<i32>().ok() == Some(pgid) {
             if f[0] == "Z" {
                 zombies.push(pid);
@@ -76,22 +84,12 @@ pub fn group_members(pgid: i32) -> (Vec<i32>, Vec<i32>) {
 
 /// The parent pid of `pid`, from /proc.
 pub fn parent_of(pid: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let rest = stat.rsplit_once(')').expect("stat format").1;
-    rest.split_whitespace()
-        .nth(1)
-        .expect("ppid")
-        .parse()
-        .expect("ppid number")
+    let f = stat_fields(pid).expect("stat");
+    f.get(1).expect("ppid").parse().expect("ppid number")
 }
 
 pub fn pid_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|state| state != "Z"))
 }
 
 /// Asserts that no process (live or zombie) is left in any of `pgids`, allowing a moment for
@@ -427,10 +425,7 @@ pub fn kill_pods_of(state_dir: &std::path::Path) {
 /// Every process as (pid, parent pid, argv).
 fn processes() -> Vec<(i32, i32, Vec<String>)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
+    for pid in pids() {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
@@ -439,16 +434,8 @@ fn processes() -> Vec<(i32, i32, Vec<String>)> {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')?
-                    .1
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse()
-                    .ok()
-            })
+        let ppid = stat_fields(pid)
+            .and_then(|f| f.get(1)?.parse().ok())
             .unwrap_or(0);
         out.push((pid, ppid, argv));
     }
