@@ -31,8 +31,10 @@ pub const DEFAULT_LOG_TOTAL_BYTES: usize = 256 * 1024 * 1024;
 pub const DEFAULT_LOG_FILE_MAX_SIZE: &str = "10Mi";
 /// Log files kept per container run, the current one included (the kubelet's containerLogMaxFiles).
 pub const DEFAULT_LOG_FILE_MAX_FILES: usize = 5;
-/// uid of containers without `runAsUser` when procnode runs as root (`nobody`).
-pub const DEFAULT_UID: u32 = 65534;
+/// uids and gids a pod may ask for by number: `nobody` / `nogroup` only.
+pub const DEFAULT_ALLOWED_IDS: &str = "65534";
+/// The uids handed out to pods (see [`crate::runtime::users::DEFAULT_POD_UID_RANGE`]).
+pub const DEFAULT_POD_UID_RANGE: &str = "1879048192-1879113727";
 /// Log follow streams open at once.
 pub const DEFAULT_MAX_FOLLOW_STREAMS: usize = 64;
 /// Largest request body accepted; larger ones get 413.
@@ -190,15 +192,30 @@ pub struct Config {
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub pid_pressure_percent: u8,
 
-    /// Uids containers may run as: `any`, or a list like `1000-1999,65534`. A container asking
-    /// for another one fails to start with a message saying so.
-    #[arg(long, env = "PROCNODE_ALLOWED_UIDS", default_value = "any")]
+    /// Uids a container may ask for with `runAsUser` (and a fixed --default-uid must be in):
+    /// `any`, or a list like `1000-1999,65534`. Root on the host is far more than root in a
+    /// container (no user namespace, every capability), so 0 is refused unless listed (or
+    /// `any`). A container asking for another uid fails to start with a message saying so.
+    #[arg(long, env = "PROCNODE_ALLOWED_UIDS", default_value = DEFAULT_ALLOWED_IDS)]
     pub allowed_uids: crate::runtime::users::UidPolicy,
 
-    /// When procnode runs as root: the uid of containers that set no `runAsUser` (`nobody` by
-    /// default, so that a root agent does not run every pod as root; 0 restores that).
-    #[arg(long, env = "PROCNODE_DEFAULT_UID", default_value_t = DEFAULT_UID)]
-    pub default_uid: u32,
+    /// Gids a container may ask for with `runAsGroup`, `supplementalGroups` and `fsGroup`:
+    /// `any` or a list. gid 0 and the host's privileged groups (shadow, disk, ...) only when
+    /// listed.
+    #[arg(long, env = "PROCNODE_ALLOWED_GIDS", default_value = DEFAULT_ALLOWED_IDS)]
+    pub allowed_gids: crate::runtime::users::UidPolicy,
+
+    /// When procnode runs as root: what containers that set no `runAsUser` run as. `pod`: a
+    /// uid (and gid) of the pod's own from --pod-uid-range, kept across procnode restarts and
+    /// freed on delete, so that pods cannot read or signal each other; or a fixed uid (65534 is
+    /// `nobody`), which must be allowed by --allowed-uids.
+    #[arg(long, env = "PROCNODE_DEFAULT_UID", default_value = "pod")]
+    pub default_uid: crate::runtime::users::DefaultUser,
+
+    /// The uids (and gids) procnode hands out to pods, `FIRST-LAST`. No pod may name one of
+    /// them in `runAsUser`.
+    #[arg(long, env = "PROCNODE_POD_UID_RANGE", default_value = DEFAULT_POD_UID_RANGE, value_parser = parse_range)]
+    pub pod_uid_range: (u32, u32),
 
     /// How containers are held: `shim` starts each under its own small supervisor process, so
     /// it keeps running (and its exit status is kept) across a procnode crash or upgrade;
@@ -584,6 +601,19 @@ impl Config {
                 .unwrap_or_else(|| "procnode".to_string())
         })
     }
+}
+
+fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("`{s}` is not a range FIRST-LAST of uids (FIRST >= 1)");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u32, u32) = (
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    );
+    if lo == 0 || lo > hi || hi == u32::MAX {
+        return Err(bad());
+    }
+    Ok((lo, hi))
 }
 
 fn parse_listen(s: &str) -> Result<ListenAddr, String> {

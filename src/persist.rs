@@ -110,6 +110,9 @@ pub fn save_pod(base: &Path, raw: &str) -> io::Result<()> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SavedStatus {
+    /// The pod's own uid on the host, kept across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_id: Option<u32>,
     pub start_time: Option<Timestamp>,
     pub failure: Option<(String, String)>,
     pub init: Vec<SavedContainer>,

@@ -51,6 +51,8 @@ pub enum PodError {
     RestartPolicy(String),
     #[error("container {0:?} has neither command nor image: nothing to run")]
     NothingToRun(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
     #[error("pod updates may not add, remove or rename containers (had {had:?}, got {got:?})")]
     ContainersChanged { had: Vec<String>, got: Vec<String> },
 }
@@ -159,6 +161,7 @@ impl NewPod {
                 return Err(PodError::NothingToRun(c.name.clone()));
             }
         }
+        validate_volumes(spec)?;
         let restart_policy =
             RestartPolicy::parse(spec.restart_policy.as_deref()).ok_or_else(|| {
                 PodError::RestartPolicy(spec.restart_policy.clone().unwrap_or_default())
@@ -171,6 +174,139 @@ impl NewPod {
             raw,
         })
     }
+}
+
+/// A path with no `..` component (the API server's rule for mountPath and hostPath).
+fn no_backsteps(p: &str) -> bool {
+    !std::path::Path::new(p)
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+}
+
+/// A relative path without `..` (subPath, item paths, keys).
+fn relative_path(p: &str) -> bool {
+    !p.is_empty() && !p.starts_with('/') && no_backsteps(p)
+}
+
+/// Volumes and mounts as the API server validates them (`ValidatePod`): volume names are
+/// unique DNS-1123 labels, every mount names a volume, mountPath has no `..`, subPath and item
+/// paths are relative without `..`, hostPath paths have no `..`.
+fn validate_volumes(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<(), PodError> {
+    let invalid = |field: String, message: &str| PodError::Invalid {
+        field,
+        message: message.to_string(),
+    };
+    let mut names = std::collections::HashSet::new();
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let field = |f: &str| format!("spec.volumes[{i}]{f}");
+        if !is_dns_label(&v.name) {
+            return Err(invalid(
+                field(".name"),
+                &format!("{:?} {DNS_LABEL_RULE}", v.name),
+            ));
+        }
+        if !names.insert(v.name.as_str()) {
+            return Err(invalid(
+                field(".name"),
+                &format!("{:?} is used more than once", v.name),
+            ));
+        }
+        if let Some(h) = &v.host_path {
+            if !h.path.starts_with('/') || !no_backsteps(&h.path) {
+                return Err(invalid(
+                    field(".hostPath.path"),
+                    "must be an absolute path without '..'",
+                ));
+            }
+        }
+        let mut items: Vec<(String, &str)> = Vec::new();
+        if let Some(d) = &v.downward_api {
+            for (j, it) in d.items.iter().flatten().enumerate() {
+                items.push((field(&format!(".downwardAPI.items[{j}].path")), &it.path));
+            }
+        }
+        if let Some(c) = &v.config_map {
+            for (j, it) in c.items.iter().flatten().enumerate() {
+                items.push((field(&format!(".configMap.items[{j}].path")), &it.path));
+            }
+        }
+        if let Some(c) = &v.secret {
+            for (j, it) in c.items.iter().flatten().enumerate() {
+                items.push((field(&format!(".secret.items[{j}].path")), &it.path));
+            }
+        }
+        for (k, src) in v
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+            .enumerate()
+        {
+            let base = field(&format!(".projected.sources[{k}]"));
+            for (j, it) in src
+                .config_map
+                .iter()
+                .flat_map(|c| c.items.iter().flatten())
+                .chain(src.secret.iter().flat_map(|c| c.items.iter().flatten()))
+                .enumerate()
+            {
+                items.push((format!("{base}.items[{j}].path"), &it.path));
+            }
+            for (j, it) in src
+                .downward_api
+                .iter()
+                .flat_map(|d| d.items.iter().flatten())
+                .enumerate()
+            {
+                items.push((format!("{base}.downwardAPI.items[{j}].path"), &it.path));
+            }
+            if let Some(t) = &src.service_account_token {
+                items.push((format!("{base}.serviceAccountToken.path"), &t.path));
+            }
+        }
+        for (f, path) in items {
+            if !relative_path(path) {
+                return Err(invalid(f, "must be a relative path without '..'"));
+            }
+        }
+    }
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| ("initContainers", c))
+        .chain(spec.containers.iter().map(|c| ("containers", c)));
+    let mut counts: std::collections::HashMap<&str, usize> = Default::default();
+    for (list, c) in containers {
+        let i = {
+            let n = counts.entry(list).or_default();
+            *n += 1;
+            *n - 1
+        };
+        for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+            let field = |f: &str| format!("spec.{list}[{i}].volumeMounts[{j}].{f}");
+            if !names.contains(m.name.as_str()) {
+                return Err(invalid(
+                    field("name"),
+                    &format!("{:?} is not a volume of the pod", m.name),
+                ));
+            }
+            if m.mount_path.is_empty() {
+                return Err(invalid(field("mountPath"), "is required"));
+            }
+            if !no_backsteps(&m.mount_path) {
+                return Err(invalid(field("mountPath"), "must not contain '..'"));
+            }
+            if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                if !relative_path(sub) {
+                    return Err(invalid(
+                        field("subPath"),
+                        "must be a relative path without '..'",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One container's spec, holding the pod version it belongs to.
@@ -194,6 +330,8 @@ impl std::ops::Deref for ContainerSpec {
 pub struct PodEntry {
     pub key: PodKey,
     pub uid: String,
+    /// The pod's own uid and gid on the host (procnode as root), from `--pod-uid-range`.
+    pub pod_id: Option<u32>,
     /// The spec the runtime runs: as created, then as updated (see [`PodEntry::pod`]).
     pod: std::sync::RwLock<Arc<Pod>>,
     /// The JSON as last received (create or update), without status.
@@ -245,6 +383,7 @@ impl PodEntry {
         state: PodState,
         logs: &LogConfig,
         log_dir: Option<std::path::PathBuf>,
+        pod_id: Option<u32>,
     ) -> PodEntry {
         let n_containers = state.init.len() + state.containers.len();
         let slots = state
@@ -259,6 +398,7 @@ impl PodEntry {
         PodEntry {
             key: new.key,
             uid: new.uid,
+            pod_id,
             pod: std::sync::RwLock::new(Arc::new(new.pod)),
             raw: Mutex::new(Arc::from(new.raw)),
             state: Mutex::new(state),
@@ -437,6 +577,7 @@ impl PodEntry {
         use crate::persist::{SavedContainer, SavedStatus};
         let st = self.state.lock().expect("state lock");
         SavedStatus {
+            pod_id: self.pod_id,
             start_time: st.start_time,
             failure: st.failure.clone(),
             init: st.init.iter().map(SavedContainer::from_status).collect(),
@@ -626,7 +767,7 @@ mod tests {
             budget: Arc::new(crate::logs::LogBudget::new(1 << 20)),
             files: None,
         };
-        let entry = PodEntry::new(new, state, &logs, None);
+        let entry = PodEntry::new(new, state, &logs, None, None);
         let changes = entry.status_changes();
         entry.note(1, true, "Unhealthy", "dropped: nobody asked yet".into());
         assert!(entry.take_notes().is_empty());

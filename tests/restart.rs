@@ -43,7 +43,14 @@ impl Procnode {
         // reaped here; the real binary's own exit is collected the same way.
         procnode::runtime::process::become_subreaper().unwrap();
         procnode::runtime::process::start_reaper();
-        let mut args = vec!["--backoff-initial", "100ms", "--default-uid", "0"];
+        let mut args = vec![
+            "--backoff-initial",
+            "100ms",
+            "--default-uid",
+            "0",
+            "--allowed-uids",
+            "any",
+        ];
         // (--default-uid 0: the Job pod reads a file in this test's root-only temporary
         // directory.)
         args.extend_from_slice(extra);

@@ -237,21 +237,23 @@ async fn termination_message(
         .filter(|p| !p.is_empty() && *p != DEFAULT_TERMINATION_MESSAGE_PATH)
         .map(|p| match container.working_dir.as_deref() {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir).join(p),
-            _ => settings.pod_dir(entry).join(p),
+            _ => settings.work_path(entry).join(p),
         });
-    let from_file = match path {
-        Some(path) => tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut buf = Vec::new();
-            std::fs::File::open(path)
-                .and_then(|f| f.take(TERMINATION_MESSAGE_MAX as u64).read_to_end(&mut buf))
-                .ok()
-                .map(|_| String::from_utf8_lossy(&buf).into_owned())
+    // Read as the container would read it: with its identity, only a regular file, without
+    // blocking, bounded (a FIFO, a device or someone else's file gives no message).
+    let reader = match users::resolve(&entry.pod(), &container, &settings.users, entry.pod_id) {
+        Ok(user) => Some(user.map(|u| (u.uid, u.gid, u.groups))),
+        Err(_) => None,
+    };
+    let from_file = match (path, reader) {
+        (Some(path), Some(reader)) => tokio::task::spawn_blocking(move || {
+            super::safepath::read_as(&path, reader, TERMINATION_MESSAGE_MAX)
+                .map(|buf| String::from_utf8_lossy(&buf).into_owned())
         })
         .await
         .ok()
         .flatten(),
-        None => None,
+        _ => None,
     };
     let from_file = from_file.filter(|m| !m.is_empty());
     let fallback = container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
@@ -292,47 +294,12 @@ async fn start(
 ) -> Result<Supervised, Termination> {
     let began = Instant::now();
     let container = entry.container_spec(idx);
-    let mut env = env::environment(&entry.pod(), &container, &settings.node)
-        .map_err(|e| start_error(e.to_string()))?;
-    let (mounts, volume_env, cgroups) = {
+    let req = {
         let (entry, settings) = (entry.clone(), settings.clone());
-        tokio::task::spawn_blocking(move || isolation(&entry, idx, &settings, true))
+        tokio::task::spawn_blocking(move || recipe(&entry, idx, &settings, true))
             .await
             .map_err(|e| start_error(e.to_string()))?
             .map_err(start_error)?
-    };
-    // Volume paths come first, so that `env` and `args` can refer to them as $(VAR).
-    let mut with_volumes = volume_env;
-    with_volumes.append(&mut env);
-    let env = with_volumes;
-    let argv = env::argv(&container, &env);
-    let user = users::resolve(&entry.pod(), &container, &settings.users)
-        .map_err(|e| start_error(e.to_string()))?;
-    let (cwd, in_pod_dir) = match container.working_dir.as_deref() {
-        Some(dir) if !dir.is_empty() => (dir.into(), false),
-        _ => (settings.pod_dir(entry), true),
-    };
-    if in_pod_dir {
-        // The pod directory belongs to the user the container runs as.
-        let (dir, owner): (PathBuf, _) = (cwd.clone(), user.as_ref().map(|u| (u.uid, u.gid)));
-        tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir)?;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-            }
-            Ok::<_, std::io::Error>(())
-        })
-        .await
-        .map_err(|e| start_error(e.to_string()))?
-        .map_err(|e| start_error(process::SpawnError::PodDir(cwd.clone(), e).to_string()))?;
-    }
-    let req = SpawnRequest {
-        argv,
-        env,
-        cwd,
-        user,
-        cgroups,
-        mounts,
     };
     let run_no = entry.update_container(idx, |c| c.restart_count as u64 + u64::from(restart));
     let (sup, name) = if settings.supervise {
@@ -593,42 +560,48 @@ fn exec_context(entry: &PodEntry, idx: usize, settings: &Settings) -> Option<pro
     {
         return None;
     }
-    let env = env::environment(&entry.pod(), &c, &settings.node).unwrap_or_default();
-    let cwd = match c.working_dir.as_deref() {
-        Some(dir) if !dir.is_empty() => dir.into(),
-        _ => settings.pod_dir(entry),
-    };
-    let user = users::resolve(&entry.pod(), &c, &settings.users)
-        .ok()
-        .flatten();
-    let (mounts, volume_env, cgroups) = isolation(entry, idx, settings, false).unwrap_or_default();
-    let mut env = env;
-    env.extend(volume_env);
+    let recipe = recipe(entry, idx, settings, false).ok()?;
     Some(probe::ExecContext {
-        env,
-        cwd,
-        user,
+        recipe,
         helper: settings.shim_exe.clone(),
-        cgroups,
-        mounts,
     })
 }
 
-type Isolation = (Vec<process::BindMount>, Vec<(String, String)>, Vec<PathBuf>);
-
-/// How container `idx` sees its pod's volumes (bind mounts, links, env) and its cgroup
-/// directories: a fresh cgroup for a new run when `new_run`, else the current run's. Blocking.
-fn isolation(
+/// The one recipe of container `idx`'s processes (its own, and its exec probes' and hooks'):
+/// argv, environment (volume paths first, so that `env` and `args` can refer to them as
+/// $(VAR)), working directory, user, cgroups (a fresh one for a new run when `new_run`, else
+/// the current run's) and volume mounts. Makes the working directory when the container runs in
+/// its pod's, and the links and subPaths of its mounts. Blocking.
+fn recipe(
     entry: &PodEntry,
     idx: usize,
     settings: &Settings,
     new_run: bool,
-) -> Result<Isolation, String> {
+) -> Result<SpawnRequest, String> {
     let c = entry.container_spec(idx);
+    let pod = entry.pod();
+    let env = env::environment(&pod, &c, &settings.node).map_err(|e| e.to_string())?;
+    let user =
+        users::resolve(&pod, &c, &settings.users, entry.pod_id).map_err(|e| e.to_string())?;
+    // What procnode makes for the container belongs to it (group: the pod's own).
+    let owner = user
+        .as_ref()
+        .map(|u| (u.uid, entry.pod_id.unwrap_or(u.gid)));
+    let work =
+        match c.working_dir.as_deref() {
+            Some(dir) if !dir.is_empty() => None,
+            _ => Some(settings.work_dir(entry, owner).map_err(|e| {
+                process::SpawnError::PodDir(settings.work_path(entry), e).to_string()
+            })?),
+        };
+    let cwd = match &work {
+        Some(w) => w.path().to_path_buf(),
+        None => PathBuf::from(c.working_dir.as_deref().unwrap_or("/")),
+    };
     let empty = volumes::PodVolumes::new();
     let pod_volumes = entry.volumes.get().unwrap_or(&empty);
-    let (mounts, env) =
-        volumes::for_container(&c, pod_volumes, &settings.pod_dir(entry), &settings.volumes)
+    let (mounts, mut full_env) =
+        volumes::for_container(&c, pod_volumes, work.as_ref(), &settings.volumes, owner)
             .map_err(|e| e.to_string())?;
     let pod_cgroup = settings.pod_cgroup(entry);
     let cgroups = if new_run {
@@ -639,7 +612,26 @@ fn isolation(
     } else {
         settings.cgroups.container_dirs(&pod_cgroup, &c.name)
     };
-    Ok((mounts, env, cgroups))
+    full_env.extend(env);
+    let argv = env::argv(&c, &full_env);
+    // A process on the host gains root through any setuid binary; in a mount namespace whose
+    // volumes the pod controls (a /etc of its own) that is an escape. Only a container that
+    // asks for it and has no such mounts may raise its privileges.
+    let escalate = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.allow_privilege_escalation)
+        == Some(true);
+    let no_new_privs = !escalate || !mounts.is_empty();
+    Ok(SpawnRequest {
+        argv,
+        env: full_env,
+        cwd,
+        user,
+        cgroups,
+        mounts,
+        no_new_privs,
+    })
 }
 
 /// What a container's `resources` ask of its cgroup.

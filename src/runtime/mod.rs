@@ -15,6 +15,7 @@ mod container;
 mod env;
 mod probe;
 pub mod process;
+pub mod safepath;
 pub mod shim;
 pub mod status;
 mod supervisor;
@@ -43,6 +44,8 @@ pub struct Settings {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Which users containers may run as.
     pub users: users::UserPolicy,
+    /// The uids given to pods.
+    pub pod_ids: Arc<users::PodIds>,
     /// Start each container under its own supervisor process (so it survives procnode).
     pub supervise: bool,
     /// The executable run as `EXE shim NAME` to supervise each container.
@@ -74,9 +77,12 @@ impl Settings {
             metrics: Arc::default(),
             users: users::UserPolicy {
                 allowed: config.allowed_uids.clone(),
-                default_uid: Some(config.default_uid),
+                allowed_gids: config.allowed_gids.clone(),
+                default_user: config.default_uid,
+                pod_range: config.pod_uid_range,
                 own_uid: nix::unistd::geteuid().as_raw(),
             },
+            pod_ids: Arc::new(users::PodIds::new(config.pod_uid_range)),
             supervise: config.supervisor == crate::config::SupervisorMode::Shim,
             shim_exe: config.shim_exe(),
             logs: LogConfig {
@@ -108,11 +114,59 @@ impl Settings {
         format!("pod{}", entry.uid)
     }
 
-    /// The pod's own directory, its processes' working directory unless `workingDir` says otherwise.
+    /// The pod's own directory: procnode's, not writable by the pod (so nothing in it can be
+    /// swapped for a link), entered only by the pod's own group. It holds `volumes/` and
+    /// `work/`.
     pub fn pod_dir(&self, entry: &PodEntry) -> PathBuf {
         self.state_dir
             .join("pods")
             .join(pod_dir_name(&entry.key, &entry.uid))
+    }
+
+    /// The pod's working directory (its containers' unless `workingDir` says otherwise).
+    pub fn work_path(&self, entry: &PodEntry) -> PathBuf {
+        self.pod_dir(entry).join("work")
+    }
+
+    /// Makes (if missing) and opens the pod directory, with its owner and mode set again (root,
+    /// the pod's group, 0750). Blocking.
+    pub fn open_pod_dir(&self, entry: &PodEntry) -> std::io::Result<safepath::Dir> {
+        use safepath::{Dir, Links, Owner};
+        let pods = Dir::open_trusted(&self.state_dir)?.make_dirs(
+            Path::new("pods"),
+            Owner::mode(0o711),
+            Links::None,
+        )?;
+        let owner = match entry.pod_id {
+            Some(gid) => Owner {
+                mode: 0o750,
+                ids: Some((self.users.own_uid, gid)),
+            },
+            None => Owner::mode(0o755),
+        };
+        let name = pod_dir_name(&entry.key, &entry.uid);
+        let dir = pods.make_dirs(Path::new(&name), owner, Links::None)?;
+        dir.set_owner(owner)?;
+        Ok(dir)
+    }
+
+    /// Makes (if missing) and opens the pod's working directory, owned by `owner` (the
+    /// container's uid and the pod's gid) and writable by the pod's group. Blocking.
+    pub fn work_dir(
+        &self,
+        entry: &PodEntry,
+        owner: Option<(u32, u32)>,
+    ) -> std::io::Result<safepath::Dir> {
+        use safepath::{Links, Owner};
+        let owner = Owner {
+            mode: 0o770,
+            ids: owner,
+        };
+        let work = self
+            .open_pod_dir(entry)?
+            .make_dirs(Path::new("work"), owner, Links::None)?;
+        work.set_owner(owner)?;
+        Ok(work)
     }
 
     /// The name (abstract unix socket) of the supervisor of run `run` of container `idx`:
@@ -146,13 +200,13 @@ impl Settings {
         entry: &PodEntry,
     ) -> Result<volumes::PodVolumes, volumes::VolumeError> {
         let (pod, objects) = (entry.pod(), self.objects.as_deref());
-        volumes::prepare(
-            &pod,
-            &self.pod_dir(entry),
-            &self.volumes,
-            &self.node,
-            objects,
-        )
+        let pod_dir = self
+            .open_pod_dir(entry)
+            .map_err(|e| volumes::VolumeError::Setup {
+                name: String::new(),
+                message: format!("pod directory: {e}"),
+            })?;
+        volumes::prepare(&pod, &pod_dir, &self.volumes, &self.node, objects)
     }
 
     /// [`Settings::prepare_volumes`] again for a running pod (changed labels, changed
@@ -287,12 +341,16 @@ impl Runtime {
         }
         let admitted = self.store.len() < self.settings.max_pods as usize;
         self.save_pod(&new.key, &new.uid, &new.raw).await?;
-        let entry = Arc::new(self.new_entry(new, admitted));
+        let pod_id = self.claim_pod_id(None, &new);
+        let entry = Arc::new(self.new_entry(new, admitted, pod_id));
         loop {
             match self.store.insert_new(entry.clone()) {
                 Ok(()) => break,
                 Err(existing) if existing.uid == entry.uid => {
-                    return Ok(Created::Existing(existing))
+                    if let Some(id) = entry.pod_id {
+                        self.settings.pod_ids.release(id);
+                    }
+                    return Ok(Created::Existing(existing));
                 }
                 Err(old) => self.stop_and_forget(&old, None).await,
             }
@@ -330,6 +388,10 @@ impl Runtime {
             tokio::task::spawn_blocking(move || crate::persist::load_all(&records, &corrupt))
                 .await
                 .unwrap_or_default();
+        // Recorded pod uids first, so that a pod without one cannot take another's.
+        for id in loaded.iter().filter_map(|p| p.status.as_ref()?.pod_id) {
+            self.settings.pod_ids.claim(Some(id), "");
+        }
         for pod in loaded {
             let new = match NewPod::parse(&pod.raw) {
                 Ok(new) => new,
@@ -342,7 +404,9 @@ impl Runtime {
                 }
             };
             let admitted = pod.status.as_ref().is_none_or(|s| s.failure.is_none());
-            let entry = Arc::new(self.new_entry(new, true));
+            let recorded = pod.status.as_ref().and_then(|s| s.pod_id);
+            let pod_id = self.claim_pod_id(recorded, &new);
+            let entry = Arc::new(self.new_entry(new, true, pod_id));
             if let Some(saved) = pod.status {
                 let runs: Vec<u64> = {
                     let mut st = entry.state.lock().expect("state lock");
@@ -382,7 +446,16 @@ impl Runtime {
         problems
     }
 
-    fn new_entry(&self, new: NewPod, admitted: bool) -> PodEntry {
+    /// The pod's own uid on the host: as recorded, or a free one (procnode as root only).
+    fn claim_pod_id(&self, recorded: Option<u32>, new: &NewPod) -> Option<u32> {
+        if self.settings.users.own_uid != 0 {
+            return None;
+        }
+        let seed = format!("{}/{}/{}", new.key.namespace, new.key.name, new.uid);
+        self.settings.pod_ids.claim(recorded, &seed)
+    }
+
+    fn new_entry(&self, new: NewPod, admitted: bool, pod_id: Option<u32>) -> PodEntry {
         let spec = new.pod.spec.as_ref().expect("validated");
         let init: Vec<ContainerStatus> = spec
             .init_containers
@@ -430,7 +503,7 @@ impl Runtime {
             state.refresh(now);
         }
         let log_dir = self.settings.pod_log_dir(&new.key, &new.uid);
-        PodEntry::new(new, state, &self.settings.logs, log_dir)
+        PodEntry::new(new, state, &self.settings.logs, log_dir, pod_id)
     }
 
     /// Records a new version of a pod (returned by getPod from now on) and applies what
@@ -552,6 +625,10 @@ impl Runtime {
             }
         })
         .await;
+        // Only once its files are gone may another pod get its uid.
+        if let Some(id) = entry.pod_id {
+            self.settings.pod_ids.release(id);
+        }
     }
 
     fn grace_for(&self, entry: &PodEntry, requested: Option<Duration>) -> Duration {

@@ -196,31 +196,22 @@ fn spec(kind: Kind, p: &Probe, c: &Container) -> Result<Spec, String> {
 /// What exec probes run with: the container's environment, user and working directory.
 #[derive(Debug, Clone)]
 pub struct ExecContext {
-    pub env: Vec<(String, String)>,
-    pub cwd: std::path::PathBuf,
-    pub user: Option<super::users::UserSpec>,
+    /// The container's own process recipe (environment, working directory, user, cgroups,
+    /// volume mounts), which exec probes and hooks share; its argv is replaced.
+    pub recipe: SpawnRequest,
     /// procnode's executable, which switches user for an exec probe (`exec-as`).
     pub helper: std::path::PathBuf,
-    /// The container's cgroups and volume mounts, which exec probes and hooks share.
-    pub cgroups: Vec<std::path::PathBuf>,
-    pub mounts: Vec<process::BindMount>,
 }
 
 /// Runs one check. `Err` carries what the kubelet would put in its event.
 async fn check(handler: &Handler, timeout: Duration, ctx: &ExecContext) -> Result<(), String> {
     match handler {
         Handler::Exec(argv) => {
-            let req = SpawnRequest {
-                argv: argv
-                    .iter()
-                    .map(|a| super::env::expand(a, &ctx.env))
-                    .collect(),
-                env: ctx.env.clone(),
-                cwd: ctx.cwd.clone(),
-                user: ctx.user.clone(),
-                cgroups: ctx.cgroups.clone(),
-                mounts: ctx.mounts.clone(),
-            };
+            let mut req = ctx.recipe.clone();
+            req.argv = argv
+                .iter()
+                .map(|a| super::env::expand(a, &req.env))
+                .collect();
             let helper = ctx.helper.clone();
             let spawned = tokio::task::spawn_blocking(move || process::spawn_quiet(&req, &helper))
                 .await

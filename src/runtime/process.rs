@@ -74,12 +74,21 @@ pub struct SpawnRequest {
     /// Bind mounts made in a private mount namespace of the process before exec.
     #[serde(default)]
     pub mounts: Vec<BindMount>,
+    /// `PR_SET_NO_NEW_PRIVS` before exec: no setuid binary or file capability raises what the
+    /// process may do.
+    #[serde(default)]
+    pub no_new_privs: bool,
 }
 
-/// A volume made visible at a path, for one process (its own mount namespace).
+/// A volume made visible at a path, for one process (its own mount namespace). The source is
+/// `sub` beneath the trusted directory `root`, opened without following links (see
+/// [`super::safepath`]) just before the fork and mounted from its descriptor, so nothing can
+/// swap it between the check and the mount.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BindMount {
-    pub source: PathBuf,
+    pub root: PathBuf,
+    pub sub: PathBuf,
+    pub links: super::safepath::Links,
     pub target: PathBuf,
     pub read_only: bool,
 }
@@ -157,24 +166,50 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
             c_path(&file).map_err(|e| SpawnError::Cgroup(dir.clone(), e))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if !req.mounts.is_empty() {
+        // The mounts are made in a mount namespace of this process's own, made here before the
+        // sources are opened: a bind mount's source must be in the namespace it is mounted
+        // in. Only a process of the container's own gets here (its supervisor, or the
+        // `exec-as` helper: `via_helper` routes every request with mounts there), so procnode's
+        // namespace is never touched. Nothing mounted here propagates back to the host.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+            .and_then(|()| {
+                nix::mount::mount(
+                    None::<&std::ffi::CStr>,
+                    c"/",
+                    None::<&std::ffi::CStr>,
+                    nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                    None::<&std::ffi::CStr>,
+                )
+            })
+            .map_err(|e| SpawnError::Mount(PathBuf::from("/"), format!("mount namespace: {e}")))?;
+    }
     let mounts = req
         .mounts
         .iter()
         .map(|m| {
             let problem = |what: String| SpawnError::Mount(m.target.clone(), what);
-            let source = std::fs::metadata(&m.source)
-                .map_err(|e| problem(format!("source {}: {e}", m.source.display())))?;
+            let source_path = m.root.join(&m.sub);
+            let fd = super::safepath::Dir::open_trusted(&m.root)
+                .and_then(|root| root.open_path(&m.sub, m.links))
+                .map_err(|e| problem(format!("source: {e}")))?;
+            let source = nix::sys::stat::fstat(&fd)
+                .map_err(|e| problem(format!("source {}: {e}", source_path.display())))?;
+            let source_is_dir = source.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
             let target =
                 std::fs::metadata(&m.target).map_err(|e| problem(format!("mount point: {e}")))?;
-            if source.is_dir() != target.is_dir() {
+            if source_is_dir != target.is_dir() {
                 return Err(problem(format!(
                     "{} is a {} but the mount point is not",
-                    m.source.display(),
-                    if source.is_dir() { "directory" } else { "file" }
+                    source_path.display(),
+                    if source_is_dir { "directory" } else { "file" }
                 )));
             }
             let as_c = |p: &Path| c_path(p).map_err(|e| problem(e.to_string()));
-            Ok((as_c(&m.source)?, as_c(&m.target)?, m.read_only))
+            let from = as_c(&super::safepath::proc_fd_path(&fd))?;
+            // The descriptor lives in the closure, so it is open in the child until exec
+            // (close-on-exec) and closed with the command.
+            Ok((fd, from, as_c(&m.target)?, m.read_only))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let user = req.user.clone().map(|user| {
@@ -189,7 +224,8 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
             nix::unistd::Uid::from_raw(user.uid),
         )
     });
-    if !cgroup_files.is_empty() || !mounts.is_empty() || user.is_some() {
+    let no_new_privs = req.no_new_privs;
+    if !cgroup_files.is_empty() || !mounts.is_empty() || user.is_some() || no_new_privs {
         // SAFETY: runs in the forked child before exec; it only makes system calls (open,
         // write, unshare, mount, setgroups, setgid, setuid) on data prepared before the fork.
         unsafe {
@@ -204,16 +240,7 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
                     nix::unistd::write(&fd, b"0")?;
                 }
                 if !mounts.is_empty() {
-                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-                    // Nothing mounted here propagates back to the host.
-                    mount(
-                        None::<&std::ffi::CStr>,
-                        c"/",
-                        None::<&std::ffi::CStr>,
-                        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                        None::<&std::ffi::CStr>,
-                    )?;
-                    for (source, target, read_only) in &mounts {
+                    for (_fd, source, target, read_only) in &mounts {
                         mount(
                             Some(source.as_c_str()),
                             target.as_c_str(),
@@ -237,11 +264,36 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
                     nix::unistd::setgid(*gid)?;
                     nix::unistd::setuid(*uid)?;
                 }
+                if no_new_privs {
+                    nix::sys::prctl::set_no_new_privs()?;
+                }
                 Ok(())
             });
         }
     }
     Ok(cmd)
+}
+
+/// Gives the calling thread, and only it, the file system identity of a container (uid,
+/// gid, groups), for a read made as the container would make it. Call it on a thread of its
+/// own that ends afterwards: its credentials are not given back.
+pub fn take_fs_identity(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    let list: Vec<nix::libc::gid_t> = groups.to_vec();
+    // SAFETY: a system call given a valid pointer and its length. The raw call changes this
+    // thread's groups only; the C library's setgroups would change every thread's.
+    let r = unsafe { nix::libc::syscall(nix::libc::SYS_setgroups, list.len(), list.as_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+    // Neither call reports an error; each returns the value in force, so ask once more.
+    let fsuid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid)).as_raw();
+    let fsgid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid)).as_raw();
+    if fsuid != uid || fsgid != gid {
+        return Err(io::Error::other("cannot take the container's identity"));
+    }
+    Ok(())
 }
 
 fn c_path(p: &Path) -> io::Result<std::ffi::CString> {
@@ -301,7 +353,7 @@ pub fn spawn_shim(exe: &Path, name: &str) -> Result<SpawnedShim, SpawnError> {
 /// `HELPER exec-as SPEC` (see [`exec_as_main`]): posix_spawn'd without a switch, the helper,
 /// single-threaded, switches user and replaces itself with the command.
 fn via_helper(req: &SpawnRequest, helper: &Path) -> SpawnRequest {
-    if req.user.is_none() && req.cgroups.is_empty() && req.mounts.is_empty() {
+    if req.user.is_none() && req.cgroups.is_empty() && req.mounts.is_empty() && !req.no_new_privs {
         return req.clone();
     }
     let spec = serde_json::to_string(req).expect("spawn request serialises");
@@ -312,6 +364,7 @@ fn via_helper(req: &SpawnRequest, helper: &Path) -> SpawnRequest {
         user: None,
         cgroups: Vec::new(),
         mounts: Vec::new(),
+        no_new_privs: false,
     }
 }
 

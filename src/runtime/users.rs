@@ -78,37 +78,103 @@ impl std::fmt::Display for UidPolicy {
     }
 }
 
+/// What a container that sets no `runAsUser` runs as, when procnode is root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultUser {
+    /// A uid of the pod's own from `--pod-uid-range` (as systemd's DynamicUser): pods cannot
+    /// read or signal each other's processes, nor each other's files.
+    PerPod,
+    Fixed(u32),
+}
+
+impl std::str::FromStr for DefaultUser {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "pod" => Ok(DefaultUser::PerPod),
+            n => n
+                .parse()
+                .map(DefaultUser::Fixed)
+                .map_err(|_| format!("`{s}` is not `pod` or a uid")),
+        }
+    }
+}
+
+impl std::fmt::Display for DefaultUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DefaultUser::PerPod => write!(f, "pod"),
+            DefaultUser::Fixed(u) => write!(f, "{u}"),
+        }
+    }
+}
+
 /// The user settings of procnode.
 #[derive(Debug, Clone)]
 pub struct UserPolicy {
+    /// uids a container may ask for (`runAsUser`), and a fixed default must be in.
     pub allowed: UidPolicy,
+    /// gids a container may ask for (`runAsGroup`, `supplementalGroups`, `fsGroup`).
+    pub allowed_gids: UidPolicy,
     /// The uid of containers that set no `runAsUser`, when procnode runs as root.
-    pub default_uid: Option<u32>,
+    pub default_user: DefaultUser,
+    /// The range pod uids are taken from; no pod may ask for one of them by number.
+    pub pod_range: (u32, u32),
     /// procnode's own effective uid.
     pub own_uid: u32,
 }
+
+impl UserPolicy {
+    /// A policy for procnode's own uid that allows everything (tests, tools).
+    pub fn permissive(own_uid: u32) -> UserPolicy {
+        UserPolicy {
+            allowed: UidPolicy::Any,
+            allowed_gids: UidPolicy::Any,
+            default_user: DefaultUser::PerPod,
+            pod_range: DEFAULT_POD_UID_RANGE,
+            own_uid,
+        }
+    }
+}
+
+/// The default `--pod-uid-range`: 65,536 uids from 0x70000000, above the ranges systemd gives
+/// to regular and dynamic users and to its containers, and below 2^31.
+pub const DEFAULT_POD_UID_RANGE: (u32, u32) = (0x7000_0000, 0x7000_ffff);
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum UserError {
     #[error("runAsUser {uid} is not allowed by procnode's uid policy (--allowed-uids {policy})")]
     NotAllowed { uid: u32, policy: String },
+    #[error("{field} {gid} is not allowed by procnode's gid policy (--allowed-gids {policy})")]
+    GroupNotAllowed {
+        field: &'static str,
+        gid: u32,
+        policy: String,
+    },
+    #[error("runAsUser {uid} is in the range procnode gives to pods (--pod-uid-range): a pod may not take another pod's uid")]
+    PodRange { uid: u32 },
     #[error("container has runAsNonRoot and would run as root (set runAsUser, or --default-uid)")]
     RunsAsRoot,
     #[error("procnode runs as uid {own} and cannot switch to runAsUser {uid}")]
     CannotSwitch { own: u32, uid: u32 },
     #[error("{field} {value} is not a valid id")]
     Invalid { field: &'static str, value: i64 },
+    #[error("no uid is free in --pod-uid-range for this pod")]
+    NoPodUid,
 }
 
 fn id(field: &'static str, value: i64) -> Result<u32, UserError> {
     u32::try_from(value).map_err(|_| UserError::Invalid { field, value })
 }
 
-/// The identity container `c` of `pod` runs as; `None` means procnode's own.
+/// The identity container `c` of `pod` runs as; `None` means procnode's own. `pod_id` is the
+/// pod's own uid (and gid) from [`PodIds`], when procnode is root.
 pub fn resolve(
     pod: &Pod,
     c: &Container,
     policy: &UserPolicy,
+    pod_id: Option<u32>,
 ) -> Result<Option<UserSpec>, UserError> {
     let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let c_sc = c.security_context.as_ref();
@@ -126,20 +192,34 @@ pub fn resolve(
         .and_then(|s| s.run_as_non_root)
         .or(pod_sc.and_then(|s| s.run_as_non_root))
         .unwrap_or(false);
-    let supplemental: Vec<u32> = pod_sc
+    let mut supplemental: Vec<(&'static str, u32)> = pod_sc
         .and_then(|s| s.supplemental_groups.clone())
         .unwrap_or_default()
         .into_iter()
-        .map(|g| id("supplementalGroups", g))
+        .map(|g| id("supplementalGroups", g).map(|g| ("supplementalGroups", g)))
         .collect::<Result<_, _>>()?;
+    if let Some(fs_group) = pod_sc.and_then(|s| s.fs_group) {
+        supplemental.push(("fsGroup", id("fsGroup", fs_group)?));
+    }
 
     let root = policy.own_uid == 0;
-    let uid = run_as_user.or(if root { policy.default_uid } else { None });
+    let in_pod_range = |u: u32| (policy.pod_range.0..=policy.pod_range.1).contains(&u);
+    if let Some(uid) = run_as_user {
+        if in_pod_range(uid) {
+            return Err(UserError::PodRange { uid });
+        }
+    }
+    let (uid, dynamic) = match (run_as_user, root, policy.default_user) {
+        (Some(u), _, _) => (Some(u), false),
+        (None, false, _) => (None, false),
+        (None, true, DefaultUser::Fixed(u)) => (Some(u), false),
+        (None, true, DefaultUser::PerPod) => (Some(pod_id.ok_or(UserError::NoPodUid)?), true),
+    };
     let effective = uid.unwrap_or(policy.own_uid);
     if non_root && effective == 0 {
         return Err(UserError::RunsAsRoot);
     }
-    if !policy.allowed.allows(effective) {
+    if !dynamic && !policy.allowed.allows(effective) {
         return Err(UserError::NotAllowed {
             uid: effective,
             policy: policy.allowed.to_string(),
@@ -157,15 +237,92 @@ pub fn resolve(
             uid,
         });
     }
-    let gid = run_as_group.unwrap_or_else(|| {
-        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+    let check_gid = |field: &'static str, gid: u32| {
+        if policy.allowed_gids.allows(gid) {
+            Ok(gid)
+        } else {
+            Err(UserError::GroupNotAllowed {
+                field,
+                gid,
+                policy: policy.allowed_gids.to_string(),
+            })
+        }
+    };
+    let gid = match run_as_group {
+        Some(g) => check_gid("runAsGroup", g)?,
+        None if dynamic => uid,
+        // The host's primary group of a uid the operator allowed: part of allowing it.
+        None => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
             .flatten()
-            .map_or(uid, |u| u.gid.as_raw())
-    });
+            .map_or(uid, |u| u.gid.as_raw()),
+    };
     let mut groups = vec![gid];
-    groups.extend(supplemental.into_iter().filter(|g| *g != gid));
+    for (field, g) in supplemental {
+        let g = check_gid(field, g)?;
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    // Every container of the pod is in the pod's own group: it reaches the pod's directory.
+    if let Some(p) = pod_id {
+        if !groups.contains(&p) {
+            groups.push(p);
+        }
+    }
     Ok(Some(UserSpec { uid, gid, groups }))
+}
+
+/// The uids handed out to pods, one per pod, from `--pod-uid-range`.
+#[derive(Debug)]
+pub struct PodIds {
+    range: (u32, u32),
+    used: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+}
+
+impl PodIds {
+    pub fn new(range: (u32, u32)) -> PodIds {
+        PodIds {
+            range,
+            used: Default::default(),
+        }
+    }
+
+    /// Claims `recorded` (a pod restored with its uid), or a free uid for the pod called `seed`
+    /// (its metadata.uid): the search starts at a place given by the name, so the same pod
+    /// gets the same uid again after a crash that lost its record, and a uid just freed is not
+    /// the next one handed out. Uids the host's user database knows are skipped.
+    pub fn claim(&self, recorded: Option<u32>, seed: &str) -> Option<u32> {
+        let (lo, hi) = self.range;
+        let mut used = self.used.lock().expect("pod ids lock");
+        if let Some(r) = recorded.filter(|r| (lo..=hi).contains(r)) {
+            used.insert(r);
+            return Some(r);
+        }
+        let size = u64::from(hi - lo) + 1;
+        let start = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }) % size;
+        for i in 0..size.min(1 << 20) {
+            let candidate = lo + ((start + i) % size) as u32;
+            if used.contains(&candidate) {
+                continue;
+            }
+            let known = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(candidate))
+                .ok()
+                .flatten()
+                .is_some();
+            if !known {
+                used.insert(candidate);
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    pub fn release(&self, id: u32) {
+        self.used.lock().expect("pod ids lock").remove(&id);
+    }
 }
 
 #[cfg(test)]
@@ -179,9 +336,8 @@ mod tests {
 
     fn policy(own: u32) -> UserPolicy {
         UserPolicy {
-            allowed: UidPolicy::Any,
-            default_uid: None,
-            own_uid: own,
+            default_user: DefaultUser::Fixed(0),
+            ..UserPolicy::permissive(own)
         }
     }
 
@@ -192,14 +348,14 @@ mod tests {
             "containers": [{"name": "a", "securityContext": {"runAsUser": 1500}}, {"name": "b"}]
         }));
         let spec = p.spec.as_ref().unwrap();
-        let a = resolve(&p, &spec.containers[0], &policy(0))
+        let a = resolve(&p, &spec.containers[0], &policy(0), None)
             .unwrap()
             .unwrap();
         assert_eq!(
             (a.uid, a.gid, a.groups.clone()),
             (1500, 2000, vec![2000, 3000])
         );
-        let b = resolve(&p, &spec.containers[1], &policy(0))
+        let b = resolve(&p, &spec.containers[1], &policy(0), None)
             .unwrap()
             .unwrap();
         assert_eq!(b.uid, 1000);
@@ -210,28 +366,31 @@ mod tests {
         let p = pod(serde_json::json!({"containers": [{"name": "a"}]}));
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(
-            resolve(&p, c, &policy(0)).unwrap(),
-            None,
-            "root without a default: root"
+            resolve(&p, c, &policy(0), None).unwrap().unwrap().uid,
+            0,
+            "a default of 0: root"
         );
         let with_default = UserPolicy {
-            default_uid: Some(65534),
+            default_user: DefaultUser::Fixed(65534),
             ..policy(0)
         };
-        assert_eq!(resolve(&p, c, &with_default).unwrap().unwrap().uid, 65534);
+        assert_eq!(
+            resolve(&p, c, &with_default, None).unwrap().unwrap().uid,
+            65534
+        );
         let only = UserPolicy {
             allowed: "1000-1999".parse().unwrap(),
             ..policy(0)
         };
         assert!(matches!(
-            resolve(&p, c, &only),
+            resolve(&p, c, &only, None),
             Err(UserError::NotAllowed { uid: 0, .. })
         ));
         let p = pod(
             serde_json::json!({"securityContext": {"runAsNonRoot": true}, "containers": [{"name": "a"}]}),
         );
         let c = &p.spec.as_ref().unwrap().containers[0];
-        assert_eq!(resolve(&p, c, &policy(0)), Err(UserError::RunsAsRoot));
+        assert_eq!(resolve(&p, c, &policy(0), None), Err(UserError::RunsAsRoot));
     }
 
     #[test]
@@ -241,7 +400,7 @@ mod tests {
         );
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(
-            resolve(&p, c, &policy(1000)),
+            resolve(&p, c, &policy(1000), None),
             Err(UserError::CannotSwitch { own: 1000, uid: 0 })
         );
         let p = pod(
@@ -249,10 +408,82 @@ mod tests {
         );
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(
-            resolve(&p, c, &policy(1000)),
+            resolve(&p, c, &policy(1000), None),
             Ok(None),
             "its own uid is fine"
         );
+    }
+
+    #[test]
+    fn groups_are_policed_and_pods_get_their_own_ids() {
+        let p = pod(serde_json::json!({
+            "securityContext": {"runAsUser": 65534, "runAsGroup": 0, "supplementalGroups": [6]},
+            "containers": [{"name": "a"}]
+        }));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let strict = UserPolicy {
+            allowed: "65534".parse().unwrap(),
+            allowed_gids: "65534".parse().unwrap(),
+            ..UserPolicy::permissive(0)
+        };
+        assert!(matches!(
+            resolve(&p, c, &strict, Some(7)),
+            Err(UserError::GroupNotAllowed {
+                field: "runAsGroup",
+                gid: 0,
+                ..
+            })
+        ));
+        let p = pod(serde_json::json!({
+            "securityContext": {"runAsUser": 65534, "supplementalGroups": [65534, 42]},
+            "containers": [{"name": "a"}]
+        }));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert!(matches!(
+            resolve(&p, c, &strict, Some(7)),
+            Err(UserError::GroupNotAllowed {
+                field: "supplementalGroups",
+                gid: 42,
+                ..
+            })
+        ));
+        let p = pod(
+            serde_json::json!({"securityContext": {"fsGroup": 0}, "containers": [{"name": "a"}]}),
+        );
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert!(matches!(
+            resolve(&p, c, &strict, Some(7)),
+            Err(UserError::GroupNotAllowed {
+                field: "fsGroup",
+                ..
+            })
+        ));
+        // No runAsUser: the pod's own uid, gid and group.
+        let p = pod(serde_json::json!({"containers": [{"name": "a"}]}));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let own = resolve(&p, c, &strict, Some(0x7000_0005)).unwrap().unwrap();
+        assert_eq!(
+            (own.uid, own.gid, own.groups),
+            (0x7000_0005, 0x7000_0005, vec![0x7000_0005])
+        );
+        // Nobody may name a pod uid.
+        let p = pod(
+            serde_json::json!({"securityContext": {"runAsUser": 0x7000_0005u32}, "containers": [{"name": "a"}]}),
+        );
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert!(matches!(
+            resolve(&p, c, &UserPolicy::permissive(0), None),
+            Err(UserError::PodRange { .. })
+        ));
+        let ids = PodIds::new((100_000, 100_002));
+        let a = ids.claim(None, "a").unwrap();
+        let b = ids.claim(None, "a").unwrap();
+        let c = ids.claim(None, "a").unwrap();
+        assert!(a != b && b != c && a != c);
+        assert_eq!(ids.claim(None, "a"), None, "the range is used up");
+        ids.release(b);
+        assert_eq!(ids.claim(None, "x"), Some(b));
+        assert_eq!(ids.claim(Some(a), "z"), Some(a), "a recorded uid is kept");
     }
 
     #[test]

@@ -24,6 +24,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use super::safepath::{relative, Dir, Links, Owner};
+
 use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, Pod, Volume};
 
 use super::env::NodeFacts;
@@ -97,10 +99,16 @@ impl VolumeError {
     }
 }
 
-/// A prepared volume.
+/// A prepared volume: the trusted directory `root` (one procnode made, or an operator's
+/// hostPath prefix) and the path `rel` beneath it, resolved again without following links
+/// wherever it is used.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
+    /// `root` joined with `rel`, for messages and the volume's environment variable.
     pub path: PathBuf,
+    pub root: PathBuf,
+    pub rel: PathBuf,
+    pub links: Links,
     /// `emptyDir.sizeLimit` in bytes, watched (or, on tmpfs, enforced by the kernel).
     pub size_limit: Option<(u64, String)>,
     /// A tmpfs procnode mounted (unmounted before the pod directory is removed).
@@ -115,11 +123,16 @@ pub fn volumes_dir(pod_dir: &Path) -> PathBuf {
     pod_dir.join("volumes")
 }
 
-/// Prepares every volume of `pod` (blocking). Idempotent: a restarted procnode calls it again
-/// for the pods it restores.
+/// Directories only procnode writes (0755, within the pod directory, which only the pod's own
+/// group may enter).
+const OWN_DIR: Owner = Owner::mode(0o755);
+
+/// Prepares every volume of `pod` (blocking) in its pod directory `pod_dir` (root-owned, not
+/// writable by the pod). Idempotent: a restarted procnode calls it again for the pods it
+/// restores.
 pub fn prepare(
     pod: &Pod,
-    pod_dir: &Path,
+    pod_dir: &Dir,
     policy: &VolumePolicy,
     node: &NodeFacts,
     objects: Option<&dyn ObjectSource>,
@@ -136,7 +149,7 @@ pub fn prepare(
 fn prepare_one(
     pod: &Pod,
     v: &Volume,
-    pod_dir: &Path,
+    pod_dir: &Dir,
     policy: &VolumePolicy,
     node: &NodeFacts,
     objects: Option<&dyn ObjectSource>,
@@ -146,8 +159,22 @@ fn prepare_one(
         name: name.clone(),
         message,
     };
-    let own_dir = volumes_dir(pod_dir).join(name);
+    let volumes = pod_dir
+        .make_dirs(Path::new("volumes"), OWN_DIR, Links::None)
+        .map_err(|e| setup(e.to_string()))?;
+    let own_dir = volumes.path().join(name);
+    let own = |mode: u32| -> Result<Dir, VolumeError> {
+        let d = volumes
+            .make_dirs(Path::new(name), Owner::mode(mode), Links::None)
+            .map_err(|e| setup(e.to_string()))?;
+        d.set_owner(Owner::mode(mode))
+            .map_err(|e| setup(e.to_string()))?;
+        Ok(d)
+    };
     let plain = |path: PathBuf| Prepared {
+        root: path.clone(),
+        rel: PathBuf::new(),
+        links: Links::None,
         path,
         size_limit: None,
         tmpfs: false,
@@ -155,7 +182,11 @@ fn prepare_one(
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
 
     if let Some(e) = &v.empty_dir {
-        make_dir(&own_dir, 0o777).map_err(|e| setup(e.to_string()))?;
+        // Writable by every container of the pod (the kubelet's 0777): only the pod's own
+        // group may enter the pod directory around it.
+        if !is_mount_point(&own_dir) {
+            own(0o777)?;
+        }
         let limit = match &e.size_limit {
             Some(q) => {
                 let bytes =
@@ -184,32 +215,31 @@ fn prepare_one(
             .map_err(|e| setup(format!("mounting a tmpfs: {e}")))?;
         }
         return Ok(Prepared {
-            path: own_dir,
             size_limit: limit,
             tmpfs,
+            ..plain(own_dir)
         });
     }
     if let Some(h) = &v.host_path {
-        return host_path(name, &h.path, h.type_.as_deref().unwrap_or(""), policy).map(plain);
+        return host_path(name, &h.path, h.type_.as_deref().unwrap_or(""), policy);
     }
     if let Some(d) = &v.downward_api {
-        make_dir(&own_dir, 0o755).map_err(|e| setup(e.to_string()))?;
-        write_downward(pod, d.items.as_deref().unwrap_or_default(), &own_dir, node)
-            .map_err(setup)?;
+        let dir = own(0o755)?;
+        write_downward(pod, d.items.as_deref().unwrap_or_default(), &dir, node).map_err(setup)?;
         return Ok(plain(own_dir));
     }
     let service_account = is_service_account_volume(pod, v);
     if let Some(p) = &v.projected {
-        make_dir(&own_dir, 0o755).map_err(|e| setup(e.to_string()))?;
+        let dir = own(0o755)?;
         for source in p.sources.iter().flatten() {
             if let Some(d) = &source.downward_api {
-                write_downward(pod, d.items.as_deref().unwrap_or_default(), &own_dir, node)
+                write_downward(pod, d.items.as_deref().unwrap_or_default(), &dir, node)
                     .map_err(setup)?;
             } else if let Some(cm) = &source.config_map {
                 let data = objects.and_then(|o| o.config_map(namespace, &cm.name));
                 let optional = cm.optional == Some(true) || service_account;
                 write_object(
-                    &own_dir,
+                    &dir,
                     data,
                     cm.items.as_deref(),
                     optional,
@@ -220,7 +250,7 @@ fn prepare_one(
                 let data = objects.and_then(|o| o.secret(namespace, &s.name));
                 let optional = s.optional == Some(true) || service_account;
                 write_object(
-                    &own_dir,
+                    &dir,
                     data,
                     s.items.as_deref(),
                     optional,
@@ -246,7 +276,7 @@ fn prepare_one(
                 if let Some(token) = token {
                     let path = relative(&t.path).map_err(|e| setup(format!("token path: {e}")))?;
                     let mode = (p.default_mode.unwrap_or(0o644) & 0o777) as u32;
-                    write_file_mode(&own_dir.join(path), token.as_bytes(), mode).map_err(setup)?;
+                    write_file_mode(&dir, path, token.as_bytes(), mode).map_err(setup)?;
                 } else if objects.is_some() {
                     return Err(setup(format!(
                         "no token for service account {account:?} (TokenRequest failed)"
@@ -259,16 +289,16 @@ fn prepare_one(
         return Ok(plain(own_dir));
     }
     if let Some(s) = &v.secret {
-        make_dir(&own_dir, 0o755).map_err(|e| setup(e.to_string()))?;
+        let dir = own(0o755)?;
         let secret = s.secret_name.clone().unwrap_or_default();
         let data = objects.and_then(|o| o.secret(namespace, &secret));
         let optional = s.optional == Some(true) || service_account;
         if service_account && data.is_none() {
-            write_file(&own_dir.join("namespace"), namespace.as_bytes()).map_err(setup)?;
+            write_file(&dir, Path::new("namespace"), namespace.as_bytes()).map_err(setup)?;
             return Ok(plain(own_dir));
         }
         write_object(
-            &own_dir,
+            &dir,
             data,
             s.items.as_deref(),
             optional,
@@ -278,10 +308,10 @@ fn prepare_one(
         return Ok(plain(own_dir));
     }
     if let Some(cm) = &v.config_map {
-        make_dir(&own_dir, 0o755).map_err(|e| setup(e.to_string()))?;
+        let dir = own(0o755)?;
         let data = objects.and_then(|o| o.config_map(namespace, &cm.name));
         write_object(
-            &own_dir,
+            &dir,
             data,
             cm.items.as_deref(),
             cm.optional == Some(true),
@@ -373,7 +403,7 @@ fn is_service_account_volume(pod: &Pod, v: &Volume) -> bool {
 
 /// Writes a Secret's or ConfigMap's keys (or the selected `items`) as files.
 fn write_object(
-    dir: &Path,
+    dir: &Dir,
     data: Option<BTreeMap<String, Vec<u8>>>,
     items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
     optional: bool,
@@ -395,31 +425,29 @@ fn write_object(
                     .get(&item.key)
                     .ok_or_else(|| format!("{kind} {object:?} has no key {:?}", item.key))?;
                 let path = relative(&item.path).map_err(|e| format!("item path: {e}"))?;
-                write_file_mode(&dir.join(path), value, file_mode(item.mode))?;
+                write_file_mode(dir, path, value, file_mode(item.mode))?;
             }
         }
         _ => {
             for (key, value) in &data {
                 let path = relative(key).map_err(|e| format!("key: {e}"))?;
-                write_file_mode(&dir.join(path), value, file_mode(None))?;
+                write_file_mode(dir, path, value, file_mode(None))?;
             }
         }
     }
     Ok(())
 }
 
-fn write_file_mode(path: &Path, content: &[u8], mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    write_file(path, content)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{}: {e}", path.display()))
+fn write_file_mode(dir: &Dir, path: &Path, content: &[u8], mode: u32) -> Result<(), String> {
+    dir.write_file(path, content, Owner::mode(mode), OWN_DIR, Links::None)
+        .map_err(|e| e.to_string())
 }
 
 /// Writes downwardAPI items as files.
 fn write_downward(
     pod: &Pod,
     items: &[DownwardAPIVolumeFile],
-    dir: &Path,
+    dir: &Dir,
     node: &NodeFacts,
 ) -> Result<(), String> {
     for item in items {
@@ -453,51 +481,28 @@ fn write_downward(
                 item.path
             ));
         };
-        write_file(&dir.join(path), value.as_bytes())?;
+        write_file(dir, path, value.as_bytes())?;
     }
     Ok(())
 }
 
 /// Writes a file whole (a temporary file renamed over it), so that a refresh never shows a
 /// reader half a file.
-fn write_file(path: &Path, content: &[u8]) -> Result<(), String> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".procnode-tmp");
-    std::fs::write(&tmp, content)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn make_dir(dir: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-}
-
-/// A relative path with no `..` (item paths, keys, subPaths).
-fn relative(p: &str) -> Result<&Path, String> {
-    let path = Path::new(p);
-    if p.is_empty()
-        || path
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_)))
-    {
-        return Err(format!("{p:?} must be a relative path without '..'"));
-    }
-    Ok(path)
+fn write_file(dir: &Dir, path: &Path, content: &[u8]) -> Result<(), String> {
+    write_file_mode(dir, path, content, 0o644)
 }
 
 /// Checks (and for the *OrCreate types, creates) a hostPath volume under the allowed prefixes.
+/// The path is taken apart into a prefix (trusted: the operator's) and the rest, which is
+/// resolved beneath the prefix: links are followed only while they stay beneath it, so none a
+/// pod made can lead elsewhere, and what is created is created there.
 fn host_path(
     name: &str,
     path: &str,
     type_: &str,
     policy: &VolumePolicy,
-) -> Result<PathBuf, VolumeError> {
+) -> Result<Prepared, VolumeError> {
+    use nix::sys::stat::SFlag;
     let setup = |message: String| VolumeError::Setup {
         name: name.to_string(),
         message,
@@ -520,28 +525,30 @@ fn host_path(
     if !requested.is_absolute() || requested.components().any(|c| c == Component::ParentDir) {
         return Err(not_allowed());
     }
-    // Symbolic links are resolved before the prefix check, so none can lead outside.
-    let resolved = match std::fs::canonicalize(requested) {
-        Ok(p) => p,
-        Err(_) => {
-            let parent = requested.parent().ok_or_else(not_allowed)?;
-            let file = requested.file_name().ok_or_else(not_allowed)?;
-            match std::fs::canonicalize(parent) {
-                Ok(p) => p.join(file),
-                // A missing parent: DirectoryOrCreate makes it, checked against its own path.
-                Err(_) => requested.to_path_buf(),
-            }
+    // The prefix as written or as the host resolves it (the operator's own links).
+    let (prefix, rel) = policy
+        .host_path_prefixes
+        .iter()
+        .flat_map(|p| {
+            [
+                p.clone(),
+                std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
+            ]
+        })
+        .find_map(|p| {
+            let rel = requested.strip_prefix(&p).ok()?.to_path_buf();
+            Some((std::fs::canonicalize(&p).ok()?, rel))
+        })
+        .ok_or_else(not_allowed)?;
+    let root = Dir::open_trusted(&prefix).map_err(|e| setup(e.to_string()))?;
+    let escaped = |e: io::Error| {
+        if e.to_string().contains("leaves the directory") {
+            not_allowed()
+        } else {
+            setup(e.to_string())
         }
     };
-    let allowed = policy.host_path_prefixes.iter().any(|prefix| {
-        let prefix = std::fs::canonicalize(prefix).unwrap_or_else(|_| prefix.clone());
-        resolved.starts_with(&prefix)
-    });
-    if !allowed {
-        return Err(not_allowed());
-    }
-    let meta = std::fs::metadata(&resolved);
-    use std::os::unix::fs::FileTypeExt;
+    let kind = root.kind(&rel, Links::Beneath).map_err(escaped)?;
     let kind_ok = |want: &str, ok: bool| {
         if ok {
             Ok(())
@@ -551,53 +558,60 @@ fn host_path(
             )))
         }
     };
+    let is = |k: SFlag| kind == Some(k);
     match type_ {
         "" => {}
         "DirectoryOrCreate" => {
-            if meta.is_err() {
-                make_dir(&resolved, 0o755).map_err(|e| setup(e.to_string()))?;
+            if kind.is_none() {
+                root.make_dirs(&rel, Owner::mode(0o755), Links::Beneath)
+                    .map_err(escaped)?;
             }
-            kind_ok("directory", resolved.is_dir())?;
+            let now = root.kind(&rel, Links::Beneath).map_err(escaped)?;
+            kind_ok("directory", now == Some(SFlag::S_IFDIR))?;
         }
-        "Directory" => kind_ok("directory", meta.as_ref().is_ok_and(|m| m.is_dir()))?,
+        "Directory" => kind_ok("directory", is(SFlag::S_IFDIR))?,
         "FileOrCreate" => {
-            if meta.is_err() {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&resolved)
+            if kind.is_none() {
+                root.make_file(&rel, Owner::mode(0o644), Links::Beneath)
                     .map_err(|e| setup(format!("creating {path}: {e}")))?;
             }
-            kind_ok("file", resolved.is_file())?;
+            let now = root.kind(&rel, Links::Beneath).map_err(escaped)?;
+            kind_ok("file", now == Some(SFlag::S_IFREG))?;
         }
-        "File" => kind_ok("file", meta.as_ref().is_ok_and(|m| m.is_file()))?,
-        "Socket" => kind_ok(
-            "socket",
-            meta.as_ref().is_ok_and(|m| m.file_type().is_socket()),
-        )?,
-        "CharDevice" => kind_ok(
-            "character device",
-            meta.as_ref().is_ok_and(|m| m.file_type().is_char_device()),
-        )?,
-        "BlockDevice" => kind_ok(
-            "block device",
-            meta.as_ref().is_ok_and(|m| m.file_type().is_block_device()),
-        )?,
+        "File" => kind_ok("file", is(SFlag::S_IFREG))?,
+        "Socket" => kind_ok("socket", is(SFlag::S_IFSOCK))?,
+        "CharDevice" => kind_ok("character device", is(SFlag::S_IFCHR))?,
+        "BlockDevice" => kind_ok("block device", is(SFlag::S_IFBLK))?,
         other => return Err(setup(format!("unknown hostPath type {other:?}"))),
     }
-    Ok(resolved)
+    Ok(Prepared {
+        path: if rel.as_os_str().is_empty() {
+            prefix.clone()
+        } else {
+            prefix.join(&rel)
+        },
+        root: prefix,
+        rel,
+        links: Links::Beneath,
+        size_limit: None,
+        tmpfs: false,
+    })
 }
 
 /// A container's bind mounts and its volume environment variables.
 pub type ContainerView = (Vec<BindMount>, Vec<(String, String)>);
 
 /// How one container sees the pod's volumes: bind mounts (when possible), symbolic links in
-/// the pod directory (made here) and environment variables. Blocking.
+/// its working directory `work` (when it runs there; made here, never through a link) and
+/// environment variables. A subPath is resolved (and made, if missing) beneath its volume
+/// without following a link a pod could have made, so nothing a container put in a volume can
+/// lead outside it; `owner` owns what is made. Blocking.
 pub fn for_container(
     container: &Container,
     volumes: &PodVolumes,
-    pod_dir: &Path,
+    work: Option<&Dir>,
     policy: &VolumePolicy,
+    owner: Option<(u32, u32)>,
 ) -> Result<ContainerView, VolumeError> {
     let mut mounts = Vec::new();
     let mut env = Vec::new();
@@ -610,35 +624,58 @@ pub fn for_container(
         let volume = volumes
             .get(&m.name)
             .ok_or_else(|| fail(format!("no volume named {:?}", m.name)))?;
-        let mut source = volume.path.clone();
+        let root = Dir::open_trusted(&volume.root).map_err(|e| fail(e.to_string()))?;
+        let mut rel = volume.rel.clone();
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            source = source.join(relative(sub).map_err(|e| fail(format!("subPath {e}")))?);
-            if !source.exists() {
-                make_dir(&source, 0o777).map_err(|e| fail(e.to_string()))?;
+            rel = rel.join(relative(sub).map_err(|e| fail(format!("subPath {e}")))?);
+            let missing = root
+                .kind(&rel, volume.links)
+                .map_err(|e| fail(format!("subPath: {e}")))?
+                .is_none();
+            if missing {
+                let made = Owner {
+                    mode: if volume.links == Links::None {
+                        0o777
+                    } else {
+                        0o755
+                    },
+                    ids: owner,
+                };
+                root.make_dirs(&rel, made, volume.links)
+                    .map_err(|e| fail(format!("subPath: {e}")))?;
             }
         }
+        let source = if rel.as_os_str().is_empty() {
+            volume.root.clone()
+        } else {
+            volume.root.join(&rel)
+        };
         let target = Path::new(&m.mount_path);
-        if !target.is_absolute() {
-            return Err(fail("mountPath must be absolute".into()));
+        if !target.is_absolute() || target.components().any(|c| c == Component::ParentDir) {
+            return Err(fail("mountPath must be absolute, without '..'".into()));
         }
         env.push((env_name(&m.name), source.display().to_string()));
-        // POD_DIR/<mountPath> → source (a link already there stays: first mount wins).
-        let link = pod_dir.join(target.strip_prefix("/").unwrap_or(target));
-        if std::fs::symlink_metadata(&link).is_err() {
-            if let Some(parent) = link.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
-            }
-            match std::os::unix::fs::symlink(&source, &link) {
-                // Another container of the pod made it at the same moment.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                other => other.map_err(|e| fail(e.to_string()))?,
+        // WORK/<mountPath> → source (a link already there stays: first mount wins).
+        if let Some(work) = work {
+            let link = target.strip_prefix("/").unwrap_or(target);
+            if !link.as_os_str().is_empty() {
+                let dirs = Owner {
+                    mode: 0o755,
+                    ids: owner,
+                };
+                work.symlink(link, &source, dirs)
+                    .map_err(|e| fail(e.to_string()))?;
             }
         }
+        let source_is_dir =
+            root.kind(&rel, volume.links).ok().flatten() == Some(nix::sys::stat::SFlag::S_IFDIR);
         let bindable = policy.can_mount
-            && std::fs::metadata(target).is_ok_and(|t| t.is_dir() == source.is_dir());
+            && std::fs::metadata(target).is_ok_and(|t| t.is_dir() == source_is_dir);
         if bindable {
             mounts.push(BindMount {
-                source,
+                root: volume.root.clone(),
+                sub: rel,
+                links: volume.links,
                 target: target.to_path_buf(),
                 read_only: m.read_only == Some(true),
             });
@@ -681,16 +718,19 @@ pub fn usage(dir: &Path) -> u64 {
     total
 }
 
-/// Unmounts the tmpfs volumes procnode mounted in `pod_dir` (before it is removed). Blocking.
+/// Unmounts the tmpfs volumes procnode mounted in `pod_dir` (before it is removed). Only
+/// the entries of the pod's `volumes/` directory are looked at, reached through a directory
+/// only procnode writes and without following links. Blocking.
 pub fn release(pod_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(volumes_dir(pod_dir)) else {
+    let Ok(dir) = Dir::open_trusted(&volumes_dir(pod_dir)) else {
         return;
     };
-    for e in entries.flatten() {
-        if is_mount_point(&e.path()) {
-            if let Err(err) = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH) {
-                tracing::warn!(dir = %e.path().display(), error = %err, "could not unmount a volume");
-            }
+    for mounted in dir.mounted_children() {
+        if let Err(err) = nix::mount::umount2(
+            &mounted,
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        ) {
+            tracing::warn!(dir = %mounted.display(), error = %err, "could not unmount a volume");
         }
     }
 }
@@ -707,14 +747,6 @@ fn is_mount_point(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relative_paths_cannot_climb() {
-        assert!(relative("a/b").is_ok());
-        for bad in ["", "../x", "a/../../b", "/abs"] {
-            assert!(relative(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn env_names_are_shell_friendly() {
@@ -745,7 +777,7 @@ mod tests {
             "DirectoryOrCreate",
             &policy,
         );
-        assert!(made.unwrap().is_dir());
+        assert!(made.unwrap().path.is_dir());
         let err = host_path("v", &p(&allowed.join("missing")), "Directory", &policy).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
         let none = VolumePolicy::default();

@@ -214,8 +214,15 @@ impl Server {
             args.extend(["--cgroup-parent".to_string(), cgroup_parent_for(&dir)]);
         }
         // Tests hand containers files in the test's own (root-only) temporary directories.
+        // (Root is opt-in: allowing it is part of choosing it.)
         if !extra_args.contains(&"--default-uid") {
             args.extend(["--default-uid".to_string(), "0".to_string()]);
+            if !extra_args.contains(&"--allowed-uids") {
+                args.extend(["--allowed-uids".to_string(), "any".to_string()]);
+            }
+            if !extra_args.contains(&"--allowed-gids") {
+                args.extend(["--allowed-gids".to_string(), "any".to_string()]);
+            }
         }
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let config = procnode::Config::parse_from_env_free(args);
