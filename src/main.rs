@@ -68,7 +68,25 @@ fn load_config(args: Vec<String>) -> Result<Config, std::process::ExitCode> {
 
 #[tokio::main]
 async fn run_manifest(file: &str, flags: &[String]) -> std::process::ExitCode {
-    let state_dir = std::env::temp_dir().join(format!("procnode-run-{}", std::process::id()));
+    // A fresh directory of its own (mkdtemp: a new name, mode 0700, never one planted before).
+    let template = std::env::temp_dir().join("procnode-run-XXXXXX");
+    let made = nix::unistd::mkdtemp(&template).and_then(|dir| {
+        // Pods running as other users go through it to their own directories.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+        Ok(dir)
+    });
+    let state_dir = match made {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!(
+                "procnode run: cannot make a private directory in {}: {e}",
+                std::env::temp_dir().display()
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
     let mut all = vec!["procnode".to_string()];
     all.extend_from_slice(flags);
     // A private, throw-away state directory: nothing outlives this run. (Containers still run

@@ -53,18 +53,57 @@ pub fn remove(base: &Path) -> io::Result<()> {
 /// Writes `data` to `path` atomically: a temporary file beside it, fsync, rename.
 /// Creates the state directory with the modes procnode relies on: the directory itself and
 /// `pods/` traversable by everyone (0711: containers running as other users reach their pod's
-/// directory and volumes, but cannot list what is there), `records/`, `logs/` and `corrupt/`
-/// procnode's alone (0700: pod specs may hold secrets).
+/// directory and volumes, but cannot list what is there), `records/`, `logs/`, `corrupt/` and
+/// `sup/` (the supervisors' sockets) procnode's alone (0700: pod specs may hold secrets).
+///
+/// A state directory that already exists keeps its mode: procnode refuses one that it does not
+/// own or that others may write (a shared /tmp, say), since everything below it is trusted.
 pub fn prepare_state_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let problem = |what: String| io::Error::new(io::ErrorKind::PermissionDenied, what);
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            let me = nix::unistd::geteuid().as_raw();
+            if !meta.is_dir() {
+                return Err(problem(format!(
+                    "state dir {} is not a directory (a link or a file is not used)",
+                    dir.display()
+                )));
+            }
+            if meta.uid() != me || meta.mode() & 0o022 != 0 {
+                return Err(problem(format!(
+                    "state dir {} belongs to uid {} with mode {:o}: it must be procnode's own (uid {me}) \
+                     and writable by nobody else; choose another --state-dir, or fix it with \
+                     `chown {me} {0}; chmod go-w {0}`",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777,
+                )));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)))
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("state dir {}: {e}", dir.display()))
+                })?;
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("state dir {}: {e}", dir.display()),
+            ))
+        }
+    }
     let with_mode = |d: &Path, mode: u32| -> io::Result<()> {
-        std::fs::create_dir_all(d)
-            .and_then(|_| std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)))
-            .map_err(|e| io::Error::new(e.kind(), format!("state dir {}: {e}", d.display())))
+        match std::fs::create_dir(d) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            _ => std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)),
+        }
+        .map_err(|e| io::Error::new(e.kind(), format!("state dir {}: {e}", d.display())))
     };
-    with_mode(dir, 0o711)?;
     with_mode(&dir.join("pods"), 0o711)?;
-    for private in ["records", "logs", "corrupt"] {
+    for private in ["records", "logs", "corrupt", "sup"] {
         with_mode(&dir.join(private), 0o700)?;
     }
     Ok(())

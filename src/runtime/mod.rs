@@ -169,15 +169,20 @@ impl Settings {
         Ok(work)
     }
 
-    /// The name (abstract unix socket) of the supervisor of run `run` of container `idx`:
-    /// unique per state directory, pod, container and run.
+    /// The name of the supervisor of run `run` of container `idx`: the path of its socket in
+    /// `STATE_DIR/sup/` (procnode's alone, so no other user can take a name first), unique per
+    /// pod, container and run.
     pub fn supervisor_name(&self, entry: &PodEntry, idx: usize, run: u64) -> String {
-        let id = format!("{}/{}/{}", entry.key.namespace, entry.key.name, entry.uid);
         format!(
-            "{}{:016x}/{idx}/{run}",
+            "{}{}-{idx}-{run}",
             supervisor_prefix(&self.state_dir),
-            fnv1a(&id)
+            self.supervisor_pod_part(entry)
         )
+    }
+
+    fn supervisor_pod_part(&self, entry: &PodEntry) -> String {
+        let id = format!("{}/{}/{}", entry.key.namespace, entry.key.name, entry.uid);
+        format!("{:016x}", fnv1a(&id))
     }
 
     /// Where the pod's record files live (this path plus `.pod.json` / `.status.json`).
@@ -221,7 +226,7 @@ impl Settings {
 /// What the names of every supervisor of the procnode using `state_dir` begin with (their
 /// command line is `procnode shim NAME`).
 pub fn supervisor_prefix(state_dir: &Path) -> String {
-    format!("procnode/{:016x}/", fnv1a(&state_dir.to_string_lossy()))
+    format!("{}/", state_dir.join("sup").display())
 }
 
 /// 64-bit FNV-1a: short, stable names from long paths.
@@ -608,11 +613,21 @@ impl Runtime {
         let key = entry.key.clone();
         let cgroups = self.settings.cgroups.clone();
         let pod_cgroup = self.settings.pod_cgroup(entry);
+        let sup_dir = self.settings.state_dir.join("sup");
+        let sup_part = format!("{}-", self.settings.supervisor_pod_part(entry));
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = cgroups.remove_pod(&pod_cgroup) {
                 tracing::warn!(pod = %key, error = %e, "could not remove the pod's cgroup");
             }
             volumes::release(&pod_dir);
+            // Sockets of supervisors that were killed rather than released.
+            if let Ok(entries) = std::fs::read_dir(sup_dir) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&sup_part) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
             if let Err(e) = crate::persist::remove(&record) {
                 tracing::warn!(pod = %key, error = %e, "could not remove pod record");
             }

@@ -274,6 +274,14 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
     Ok(cmd)
 }
 
+/// The parent of process `pid`, from `/proc/PID/stat`.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Gives the calling thread, and only it, the file system identity of a container (uid,
 /// gid, groups), for a read made as the container would make it. Call it on a thread of its
 /// own that ends afterwards: its credentials are not given back.

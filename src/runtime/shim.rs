@@ -6,7 +6,8 @@
 //! container (orphans of the container are reaped here), creates the output pipes and starts the
 //! container in a new process group. It answers with [`Message::Hello`], carrying the read ends
 //! of the two output pipes (SCM_RIGHTS), or [`Message::Failed`]. It also listens on the abstract
-//! unix socket `NAME` (no file system entry; only processes of its own uid are served), where a
+//! unix socket `NAME` (a path in procnode's own `STATE_DIR/sup/`; only processes of its own uid are
+//! served), where a
 //! restarted procnode gets the same hello and the same pipes. Output written while no procnode
 //! reads waits in the pipe (the writer blocks when it is full; nothing is dropped).
 //!
@@ -63,9 +64,21 @@ pub fn line(m: &Message) -> String {
     s
 }
 
-/// The abstract socket address of the shim called `name`.
+/// The socket address of the shim called `name`: the path `name` (in procnode's own
+/// `STATE_DIR/sup/`), or, for a supervisor started by an older procnode, the abstract name.
 pub fn address(name: &str) -> io::Result<SocketAddr> {
-    SocketAddr::from_abstract_name(name.as_bytes())
+    if name.starts_with('/') {
+        SocketAddr::from_pathname(name)
+    } else {
+        SocketAddr::from_abstract_name(name.as_bytes())
+    }
+}
+
+/// Removes the socket file of the shim called `name` (nothing for an abstract name).
+fn remove_socket(name: &str) {
+    if name.starts_with('/') {
+        let _ = std::fs::remove_file(name);
+    }
 }
 
 /// Runs the shim; returns the process exit code.
@@ -98,6 +111,9 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
     mask.add(Signal::SIGCHLD);
     mask.thread_block()?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    // A file left by a supervisor of the same name that was killed (its directory is
+    // procnode's alone: nobody else can have put it there).
+    remove_socket(name);
     let listener = UnixListener::bind_addr(&address(name)?)?;
 
     let (out_r, out_w) = process::pipe().map_err(io::Error::other)?;
@@ -110,6 +126,7 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
     let pid = match child {
         Ok(child) => child.id() as i32,
         Err(e) => {
+            remove_socket(name);
             first.write_all(
                 line(&Message::Failed {
                     message: e.to_string(),
@@ -188,6 +205,7 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
                 Some(Ok(n)) if n > 0 => {
                     if exited.is_some() && buf[..n].windows(7).any(|w| w == b"release") {
                         while reap_any() {}
+                        remove_socket(name);
                         return Ok(());
                     }
                 }

@@ -79,16 +79,37 @@ pub async fn launch(
 /// Connects to the running supervisor called `name` and takes the container's pipes from it.
 pub async fn attach(name: &str) -> io::Result<Supervised> {
     let shim_name = name.to_string();
-    let greeting = tokio::task::spawn_blocking(move || {
+    let (greeting, peer) = tokio::task::spawn_blocking(move || {
         let stream = std::os::unix::net::UnixStream::connect_addr(&shim::address(&shim_name)?)?;
-        receive_greeting(stream)
+        let peer =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)?;
+        Ok::<_, io::Error>((receive_greeting(stream)?, peer))
     })
     .await
     .map_err(io::Error::other)??;
-    into_supervised(greeting).map_err(|e| match e {
+    let sup = into_supervised(greeting).map_err(|e| match e {
         GreetingError::Failed(message) => io::Error::other(message),
         GreetingError::Io(e) => e,
-    })
+    })?;
+    // Trusted only when the kernel says it is one of ours: a process of procnode's own uid,
+    // and the parent of the container it names. Anything else (a squatter) is refused, and
+    // nothing it named is ever signalled.
+    let own = nix::unistd::geteuid().as_raw();
+    // (A container that has exited is nobody's child any more: a pid that no longer exists
+    // names no one else's process either.)
+    let parent = process::parent_of(sup.pid);
+    if peer.uid() != own || parent.is_some_and(|p| p != peer.pid()) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the socket {name} is held by pid {} (uid {}), which is not the supervisor of the container pid {} it names: not trusted",
+                peer.pid(),
+                peer.uid(),
+                sup.pid
+            ),
+        ));
+    }
+    Ok(sup)
 }
 
 struct Greeting {
