@@ -135,6 +135,12 @@ pub struct Config {
           value_parser = parse_max_files)]
     pub log_file_max_files: usize,
 
+    /// Uids besides root and procnode's own whose local processes may call the API without a
+    /// token (`any`, or a list like `1000-1999`). Pods share the host's loopback: by default
+    /// they cannot call it.
+    #[arg(long, env = "PROCNODE_API_ALLOWED_UIDS")]
+    pub api_allowed_uids: Option<crate::runtime::users::UidPolicy>,
+
     /// File holding a bearer token; when set, every request but `GET /` and `GET /healthz` must
     /// carry `Authorization: Bearer TOKEN` (401 otherwise).
     #[arg(long, env = "PROCNODE_TOKEN_FILE")]

@@ -67,6 +67,8 @@ pub async fn run<L>(
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
+    for<'a> api::peer::ApiPeer:
+        axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
     let state_dir = config.state_dir();
     persist::prepare_state_dir(&state_dir)?;
@@ -103,9 +105,12 @@ where
             }
         })
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<api::peer::ApiPeer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     notify_service_manager(&[sd_notify::NotifyState::Stopping]);
     stop_pods_on_exit(&runtime, &config).await;
     refresher.abort();

@@ -28,6 +28,7 @@ fn app_with(args: &[&str]) -> App {
     ];
     all.extend_from_slice(args);
     let config = procnode::Config::parse_from_env_free(all);
+    procnode::persist::prepare_state_dir(dir.path()).unwrap();
     let (runtime, node) = procnode::build(&config);
     let router =
         procnode::api::router(procnode::api::AppState::new(runtime, node, &config).unwrap());

@@ -78,7 +78,9 @@ impl SmallDisk {
     fn new(size: &str) -> Option<SmallDisk> {
         use nix::mount::{mount, MsFlags};
         let dir = tempfile::tempdir().ok()?;
-        let options = format!("size={size}");
+        // (A tmpfs root is 1777 unless told otherwise; procnode refuses a state dir others
+        // may write.)
+        let options = format!("size={size},mode=0711");
         mount(
             Some("tmpfs"),
             dir.path(),

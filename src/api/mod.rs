@@ -6,6 +6,7 @@
 mod error;
 mod extract;
 mod handlers;
+pub mod peer;
 
 use std::sync::Arc;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub follow_slots: Arc<tokio::sync::Semaphore>,
     /// Longest time a request may take to produce its response.
     pub request_timeout: std::time::Duration,
+    /// Who may call without a token.
+    pub callers: peer::CallerPolicy,
 }
 
 impl AppState {
@@ -46,6 +49,10 @@ impl AppState {
             token: config.token()?.map(Arc::from),
             follow_slots: Arc::new(tokio::sync::Semaphore::new(config.max_follow_streams)),
             request_timeout: config.request_timeout(),
+            callers: peer::CallerPolicy {
+                allowed: config.api_allowed_uids.clone(),
+                own_uid: nix::unistd::geteuid().as_raw(),
+            },
         })
     }
 }
@@ -127,8 +134,12 @@ async fn server_timing(
     resp
 }
 
-/// With a token configured, every request but the health endpoints must carry
-/// `Authorization: Bearer TOKEN`; the comparison takes the same time whatever the guess.
+/// Every request but the health endpoints must come from an allowed caller: with a token
+/// configured, one that carries `Authorization: Bearer TOKEN` (compared in the same time
+/// whatever the guess); without one, a local caller running as root, as procnode's own uid or
+/// as one of `--api-allowed-uids`, or a TLS client with a verified certificate (see
+/// [`peer`]). A request that reached the router without a listener (a test calling it
+/// in-process) has no peer and is procnode's own.
 async fn authorize(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: axum::extract::Request,
@@ -136,12 +147,19 @@ async fn authorize(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use subtle::ConstantTimeEq;
-    let Some(token) = &state.token else {
-        return next.run(req).await;
-    };
     if req.method() == axum::http::Method::GET && matches!(req.uri().path(), "/" | "/healthz") {
         return next.run(req).await;
     }
+    let Some(token) = &state.token else {
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<peer::ApiPeer>>()
+            .map(|c| c.0);
+        return match peer.map(|p| state.callers.check(&p)) {
+            Some(Err(why)) => ApiError::Forbidden(why).into_response(),
+            _ => next.run(req).await,
+        };
+    };
     let offered = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 
 use crate::runtime::volumes::ObjectSource;
@@ -43,83 +43,6 @@ impl ApiObjects {
         let cm = logged(api.get_opt(name).await, "configmap", ns, name)?;
         Some(contents(cm.binary_data, cm.data))
     }
-
-    /// Replaces `envFrom` and `valueFrom` Secret/ConfigMap references in every container of
-    /// `pod` by plain values, as the kubelet resolves them. A reference that cannot be resolved
-    /// stays as it is (the container then fails to start with that reference in its message);
-    /// an `optional` one that cannot be resolved is dropped. Each object the pod names is read
-    /// once, however many references it has.
-    pub async fn resolve_env(&self, pod: &mut Pod) {
-        let ns = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let Some(spec) = pod.spec.as_mut() else {
-            return;
-        };
-        let mut fetched = Fetched::default();
-        let containers = spec
-            .init_containers
-            .iter_mut()
-            .flatten()
-            .chain(spec.containers.iter_mut());
-        for c in containers {
-            let mut resolved: Vec<EnvVar> = Vec::new();
-            for source in c.env_from.take().unwrap_or_default() {
-                let prefix = source.prefix.clone().unwrap_or_default();
-                let (object, optional) = if let Some(s) = &source.secret_ref {
-                    (Object::Secret(&s.name), s.optional == Some(true))
-                } else if let Some(cm) = &source.config_map_ref {
-                    (Object::ConfigMap(&cm.name), cm.optional == Some(true))
-                } else {
-                    continue;
-                };
-                match fetched.get(self, &ns, object).await {
-                    Some(data) => resolved.extend(data.iter().map(|(k, v)| EnvVar {
-                        name: format!("{prefix}{k}"),
-                        value: Some(String::from_utf8_lossy(v).into_owned()),
-                        value_from: None,
-                    })),
-                    None if optional => {}
-                    None => {
-                        tracing::warn!(pod = ?pod.metadata.name, container = %c.name, "envFrom {object} not found");
-                        c.env_from.get_or_insert_with(Vec::new).push(source);
-                    }
-                }
-            }
-            for mut var in c.env.take().unwrap_or_default() {
-                let from = var.value_from.as_ref();
-                let secret = from.and_then(|f| f.secret_key_ref.as_ref());
-                let reference = secret
-                    .map(|r| (Object::Secret(&r.name), &r.key, r.optional))
-                    .or_else(|| {
-                        let r = from.and_then(|f| f.config_map_key_ref.as_ref())?;
-                        Some((Object::ConfigMap(&r.name), &r.key, r.optional))
-                    });
-                let Some((object, key, optional)) = reference else {
-                    resolved.push(var);
-                    continue;
-                };
-                let value = fetched
-                    .get(self, &ns, object)
-                    .await
-                    .and_then(|d| d.get(key))
-                    .map(|v| String::from_utf8_lossy(v).into_owned());
-                match value {
-                    Some(v) => {
-                        var.value = Some(v);
-                        var.value_from = None;
-                        resolved.push(var);
-                    }
-                    None if optional == Some(true) => {}
-                    // Left unresolved: the container's start reports it.
-                    None => resolved.push(var),
-                }
-            }
-            c.env = Some(resolved);
-        }
-    }
 }
 
 /// An object's keys: its binary entries, then its text ones (which win on a clash, as the
@@ -147,48 +70,6 @@ fn logged<T>(read: Result<Option<T>, kube::Error>, kind: &str, ns: &str, name: &
         tracing::warn!(kind, namespace = ns, name, error = %e, "cannot read the object");
         None
     })
-}
-
-/// A Secret or ConfigMap named by a pod.
-#[derive(Clone, Copy)]
-enum Object<'a> {
-    Secret(&'a str),
-    ConfigMap(&'a str),
-}
-
-impl std::fmt::Display for Object<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Object::Secret(name) => write!(f, "secret {name:?}"),
-            Object::ConfigMap(name) => write!(f, "configmap {name:?}"),
-        }
-    }
-}
-
-type ObjectData = BTreeMap<String, Vec<u8>>;
-
-/// The objects one resolution has read (absent ones too), so each is fetched once.
-#[derive(Default)]
-struct Fetched {
-    secrets: BTreeMap<String, Option<ObjectData>>,
-    config_maps: BTreeMap<String, Option<ObjectData>>,
-}
-
-impl Fetched {
-    async fn get(&mut self, api: &ApiObjects, ns: &str, object: Object<'_>) -> Option<&ObjectData> {
-        let (cache, name) = match object {
-            Object::Secret(name) => (&mut self.secrets, name),
-            Object::ConfigMap(name) => (&mut self.config_maps, name),
-        };
-        if !cache.contains_key(name) {
-            let data = match object {
-                Object::Secret(_) => api.secret_data(ns, name).await,
-                Object::ConfigMap(_) => api.config_map_data(ns, name).await,
-            };
-            cache.insert(name.to_string(), data);
-        }
-        cache.get(name).and_then(Option::as_ref)
-    }
 }
 
 impl ApiObjects {
@@ -259,7 +140,8 @@ mod tests {
     use axum::extract::{Path, State};
     use axum::http::StatusCode;
     use axum::routing::get;
-    use serde_json::{json, Value};
+    use k8s_openapi::api::core::v1::Pod;
+    use serde_json::json;
 
     use super::*;
 
@@ -297,24 +179,13 @@ mod tests {
         (kube::Client::try_from(config).unwrap(), reads)
     }
 
-    fn env_of(pod: &Pod, container: usize) -> Vec<(String, Value)> {
-        let c = &pod.spec.as_ref().unwrap().containers[container];
-        let mut env: Vec<(String, Value)> = c
-            .env
-            .iter()
-            .flatten()
-            .map(|v| (v.name.clone(), serde_json::to_value(v).unwrap()))
-            .collect();
-        env.sort_by(|a, b| a.0.cmp(&b.0));
-        env
-    }
-
-    #[tokio::test]
-    async fn references_resolve_with_one_read_per_object() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn references_resolve_at_each_start_with_one_read_per_object() {
+        use crate::runtime::env::{environment, NodeFacts};
         let (client, reads) = fake_api_server().await;
         let objects = ApiObjects::new(client);
         let secret_ref = |key: &str| json!({"secretKeyRef": {"name": "db", "key": key}});
-        let mut pod: Pod = serde_json::from_value(json!({
+        let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "default"},
             "spec": {"containers": [
                 {"name": "a", "envFrom": [{"prefix": "CM_", "configMapRef": {"name": "app"}}],
@@ -322,37 +193,46 @@ mod tests {
                     {"name": "PASSWORD", "valueFrom": secret_ref("password")},
                     {"name": "USER", "valueFrom": secret_ref("user")},
                     {"name": "PLAIN", "value": "x"},
-                 ]},
-                {"name": "b", "envFrom": [{"secretRef": {"name": "db"}}],
-                 "env": [
-                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "mode"}}},
                     {"name": "GONE", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": true}}},
+                 ]},
+                {"name": "b", "env": [
                     {"name": "MISSING", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}},
                  ]},
             ]}
         }))
         .unwrap();
-        objects.resolve_env(&mut pod).await;
-
-        let a = env_of(&pod, 0);
-        let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["CM_mode", "PASSWORD", "PLAIN", "USER"]);
-        for ((_, v), want) in a.iter().zip(["fast", "s3cret", "x", "admin"]) {
-            assert_eq!(v["value"], want, "{v}");
-            assert!(v.get("valueFrom").is_none(), "{v}");
-        }
-        let b = env_of(&pod, 1);
-        let by_name = |n: &str| b.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        assert_eq!(by_name("password").unwrap()["value"], "s3cret");
-        assert_eq!(by_name("MODE").unwrap()["value"], "fast");
-        // An optional reference to an absent object is dropped; a required one is kept for
-        // the container's start to report.
-        assert!(by_name("GONE").is_none());
+        let facts = NodeFacts {
+            node_name: "n".into(),
+            host_ip: "192.0.2.1".into(),
+            cpu: "1".parse().unwrap(),
+            memory: "1Gi".parse().unwrap(),
+        };
+        let (env, missing) = tokio::task::spawn_blocking(move || {
+            let spec = pod.spec.as_ref().unwrap();
+            (
+                environment(&pod, &spec.containers[0], &facts, Some(&objects)),
+                environment(&pod, &spec.containers[1], &facts, Some(&objects)),
+            )
+        })
+        .await
+        .unwrap();
+        let env = env.unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("CM_mode"), Some("fast"));
+        assert_eq!(get("PASSWORD"), Some("s3cret"));
+        assert_eq!(get("USER"), Some("admin"));
+        assert_eq!(get("PLAIN"), Some("x"));
         assert_eq!(
-            by_name("MISSING").unwrap()["valueFrom"]["secretKeyRef"]["name"],
-            "nope"
+            get("GONE"),
+            None,
+            "an optional reference to nothing sets nothing"
         );
-        // db, app and nope: each read once, though named seven times.
-        assert_eq!(reads.load(Ordering::SeqCst), 3);
+        // app, db and nope for the first container: each read once though named four times.
+        assert_eq!(reads.load(Ordering::SeqCst), 4);
+        let err = missing.unwrap_err().to_string();
+        assert!(
+            err.contains("MISSING") && err.contains("secretKeyRef"),
+            "{err}"
+        );
     }
 }

@@ -24,7 +24,6 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 
 use super::events::Recorder;
-use super::objects::ApiObjects;
 use crate::runtime::Runtime;
 use crate::store::{PodEntry, PodKey};
 
@@ -32,7 +31,6 @@ use crate::store::{PodEntry, PodKey};
 struct Context {
     client: kube::Client,
     runtime: Arc<Runtime>,
-    objects: ApiObjects,
     events: Recorder,
 }
 
@@ -71,7 +69,6 @@ fn is_terminal(pod: &Pod) -> bool {
 pub async fn run(client: kube::Client, runtime: Arc<Runtime>, node: String) {
     let api: Api<Pod> = Api::all(client.clone());
     let cx = Context {
-        objects: ApiObjects::new(client.clone()),
         events: Recorder::new(client.clone(), &node),
         runtime: runtime.clone(),
         client,
@@ -127,9 +124,9 @@ async fn apply(
     tracked: &mut HashMap<PodKey, Tracked>,
     pushers: &mut HashSet<(PodKey, String)>,
     key: PodKey,
-    mut pod: Pod,
+    pod: Pod,
 ) {
-    let (runtime, objects) = (&cx.runtime, &cx.objects);
+    let runtime = &cx.runtime;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(cx.client.clone(), &key.namespace);
     let known = runtime.get(&key).ok().filter(|e| e.uid == uid);
@@ -181,7 +178,6 @@ async fn apply(
                 .get(&key)
                 .is_some_and(|t| t.uid == uid && t.fingerprint != print);
             if changed {
-                objects.resolve_env(&mut pod).await;
                 match serde_json::to_vec(&pod) {
                     Ok(body) => {
                         if let Err(e) = runtime.update(&body).await {
@@ -203,7 +199,8 @@ async fn apply(
         }
         None if is_terminal(&pod) => {}
         None => {
-            objects.resolve_env(&mut pod).await;
+            // As received: Secret and ConfigMap references are resolved by the runtime when
+            // each container starts, so no value is stored or served with the pod.
             let created = match serde_json::to_vec(&pod) {
                 Ok(body) => runtime.create(&body).await,
                 Err(e) => {

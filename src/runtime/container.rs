@@ -106,7 +106,14 @@ pub async fn supervise(
                     c.pid = Some(sup.pid);
                     c.container_id = Some(container_id.clone());
                 });
-                let probes = exec_context(&entry, idx, &settings);
+                // Off the async threads: it may read Secrets from the API server.
+                let probes = {
+                    let (e, s) = (entry.clone(), settings.clone());
+                    tokio::task::spawn_blocking(move || exec_context(&e, idx, &s))
+                        .await
+                        .ok()
+                        .flatten()
+                };
                 let (end, probe_failure, changed) = run(
                     &mut sup,
                     &entry,
@@ -580,7 +587,8 @@ fn recipe(
 ) -> Result<SpawnRequest, String> {
     let c = entry.container_spec(idx);
     let pod = entry.pod();
-    let env = env::environment(&pod, &c, &settings.node).map_err(|e| e.to_string())?;
+    let env = env::environment(&pod, &c, &settings.node, settings.objects.as_deref())
+        .map_err(|e| e.to_string())?;
     let user =
         users::resolve(&pod, &c, &settings.users, entry.pod_id).map_err(|e| e.to_string())?;
     // What procnode makes for the container belongs to it (group: the pod's own).

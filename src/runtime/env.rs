@@ -59,10 +59,44 @@ pub fn argv(container: &Container, env: &[(String, String)]) -> Vec<String> {
 
 /// The full environment of a container's process: a small base (PATH, HOME, HOSTNAME) followed
 /// by the container's `env` in order, each value expanded against the variables before it.
+type ObjectData = std::collections::BTreeMap<String, Vec<u8>>;
+
+/// Secret and ConfigMap contents for env, each object read once per container start (keyed by
+/// whether it is a Secret, and its name).
+struct Lookup<'a> {
+    objects: Option<&'a dyn super::volumes::ObjectSource>,
+    namespace: String,
+    read: std::collections::BTreeMap<(bool, String), Option<ObjectData>>,
+}
+
+impl Lookup<'_> {
+    fn get(&mut self, secret: bool, name: &str) -> Option<&ObjectData> {
+        let objects = self.objects?;
+        let ns = self.namespace.clone();
+        self.read
+            .entry((secret, name.to_string()))
+            .or_insert_with(|| {
+                if secret {
+                    objects.secret(&ns, name)
+                } else {
+                    objects.config_map(&ns, name)
+                }
+            })
+            .as_ref()
+    }
+}
+
+/// The container's environment. References to Secrets and ConfigMaps (`envFrom`,
+/// `secretKeyRef`, `configMapKeyRef`) are resolved here, at each start, from `objects` (node
+/// mode): the values are never stored with the pod, and a restarted container sees the
+/// current ones. Without `objects` (web mode, where Virtual Kubelet resolves them into plain
+/// values) `envFrom` is left alone and a reference is an error. Blocking when `objects` reads
+/// from the API server.
 pub fn environment(
     pod: &Pod,
     container: &Container,
     node: &NodeFacts,
+    objects: Option<&dyn super::volumes::ObjectSource>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let mut env: Vec<(String, String)> = vec![
         (
@@ -75,8 +109,50 @@ pub fn environment(
         ),
         ("HOSTNAME".into(), node.node_name.clone()),
     ];
+    let mut lookup = Lookup {
+        objects,
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        read: Default::default(),
+    };
+    // As the kubelet: envFrom first, in order, then env (which wins).
+    if objects.is_some() {
+        for source in container.env_from.iter().flatten() {
+            let prefix = source.prefix.clone().unwrap_or_default();
+            let (secret, name, optional, kind) = if let Some(s) = &source.secret_ref {
+                (true, &s.name, s.optional == Some(true), "secretRef")
+            } else if let Some(c) = &source.config_map_ref {
+                (false, &c.name, c.optional == Some(true), "configMapRef")
+            } else {
+                continue;
+            };
+            match lookup.get(secret, name) {
+                Some(data) => {
+                    for (k, v) in data {
+                        set(
+                            &mut env,
+                            &format!("{prefix}{k}"),
+                            String::from_utf8_lossy(v).into_owned(),
+                        );
+                    }
+                }
+                None if optional => {}
+                None => {
+                    return Err(ConfigError::Unresolved {
+                        var: format!("envFrom {name}"),
+                        kind,
+                    })
+                }
+            }
+        }
+    }
     for var in container.env.iter().flatten() {
-        let value = env_value(pod, container, var, node)?;
+        let Some(value) = env_value(pod, container, var, node, &mut lookup)? else {
+            continue;
+        };
         let value = expand(&value, &env);
         set(&mut env, &var.name, value);
     }
@@ -90,23 +166,48 @@ fn set(env: &mut Vec<(String, String)>, name: &str, value: String) {
     }
 }
 
+/// A variable's value; `None` for an optional reference to something missing (not set).
 fn env_value(
     pod: &Pod,
     container: &Container,
     var: &EnvVar,
     node: &NodeFacts,
-) -> Result<String, ConfigError> {
+    lookup: &mut Lookup,
+) -> Result<Option<String>, ConfigError> {
     let Some(from) = &var.value_from else {
-        return Ok(var.value.clone().unwrap_or_default());
+        return Ok(Some(var.value.clone().unwrap_or_default()));
     };
     if let Some(field) = &from.field_ref {
-        return field_value(pod, &field.field_path, node).ok_or_else(|| ConfigError::FieldPath {
-            var: var.name.clone(),
-            path: field.field_path.clone(),
-        });
+        return field_value(pod, &field.field_path, node)
+            .map(Some)
+            .ok_or_else(|| ConfigError::FieldPath {
+                var: var.name.clone(),
+                path: field.field_path.clone(),
+            });
     }
     if let Some(res) = &from.resource_field_ref {
-        return resource_value(pod, container, res, node, &var.name);
+        return resource_value(pod, container, res, node, &var.name).map(Some);
+    }
+    let reference = from
+        .secret_key_ref
+        .as_ref()
+        .map(|r| (true, &r.name, &r.key, r.optional))
+        .or_else(|| {
+            let r = from.config_map_key_ref.as_ref()?;
+            Some((false, &r.name, &r.key, r.optional))
+        });
+    if let Some((secret, name, key, optional)) = reference {
+        if lookup.objects.is_some() {
+            let value = lookup
+                .get(secret, name)
+                .and_then(|d| d.get(key))
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            match value {
+                Some(v) => return Ok(Some(v)),
+                None if optional == Some(true) => return Ok(None),
+                None => {}
+            }
+        }
     }
     let kind = if from.secret_key_ref.is_some() {
         "secretKeyRef"
@@ -325,7 +426,7 @@ mod tests {
         }))
         .unwrap();
         let c = &pod.spec.as_ref().unwrap().containers[0];
-        let env = environment(&pod, c, &facts()).unwrap();
+        let env = environment(&pod, c, &facts(), None).unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("POD_NAME"), Some("p"));
         assert_eq!(get("NS"), Some("ns"));
@@ -348,7 +449,7 @@ mod tests {
         .unwrap();
         let c = &pod.spec.as_ref().unwrap().containers[0];
         assert!(matches!(
-            environment(&pod, c, &facts()),
+            environment(&pod, c, &facts(), None),
             Err(ConfigError::Unresolved { .. })
         ));
     }

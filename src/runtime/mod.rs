@@ -12,7 +12,7 @@
 mod backoff;
 pub mod cgroup;
 mod container;
-mod env;
+pub mod env;
 mod probe;
 pub mod process;
 pub mod safepath;
