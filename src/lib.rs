@@ -90,7 +90,7 @@ where
         tracing::info!(pods = restored, "restored pods from the state directory");
     }
     let refresher = tokio::spawn(node.clone().refresh_every(config.host_refresh));
-    let app = api::router(api::AppState::new(runtime.clone(), node, &config)?);
+    let state = api::AppState::new(runtime.clone(), node, &config)?;
     let addr = listener.local_addr()?;
     tracing::info!(addr = %format!("{addr:?}").trim_matches('"'), state_dir = %state_dir.display(), "procnode serving");
     // Under systemd (Type=notify): ready once the listener is bound and the pods are restored.
@@ -105,12 +105,7 @@ where
             }
         })
     });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<api::peer::ApiPeer>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    api::serve(listener, state, shutdown).await?;
     notify_service_manager(&[sd_notify::NotifyState::Stopping]);
     stop_pods_on_exit(&runtime, &config).await;
     refresher.abort();

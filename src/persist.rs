@@ -80,6 +80,13 @@ pub fn prepare_state_dir(dir: &Path) -> io::Result<()> {
                     meta.mode() & 0o7777,
                 )));
             }
+            if me == 0 && meta.mode() & 0o001 == 0 {
+                tracing::warn!(
+                    state_dir = %dir.display(),
+                    "pods running as other users cannot reach their volumes by path through this state dir (mode {:o}); `chmod o+x` it",
+                    meta.mode() & 0o7777
+                );
+            }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir)

@@ -10,24 +10,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use support::{pod, sh, wait_until};
-
-fn root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("skipped: procnode's security as root needs root");
-    }
-    root
-}
-
-/// A pod without the fixture's service-account volume.
-fn bare(name: &str, script: &str, policy: &str) -> Value {
-    let mut p = pod(name, &sh(script), policy);
-    p["spec"]["volumes"] = json!([]);
-    p["spec"]["containers"][0]["volumeMounts"] = json!([]);
-    p
-}
+use serde_json::Value;
+use support::wait_until;
 
 /// Reads `records/*.status.json` of the only pod in `state_dir`.
 fn only_status_record(state_dir: &Path) -> Option<Value> {
@@ -44,14 +28,14 @@ fn only_status_record(state_dir: &Path) -> Option<Value> {
 /// another process gets nothing signalled.
 #[tokio::test]
 async fn a_squatted_supervisor_name_is_never_trusted() {
-    if !root() {
+    if !support::is_root() {
         return;
     }
     let dir = support::StateDir::new();
     let args = ["--default-uid", "65534", "--allowed-uids", "65534"];
     let (mut first, addr) = support::start_binary(dir.path(), &args);
     let http = reqwest::Client::new();
-    let p = bare("victim", "exec sleep 300", "Never");
+    let p = support::bare_pod("victim", "exec sleep 300", "Never");
     let created = http
         .post(format!("http://{addr}/createPod"))
         .body(p.to_string())
@@ -100,7 +84,8 @@ print("listening", flush=True)
 while True:
     c, _ = s.accept()
     hello = '{"hello":{"pid":%d,"started_ns":0}}\n' % pid
-    socket.send_fds(c, [hello.encode()], [0, 1])
+    r, w = os.pipe()
+    socket.send_fds(c, [hello.encode()], [r, r])
 "#;
     use std::io::BufRead;
     let mut squatter = std::process::Command::new("python3")
@@ -115,13 +100,15 @@ while True:
     assert_eq!(line.trim(), "listening");
     // procnode comes back, takes the pod back, and is asked to delete it.
     let (mut second, addr) = support::start_binary(dir.path(), &args);
-    let r = http
-        .delete(format!("http://{addr}/deletePod"))
-        .body(p.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    // (Bounded: a procnode that trusted the squatter waits for an exit it never sends.)
+    let deleted = tokio::time::timeout(
+        Duration::from_secs(30),
+        http.delete(format!("http://{addr}/deletePod"))
+            .body(p.to_string())
+            .send(),
+    )
+    .await;
+    let deleted = matches!(deleted, Ok(Ok(r)) if r.status() == 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let still = matches!(
         nix::sys::wait::waitpid(
@@ -137,6 +124,7 @@ while True:
     let _ = second.kill();
     let _ = second.wait();
     assert!(still, "procnode signalled the process a squatter named");
+    assert!(deleted, "the delete finished");
     // No supervisor listens on an abstract name, which anyone could take first: its socket is
     // in a directory only root may write.
     let sup = dir.path().join("sup");
@@ -147,7 +135,7 @@ while True:
 
 #[tokio::test]
 async fn procnode_run_uses_a_fresh_private_directory_and_state_dirs_keep_their_mode() {
-    if !root() {
+    if !support::is_root() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -11,19 +11,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::{container, container_pid, phase, pod, sh, wait_until, Server};
 
-async fn update(srv: &Server, p: &Value) -> (u16, Value) {
-    let r = srv
-        .http
-        .put(srv.url("/updatePod"))
-        .header("Content-Type", "application/json")
-        .body(p.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn get_pod(srv: &Server, name: &str) -> Value {
     srv.get_json(&format!("/getPod?namespace=default&name={name}"))
         .await
@@ -52,7 +39,7 @@ async fn a_new_image_restarts_that_container_only_even_under_never() {
 
     let mut changed = p.clone();
     changed["spec"]["containers"][0]["image"] = json!("busybox:1.37");
-    assert_eq!(update(&srv, &changed).await.0, 200);
+    assert_eq!(srv.update(&changed).await.0, 200);
     let s = srv
         .wait_status("images", "main restarted", |s| {
             container(s, "main")["restartCount"] == 1
@@ -99,7 +86,7 @@ async fn labels_and_resources_change_without_a_restart() {
     let mut changed = p.clone();
     changed["metadata"]["labels"] = json!({"app": "meta", "tier": "batch"});
     changed["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "128Mi"}});
-    assert_eq!(update(&srv, &changed).await.0, 200);
+    assert_eq!(srv.update(&changed).await.0, 200);
     assert_eq!(
         get_pod(&srv, "meta").await["metadata"]["labels"]["tier"],
         "batch"
@@ -151,7 +138,7 @@ async fn a_deadline_set_by_an_update_applies_at_once() {
         .await;
     let mut changed = p.clone();
     changed["spec"]["activeDeadlineSeconds"] = json!(1);
-    assert_eq!(update(&srv, &changed).await.0, 200);
+    assert_eq!(srv.update(&changed).await.0, 200);
     let s = srv
         .wait_status("late", "Failed", |s| phase(s) == "Failed")
         .await;
@@ -171,7 +158,7 @@ async fn adding_a_container_is_refused_and_changes_nothing() {
     let before = get_pod(&srv, "fixed").await;
     let mut changed = two_containers("fixed", "Always");
     changed["metadata"]["labels"] = json!({"changed": "yes"});
-    let (status, body) = update(&srv, &changed).await;
+    let (status, body) = srv.update(&changed).await;
     assert_eq!(status, 400);
     assert!(
         body["error"]
@@ -188,7 +175,7 @@ async fn adding_a_container_is_refused_and_changes_nothing() {
     // A changed command is recorded but, as Kubernetes never sends one, does not restart.
     let mut cmd = p.clone();
     cmd["spec"]["containers"][0]["command"] = json!(sh("exit 3"));
-    assert_eq!(update(&srv, &cmd).await.0, 200);
+    assert_eq!(srv.update(&cmd).await.0, 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = srv.status("fixed").await.unwrap();
     assert_eq!(container_pid(&s, "main").unwrap(), pid);

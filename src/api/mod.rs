@@ -115,6 +115,27 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Serves the web API on `listener` until `shutdown` completes. Every connection carries its
+/// caller ([`peer::ApiPeer`]), which [`authorize`] checks: the one way the web API is served.
+pub async fn serve<L>(
+    listener: L,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    for<'a> peer::ApiPeer:
+        axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<peer::ApiPeer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
 /// Adds `Server-Timing: app;dur=MILLISECONDS` to every response (the time spent in procnode for
 /// the request, so a client can tell server time from transport time) and records it by route.
 async fn server_timing(

@@ -152,7 +152,7 @@ pub async fn run(
                 .map_err(|e| e.to_string())?;
             tracing::info!(addr = %addr, "serving the web API beside the node");
             Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(tcp, crate::api::router(state)).await {
+                if let Err(e) = crate::api::serve(tcp, state, std::future::pending()).await {
                     tracing::error!(error = %e, "web API stopped");
                 }
             }))

@@ -24,6 +24,23 @@ pub fn pod(name: &str, command: &[&str], restart_policy: &str) -> Value {
     p
 }
 
+/// [`pod`] without the fixture's service-account volume, running `script` with `sh -c`.
+pub fn bare_pod(name: &str, script: &str, restart_policy: &str) -> Value {
+    let mut p = pod(name, &sh(script), restart_policy);
+    p["spec"]["volumes"] = json!([]);
+    p["spec"]["containers"][0]["volumeMounts"] = json!([]);
+    p
+}
+
+/// Whether this test runs as root; says that it is skipped otherwise.
+pub fn is_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: this test needs root");
+    }
+    root
+}
+
 pub fn sh(script: &str) -> Vec<&str> {
     vec!["sh", "-c", script]
 }
@@ -268,6 +285,20 @@ impl Server {
             .send()
             .await
             .expect("createPod")
+    }
+
+    /// PUT /updatePod: the status code and the JSON answer (null if none).
+    pub async fn update(&self, pod: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .put(self.url("/updatePod"))
+            .header("Content-Type", "application/json")
+            .body(pod.to_string())
+            .send()
+            .await
+            .expect("updatePod");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn delete(&self, pod: &Value) -> reqwest::Response {
