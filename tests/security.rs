@@ -442,6 +442,9 @@ async fn each_pod_runs_as_a_uid_of_its_own() {
     let srv = Server::start(&["--default-uid", "pod", "--allowed-uids", "65534"]).await;
     let mut a = support::bare_pod("holder", "exec sleep 300", "Never");
     a["spec"]["containers"][0]["env"] = json!([{"name": "SECRET", "value": "holder-secret"}]);
+    a["spec"]["volumes"] = json!([{"name": "scratch", "emptyDir": {}}]);
+    a["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "scratch", "mountPath": "/procnode-no-such-dir"}]);
     assert_eq!(srv.create(&a).await.status(), 201);
     let s = srv
         .wait_status("holder", "Running", |s| phase(s) == "Running")
@@ -473,6 +476,17 @@ async fn each_pod_runs_as_a_uid_of_its_own() {
         .unwrap();
     let uid_b = logs.lines().next().unwrap();
     assert_ne!(uid_a, uid_b);
+    // Its directories belong to it: the emptyDir and the working directory; the pod directory
+    // around them is root's, closed to other pods.
+    use std::os::unix::fs::MetadataExt;
+    let pod_dir = srv.state_dir.path().join("pods/default_holder_uid-holder");
+    for d in ["volumes/scratch", "work"] {
+        let owner = std::fs::metadata(pod_dir.join(d)).unwrap().uid();
+        assert_eq!(owner.to_string(), uid_a, "{d}");
+    }
+    let meta = std::fs::metadata(&pod_dir).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o750));
+    assert_eq!(meta.gid().to_string(), uid_a);
     for uid in [&uid_a, uid_b] {
         let uid: u32 = uid.parse().unwrap();
         assert!((0x7000_0000..=0x7000_ffff).contains(&uid), "{uid}");

@@ -133,6 +133,91 @@ while True:
     assert_eq!(mode, 0o700);
 }
 
+/// The status record of pod `name` (in `default`, uid `uid-NAME`) in `state_dir`.
+fn status_record(state_dir: &Path, name: &str) -> Option<Value> {
+    let file = state_dir.join(format!("records/default_{name}_uid-{name}.status.json"));
+    serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()
+}
+
+/// The real uid of process `pid`.
+fn uid_of(pid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Uid:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// A pod's own uid is recorded with it: after a crash of procnode the pod keeps it, and a pod
+/// created afterwards gets another one.
+#[tokio::test]
+async fn a_pods_uid_is_kept_across_a_restart_of_procnode() {
+    if !support::is_root() {
+        return;
+    }
+    let dir = support::StateDir::new();
+    let http = reqwest::Client::new();
+    let create = |addr: String, p: Value| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(format!("http://{addr}/createPod"))
+                .body(p.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    };
+    let recorded = |name: &'static str| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            wait_until(
+                "the pod's uid on record",
+                Duration::from_secs(20),
+                || async {
+                    let r = status_record(&dir, name)?;
+                    let pid = r["containers"][0]["pid"].as_i64()? as i32;
+                    Some((r["podId"].as_u64()? as u32, pid))
+                },
+            )
+            .await
+        }
+    };
+    let (mut first, addr) = support::start_binary(dir.path(), &[]);
+    let a = support::bare_pod("first", "exec sleep 300", "Never");
+    create(addr, a.clone()).await;
+    let (uid_a, pid_a) = recorded("first").await;
+    assert_eq!(uid_of(pid_a), Some(uid_a));
+    let _ = first.kill();
+    let _ = first.wait();
+    let (mut second, addr) = support::start_binary(dir.path(), &[]);
+    let b = support::bare_pod("second", "exec sleep 300", "Never");
+    create(addr.clone(), b.clone()).await;
+    let (uid_b, pid_b) = recorded("second").await;
+    assert_eq!(uid_of(pid_b), Some(uid_b));
+    assert_ne!(uid_a, uid_b, "a new pod never gets a uid on record");
+    // The first pod was taken back with its uid, and keeps it on record.
+    let (again, _) = recorded("first").await;
+    assert_eq!(again, uid_a);
+    for p in [&a, &b] {
+        let r = http
+            .delete(format!("http://{addr}/deletePod"))
+            .body(p.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+}
+
 #[tokio::test]
 async fn procnode_run_uses_a_fresh_private_directory_and_state_dirs_keep_their_mode() {
     if !support::is_root() {

@@ -211,7 +211,14 @@ impl Settings {
                 name: String::new(),
                 message: format!("pod directory: {e}"),
             })?;
-        volumes::prepare(&pod, &pod_dir, &self.volumes, &self.node, objects)
+        volumes::prepare(
+            &pod,
+            &pod_dir,
+            &self.volumes,
+            &self.node,
+            objects,
+            entry.pod_id,
+        )
     }
 
     /// [`Settings::prepare_volumes`] again for a running pod (changed labels, changed

@@ -136,11 +136,12 @@ pub fn prepare(
     policy: &VolumePolicy,
     node: &NodeFacts,
     objects: Option<&dyn ObjectSource>,
+    pod_id: Option<u32>,
 ) -> Result<PodVolumes, VolumeError> {
     let spec = pod.spec.as_ref().expect("validated pods have a spec");
     let mut prepared = PodVolumes::new();
     for v in spec.volumes.iter().flatten() {
-        let p = prepare_one(pod, v, pod_dir, policy, node, objects)?;
+        let p = prepare_one(pod, v, pod_dir, policy, node, (objects, pod_id))?;
         prepared.insert(v.name.clone(), p);
     }
     Ok(prepared)
@@ -152,7 +153,7 @@ fn prepare_one(
     pod_dir: &Dir,
     policy: &VolumePolicy,
     node: &NodeFacts,
-    objects: Option<&dyn ObjectSource>,
+    (objects, pod_id): (Option<&dyn ObjectSource>, Option<u32>),
 ) -> Result<Prepared, VolumeError> {
     let name = &v.name;
     let setup = |message: String| VolumeError::Setup {
@@ -184,8 +185,14 @@ fn prepare_one(
     if let Some(e) = &v.empty_dir {
         // Writable by every container of the pod (the kubelet's 0777): only the pod's own
         // group may enter the pod directory around it.
+        // It belongs to the pod's own uid and group.
         if !is_mount_point(&own_dir) {
-            own(0o777)?;
+            own(0o777)?
+                .set_owner(Owner {
+                    mode: 0o777,
+                    ids: pod_id.map(|id| (id, id)),
+                })
+                .map_err(|e| setup(e.to_string()))?;
         }
         let limit = match &e.size_limit {
             Some(q) => {
@@ -201,10 +208,13 @@ fn prepare_one(
         let memory = e.medium.as_deref() == Some("Memory");
         let tmpfs = memory && policy.can_mount;
         if tmpfs && !is_mount_point(&own_dir) {
-            let size = limit
+            let mut size = limit
                 .as_ref()
-                .map(|(b, _)| format!("size={b},mode=1777"))
-                .unwrap_or_else(|| "mode=1777".to_string());
+                .map(|(b, _)| format!("size={b},mode=0777"))
+                .unwrap_or_else(|| "mode=0777".to_string());
+            if let Some(id) = pod_id {
+                size.push_str(&format!(",uid={id},gid={id}"));
+            }
             nix::mount::mount(
                 Some("tmpfs"),
                 &own_dir,
