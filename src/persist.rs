@@ -124,7 +124,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 /// the old or the new content, never a mix; with `durable`, the data is fsync'd before the
 /// rename, so it also survives a power loss.
 pub fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = temporary_name(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
@@ -138,6 +138,29 @@ pub fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// A temporary name beside `path`, unique to this write: `.NAME.PID.N.tmp`. It starts with a
+/// dot, which no record name can (it starts with a namespace, a DNS label), so a leftover one
+/// is never taken for a record, whatever the pod is called; and concurrent writers of one
+/// record never share one.
+fn temporary_name(path: &Path) -> PathBuf {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Whether a file in `records/` is the leftover of a write a crash interrupted: this version's
+/// `.NAME.PID.N.tmp`, or an older version's `NAME.pod.tmpPID` / `NAME.status.tmpPID`.
+fn is_leftover(name: &str) -> bool {
+    if name.starts_with('.') {
+        return true;
+    }
+    [".pod.tmp", ".status.tmp"].iter().any(|kind| {
+        name.rsplit_once(kind)
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// Writes the pod JSON of a new or updated pod (durably).
@@ -260,7 +283,7 @@ pub fn load_all(records: &Path, corrupt: &Path) -> (Vec<Loaded>, Vec<String>) {
         let name = entry.file_name().to_string_lossy().into_owned();
         // A write that a crash interrupted before its rename: the previous version still
         // stands, the temporary file is garbage.
-        if name.contains(".tmp") {
+        if is_leftover(&name) {
             let _ = std::fs::remove_file(entry.path());
             continue;
         }
@@ -281,8 +304,33 @@ pub fn load_all(records: &Path, corrupt: &Path) -> (Vec<Loaded>, Vec<String>) {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });
+        let set_aside = |f: &Path| {
+            let _ = std::fs::create_dir_all(corrupt);
+            let stamp = Timestamp::now().as_second();
+            let to = corrupt.join(format!(
+                "{}.{stamp}",
+                f.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            let _ = std::fs::rename(f, &to);
+            to
+        };
         match (raw, valid_pod, status) {
             (Ok(raw), Ok(()), Ok(status)) => loaded.push(Loaded { base, raw, status }),
+            // The pod is intact, only what was observed of it is not: keep the pod (its
+            // supervisors are found again by name), set aside just the status file.
+            (Ok(raw), Ok(()), Err(why)) => {
+                let to = set_aside(&status_file(&base));
+                problems.push(format!(
+                    "status record {} is unreadable ({why}); moved to {}; the pod is kept",
+                    status_file(&base).display(),
+                    to.display()
+                ));
+                loaded.push(Loaded {
+                    base,
+                    raw,
+                    status: None,
+                });
+            }
             (_, pod, status) => {
                 let why = pod.err().or(status.err()).unwrap_or_default();
                 let _ = std::fs::create_dir_all(corrupt);
@@ -325,6 +373,26 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writers_of_one_record_never_share_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = std::sync::Arc::new(dir.path().join("x.status.json"));
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        write_replacing(&p, format!("{i}").as_bytes(), false).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
     fn corrupt_records_are_set_aside_and_the_rest_loads() {
         let dir = tempfile::tempdir().unwrap();
         let records = dir.path().join("records");
@@ -332,19 +400,42 @@ mod tests {
         save_pod(&records.join("bad"), r#"{"metadata":{"name":"#).unwrap();
         save_pod(&records.join("badstatus"), r#"{"metadata":{"name":"b"}}"#).unwrap();
         std::fs::write(status_file(&records.join("badstatus")), b"{trunc").unwrap();
-        // A write interrupted by a crash before its rename.
+        // Writes interrupted by a crash before their rename (this version's and an older one's).
         std::fs::write(records.join("good.status.tmp4242"), b"{\"half").unwrap();
+        std::fs::write(records.join(".good.status.json.42.7.tmp"), b"{\"half").unwrap();
+        // A pod whose name holds ".tmp" is a pod like any other.
+        save_pod(
+            &records.join("default_backup.tmp_u"),
+            r#"{"metadata":{"name":"c"}}"#,
+        )
+        .unwrap();
         let (loaded, problems) = load_all(&records, &dir.path().join("corrupt"));
-        assert_eq!(loaded.len(), 1);
+        let mut names: Vec<_> = loaded
+            .iter()
+            .map(|l| l.base.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["badstatus", "default_backup.tmp_u", "good"]);
         assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("badstatus.status.json")
+                || problems[1].contains("badstatus.status.json"),
+            "the file set aside is named: {problems:?}"
+        );
         assert!(!pod_file(&records.join("bad")).exists());
+        assert!(
+            pod_file(&records.join("badstatus")).exists(),
+            "the pod is kept"
+        );
         assert_eq!(
             std::fs::read_dir(dir.path().join("corrupt"))
                 .unwrap()
                 .count(),
-            3
+            2
         );
-        remove(&records.join("good")).unwrap();
+        for r in ["good", "badstatus", "default_backup.tmp_u"] {
+            remove(&records.join(r)).unwrap();
+        }
         assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
     }
 }

@@ -450,3 +450,61 @@ async fn a_test_failing_after_killing_procnode_leaves_nothing_behind() {
     let left = support::cgroup_dirs(&cgroup_parent);
     assert!(left.is_empty(), "cgroups left: {left:?}");
 }
+
+/// An unreadable status record costs only itself: the pod stays, its running container (a
+/// later run than the first) is taken back under its supervisor, not started a second time.
+#[tokio::test]
+async fn a_corrupt_status_record_keeps_the_pod_and_its_running_container() {
+    let dir = support::StateDir::new();
+    let a = Procnode::start(dir.path(), &[]);
+    // The first run fails; the second (restartCount 1) runs on.
+    let p = pod(
+        "steady",
+        &sh("if [ -f marker ]; then exec sleep 300; fi; touch marker; exit 1"),
+        "Always",
+    );
+    assert_eq!(a.post("/createPod", &p).await, 201);
+    let s = a
+        .wait_status("steady", "its second run", |s| {
+            phase(s) == "Running"
+                && support::container(s, "main")["restartCount"] == 1
+                && support::container(s, "main")["state"]["running"].is_object()
+        })
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    let status_file = dir
+        .path()
+        .join("records/default_steady_uid-steady.status.json");
+    wait_until("the run on record", Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&status_file).ok()?;
+        text.contains(&format!("\"pid\":{pid}")).then_some(())
+    })
+    .await;
+    a.kill9().await;
+    std::fs::write(&status_file, "{\"startTime\":").unwrap();
+
+    let b = Procnode::start(dir.path(), &[]);
+    let s = b
+        .wait_status("steady", "taken back", |s| {
+            support::container(s, "main")["state"]["running"].is_object()
+        })
+        .await;
+    assert_eq!(
+        container_pid(&s, "main"),
+        Some(pid),
+        "the same process: {s}"
+    );
+    assert_eq!(support::container(&s, "main")["restartCount"], 1);
+    let aside: Vec<String> = std::fs::read_dir(dir.path().join("corrupt"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(
+        aside[0].starts_with("default_steady_uid-steady.status.json."),
+        "{aside:?}"
+    );
+    assert_eq!(b.delete(&p).await, 200);
+    support::assert_groups_gone(&[pid]).await;
+    b.terminate().await;
+}

@@ -1013,13 +1013,32 @@ fn adopt_unrecorded(
         return how;
     }
     let run = entry.update_container(idx, |c| c.restart_count.max(0) as u64 + u64::from(restart));
-    let name = settings.supervisor_name(entry, idx, run);
-    let probe =
-        shim::address(&name).and_then(|addr| std::os::unix::net::UnixStream::connect_addr(&addr));
-    tracing::debug!(pod = %entry.key, supervisor = %name, found = probe.is_ok(), "looking for an unrecorded supervisor");
-    if probe.is_err() {
+    // That run's, or a later one's (a status record that was lost or set aside counted no
+    // restarts): the latest run whose supervisor answers.
+    let prefix = format!("{}-{idx}-", settings.supervisor_pod_part(entry));
+    let mut runs: Vec<u64> = std::fs::read_dir(settings.state_dir.join("sup"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(&prefix)?.parse::<u64>().ok()
+        })
+        .filter(|r| *r >= run)
+        .collect();
+    runs.sort_unstable_by(|a, b| b.cmp(a));
+    let found = runs
+        .into_iter()
+        .map(|r| (r, settings.supervisor_name(entry, idx, r)))
+        .find(|(_, name)| {
+            shim::address(name)
+                .and_then(|addr| std::os::unix::net::UnixStream::connect_addr(&addr))
+                .is_ok()
+        });
+    tracing::debug!(pod = %entry.key, container = idx, found = ?found, "looking for an unrecorded supervisor");
+    let Some((run, name)) = found else {
         return how;
-    }
+    };
     entry.update_container(idx, |c| {
         c.restart_count = run as i32;
         c.supervisor = Some(name.clone());
