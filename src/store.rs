@@ -162,6 +162,7 @@ impl NewPod {
             }
         }
         validate_volumes(spec)?;
+        validate_quantities(spec)?;
         let restart_policy =
             RestartPolicy::parse(spec.restart_policy.as_deref()).ok_or_else(|| {
                 PodError::RestartPolicy(spec.restart_policy.clone().unwrap_or_default())
@@ -304,6 +305,48 @@ fn validate_volumes(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<(), Po
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Resource requests and limits, and emptyDir size limits, are valid non-negative quantities
+/// (the API server refuses others; procnode used to ignore them).
+fn validate_quantities(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<(), PodError> {
+    use crate::quantity::Quantity;
+    let check = |field: String, q: &str| -> Result<(), PodError> {
+        match q.parse::<Quantity>() {
+            Ok(v) if v >= Quantity::default() => Ok(()),
+            Ok(_) => Err(PodError::Invalid {
+                field,
+                message: format!("{q:?} must be greater than or equal to 0"),
+            }),
+            Err(e) => Err(PodError::Invalid {
+                field,
+                message: e.to_string(),
+            }),
+        }
+    };
+    let lists = [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+        ("containers", spec.containers.as_slice()),
+    ];
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let Some(r) = &c.resources else { continue };
+            for (kind, map) in [("limits", &r.limits), ("requests", &r.requests)] {
+                for (name, q) in map.iter().flatten() {
+                    check(format!("spec.{list}[{i}].resources.{kind}[{name}]"), &q.0)?;
+                }
+            }
+        }
+    }
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        if let Some(q) = v.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()) {
+            check(format!("spec.volumes[{i}].emptyDir.sizeLimit"), &q.0)?;
         }
     }
     Ok(())
@@ -789,6 +832,34 @@ mod tests {
             entry.take_notes()[0].field_path,
             "spec.initContainers{setup}"
         );
+    }
+
+    #[test]
+    fn bad_quantities_are_refused_naming_the_field() {
+        let with = |limits: serde_json::Value| {
+            serde_json::json!({"metadata": {"name": "q"}, "spec": {"containers": [
+                {"name": "a", "command": ["true"], "resources": {"limits": limits}}]}})
+        };
+        for (bad, why) in [
+            ("abc", "not a Kubernetes quantity"),
+            ("-1Gi", "greater than or equal to 0"),
+            ("1e100", "not a Kubernetes quantity"),
+        ] {
+            let err = parse(with(serde_json::json!({"memory": bad})))
+                .err()
+                .expect(bad)
+                .to_string();
+            assert!(
+                err.contains("spec.containers[0].resources.limits[memory]") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+        assert!(parse(with(serde_json::json!({"memory": "64Mi", "cpu": "500m"}))).is_ok());
+        let sized = serde_json::json!({"metadata": {"name": "q"}, "spec": {
+            "volumes": [{"name": "v", "emptyDir": {"sizeLimit": "lots"}}],
+            "containers": [{"name": "a", "command": ["true"]}]}});
+        let err = parse(sized).err().unwrap().to_string();
+        assert!(err.contains("spec.volumes[0].emptyDir.sizeLimit"), "{err}");
     }
 
     #[test]

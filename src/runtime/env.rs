@@ -99,10 +99,9 @@ pub fn environment(
     objects: Option<&dyn super::volumes::ObjectSource>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let mut env: Vec<(String, String)> = vec![
-        (
-            "PATH".into(),
-            std::env::var("PATH").unwrap_or_else(|_| super::process::DEFAULT_PATH.to_string()),
-        ),
+        // A standard PATH, not procnode's: root's own (a version manager's shims, a user's
+        // bin) is neither what a pod expects nor readable by the pod's user.
+        ("PATH".into(), super::process::DEFAULT_PATH.to_string()),
         (
             "HOME".into(),
             std::env::var("HOME").unwrap_or_else(|_| "/".into()),
@@ -373,6 +372,30 @@ pub fn expand(input: &str, env: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_path_is_a_standard_one_unless_the_pod_sets_it() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [
+                {"name": "a"},
+                {"name": "b", "env": [{"name": "PATH", "value": "/opt/bin"}]}]}
+        }))
+        .unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        let path = |c| {
+            environment(&pod, c, &facts(), None)
+                .unwrap()
+                .into_iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(
+            path(&spec.containers[0]).as_deref(),
+            Some(super::super::process::DEFAULT_PATH)
+        );
+        assert_eq!(path(&spec.containers[1]).as_deref(), Some("/opt/bin"));
+    }
 
     fn facts() -> NodeFacts {
         NodeFacts {
