@@ -60,9 +60,18 @@ pub const DEFAULT_KUBELET_PORT: u16 = 10250;
 /// The cgroup under which pod cgroups are made.
 pub const DEFAULT_CGROUP_PARENT: &str = "procnode-pods";
 
+/// The subcommands, for `--help` (the flags above apply to each).
+pub const SUBCOMMANDS: &str = "\
+Subcommands:
+  procnode [serve] [FLAGS]     serve the web API for a Virtual Kubelet web broker (the default)
+  procnode run FILE [FLAGS]    run one Pod or Job manifest on this host and exit with its result
+  procnode node [FLAGS]        join a Kubernetes cluster as a node (kubelet API on --kubelet-port)
+  procnode health [FLAGS]      exit 0 if the procnode these settings describe answers /healthz
+  procnode help                this text";
+
 /// procnode: runs Kubernetes pods as plain supervised processes behind a Virtual Kubelet web broker.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "procnode", version, about, long_about = None)]
+#[command(name = "procnode", version, about, long_about = None, after_help = SUBCOMMANDS)]
 pub struct Config {
     /// TOML file of settings, keyed by flag name (`max-pods = 50`); flags and environment
     /// variables override it.
@@ -632,9 +641,17 @@ fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     if let Ok(port) = s.parse::<u16>() {
         return Ok(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
     }
-    s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
-        format!("`{s}` is not HOST:PORT, PORT or unix:PATH (for example 127.0.0.1:3000)")
-    })
+    let bad = || format!("`{s}` is not HOST:PORT, PORT or unix:PATH (for example 127.0.0.1:3000)");
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(ListenAddr::Tcp(addr));
+    }
+    // A host name (`localhost:3000`): its first address.
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .map(ListenAddr::Tcp)
+        .ok_or_else(bad)
 }
 
 fn parse_cgroup_name(s: &str) -> Result<String, String> {

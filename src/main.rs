@@ -15,9 +15,30 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(code as u8);
     }
     procnode::runtime::process::close_inherited_fds_on_exec();
+    // `procnode help`: what `--help` prints.
+    if args.len() == 2 && args[1] == "help" {
+        let mut flags = args;
+        flags[1] = "--help".into();
+        return load_config(flags)
+            .err()
+            .unwrap_or(std::process::ExitCode::SUCCESS);
+    }
     // `procnode run FILE [FLAGS]`: run one Pod or Job manifest here and exit with its result.
-    if args.len() >= 3 && args[1] == "run" {
-        return run_manifest(&args[2], &args[3..]);
+    if args.get(1).is_some_and(|a| a == "run") {
+        const USAGE: &str = "usage: procnode run FILE [FLAGS]\n\
+            Runs the Pod or Job manifest FILE (YAML or JSON) on this host and exits with its \
+            result; the flags are those of `procnode --help`.";
+        return match args.get(2).map(String::as_str) {
+            Some("-h" | "--help") => {
+                println!("{USAGE}");
+                std::process::ExitCode::SUCCESS
+            }
+            Some(file) if !file.starts_with('-') => run_manifest(file, &args[3..]),
+            _ => {
+                eprintln!("{USAGE}");
+                std::process::ExitCode::from(2)
+            }
+        };
     }
     // `procnode health [FLAGS]`: exit 0 if the procnode these settings describe answers
     // GET /healthz (for exec probes and container health checks).

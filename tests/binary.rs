@@ -128,6 +128,35 @@ fn help_lists_every_setting_with_its_default() {
 }
 
 #[test]
+fn help_names_the_subcommands_and_each_gives_usage_not_an_error() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for sub in [
+        "procnode run FILE",
+        "procnode node",
+        "procnode health",
+        "procnode help",
+    ] {
+        assert!(help.contains(sub), "--help should name {sub}");
+    }
+    let out = Command::new(BIN).arg("help").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), help);
+    let out = Command::new(BIN).arg("run").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("usage: procnode run FILE"));
+    let out = Command::new(BIN).args(["run", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage: procnode run FILE"));
+    // A host name resolves.
+    let out = Command::new(BIN)
+        .args(["--listen", "localhost:3000", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
 fn invalid_configuration_exits_non_zero_with_a_clear_message() {
     let out = Command::new(BIN)
         .args(["--listen", "not-an-address"])
