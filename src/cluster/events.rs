@@ -91,8 +91,14 @@ pub fn between(before: &Value, after: &Value, key: &PodKey, uid: &str) -> Vec<Po
             }
         }
         let running = now["state"]["running"].is_object();
-        let new_run = running
-            && (!was["state"]["running"].is_object() || was["containerID"] != now["containerID"]);
+        let new_run = if running {
+            !was["state"]["running"].is_object() || was["containerID"] != now["containerID"]
+        } else {
+            // A run that began and ended between two writes of the status (a quick Job).
+            now["state"]["terminated"].is_object()
+                && !now["containerID"].is_null()
+                && was["containerID"] != now["containerID"]
+        };
         if new_run {
             let image = now["image"].as_str().unwrap_or_default();
             events.push(event(
@@ -420,6 +426,17 @@ mod tests {
         assert_eq!(started[2].field_path, "spec.containers{main}");
         // The same status again, or first seen after a restart of procnode: nothing.
         assert!(between(&running, &running, &key(), "u1").is_empty());
+        // A run that started and ended before the status was written: started all the same,
+        // once.
+        let done = json!({"phase": "Succeeded", "containerStatuses": [
+            {"name": "main", "image": "busybox", "restartCount": 0, "containerID": "procnode://10",
+             "state": {"terminated": {"exitCode": 0, "reason": "Completed", "containerID": "procnode://10"}}}]});
+        assert_eq!(
+            reasons(&between(&pending, &done, &key(), "u1")),
+            ["Pulled", "Created", "Started"]
+        );
+        assert!(between(&running, &done, &key(), "u1").is_empty());
+        assert!(between(&done, &done, &key(), "u1").is_empty());
 
         let killed = json!({"phase": "Running", "containerStatuses": [
             {"name": "main", "image": "busybox", "restartCount": 1,
