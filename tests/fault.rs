@@ -216,3 +216,49 @@ async fn a_fork_heavy_pod_is_stopped_completely() {
     );
     srv.stop().await;
 }
+
+/// The pods' directories on a file system of their own (an operator's dedicated disk mounted at
+/// `STATE_DIR/pods`): pods and their volumes work as on one disk.
+#[tokio::test]
+async fn pods_on_a_file_system_of_their_own_run() {
+    use nix::mount::{mount, MsFlags};
+    let state = tempfile::tempdir().unwrap();
+    let pods = state.path().join("pods");
+    std::fs::create_dir(&pods).unwrap();
+    if mount(
+        Some("tmpfs"),
+        &pods,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=8m,mode=0711"),
+    )
+    .is_err()
+    {
+        eprintln!("skipped: this machine does not allow mounting a tmpfs");
+        return;
+    }
+    let srv = Server::start(&["--state-dir", state.path().to_str().unwrap()]).await;
+    let mut p = pod(
+        "own-disk",
+        &[
+            "sh",
+            "-c",
+            "echo hi > $PROCNODE_VOLUME_SCRATCH/f && cat $PROCNODE_VOLUME_SCRATCH/f",
+        ],
+        "Never",
+    );
+    p["spec"]["volumes"] = json!([{"name": "scratch", "emptyDir": {}}]);
+    p["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "scratch", "mountPath": "/procnode-no-such-dir"}]);
+    assert_eq!(srv.create(&p).await.status(), 201);
+    let s = srv
+        .wait_status("own-disk", "Succeeded", |s| {
+            phase(s) == "Succeeded" || phase(s) == "Failed"
+        })
+        .await;
+    assert_eq!(phase(&s), "Succeeded", "{s}");
+    assert_eq!(srv.logs("own-disk", "main", "").await.1, "hi\n");
+    assert_eq!(srv.delete(&p).await.status(), 200);
+    srv.stop().await;
+    let _ = nix::mount::umount2(&pods, nix::mount::MntFlags::MNT_DETACH);
+}

@@ -132,11 +132,16 @@ impl Settings {
     /// the pod's group, 0750). Blocking.
     pub fn open_pod_dir(&self, entry: &PodEntry) -> std::io::Result<safepath::Dir> {
         use safepath::{Dir, Links, Owner};
-        let pods = Dir::open_trusted(&self.state_dir)?.make_dirs(
-            Path::new("pods"),
-            Owner::mode(0o711),
-            Links::None,
-        )?;
+        // procnode's own directory (it may be a mount of its own: opened by path, not
+        // beneath the state directory).
+        let pods = match Dir::open_trusted(&self.state_dir.join("pods")) {
+            Ok(pods) => pods,
+            Err(_) => Dir::open_trusted(&self.state_dir)?.make_dirs(
+                Path::new("pods"),
+                Owner::mode(0o711),
+                Links::None,
+            )?,
+        };
         let owner = match entry.pod_id {
             Some(gid) => Owner {
                 mode: 0o750,
