@@ -409,6 +409,11 @@ impl Drop for StateDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
             kill_pods_of(self.0.path());
+        } else {
+            // A binary the test killed (kill -9 or SIGKILL at the end) leaves its cgroup parent,
+            // empty once its pods are gone: remove what is empty, touch nothing that is not
+            // (a process left there is a leak the leftover check must see).
+            remove_empty_cgroup_tree(&cgroup_parent_for(self.0.path()));
         }
     }
 }
@@ -498,6 +503,25 @@ pub fn cgroup_dirs(name: &str) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     find(std::path::Path::new("/sys/fs/cgroup"), name, 8, &mut found);
     found
+}
+
+/// Removes every empty cgroup directory called `name`, and the empty ones below it.
+pub fn remove_empty_cgroup_tree(name: &str) {
+    fn below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                below(&entry.path(), out);
+            }
+        }
+        out.push(dir.to_path_buf());
+    }
+    let mut dirs = Vec::new();
+    for top in cgroup_dirs(name) {
+        below(&top, &mut dirs);
+    }
+    for dir in &dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// Kills what is left in, and removes, every cgroup directory called `name` with everything
