@@ -342,6 +342,12 @@ async fn start(
         // The image of this run (an update may have changed it).
         c.image = container.image.clone().unwrap_or_default();
         c.state = ContainerState::Running { started_at };
+        // In the same change as the start, so that no reader sees the container running
+        // before its postStart hook has run (the kubelet reports it ContainerCreating).
+        c.post_start_pending = container
+            .lifecycle
+            .as_ref()
+            .is_some_and(|l| l.post_start.is_some());
         c.pid = Some(sup.pid);
         c.supervisor = name;
         c.container_id = Some(format!("procnode://{}", sup.pid));
