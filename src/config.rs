@@ -687,6 +687,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_pod_uid_range_default_is_the_runtimes() {
+        assert_eq!(
+            parse_range(DEFAULT_POD_UID_RANGE),
+            Ok(crate::runtime::users::DEFAULT_POD_UID_RANGE)
+        );
+    }
+
+    #[test]
     fn defaults_listen_on_loopback_3000() {
         let c = Config::defaults();
         assert_eq!(

@@ -241,6 +241,24 @@ pub fn supervisor_prefix(state_dir: &Path) -> String {
     format!("{}/", state_dir.join("sup").display())
 }
 
+/// The supervisor sockets in `sup_dir` of the pod whose name part is `pod_part` (see
+/// [`Settings::supervisor_name`]): container index, run and path of each. Blocking.
+fn supervisor_sockets(sup_dir: &Path, pod_part: &str) -> Vec<(usize, u64, PathBuf)> {
+    std::fs::read_dir(sup_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (idx, run) = name
+                .strip_prefix(pod_part)?
+                .strip_prefix('-')?
+                .split_once('-')?;
+            Some((idx.parse().ok()?, run.parse().ok()?, e.path()))
+        })
+        .collect()
+}
+
 /// 64-bit FNV-1a: short, stable names from long paths.
 fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -626,19 +644,15 @@ impl Runtime {
         let cgroups = self.settings.cgroups.clone();
         let pod_cgroup = self.settings.pod_cgroup(entry);
         let sup_dir = self.settings.state_dir.join("sup");
-        let sup_part = format!("{}-", self.settings.supervisor_pod_part(entry));
+        let sup_part = self.settings.supervisor_pod_part(entry);
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = cgroups.remove_pod(&pod_cgroup) {
                 tracing::warn!(pod = %key, error = %e, "could not remove the pod's cgroup");
             }
             volumes::release(&pod_dir);
             // Sockets of supervisors that were killed rather than released.
-            if let Ok(entries) = std::fs::read_dir(sup_dir) {
-                for e in entries.flatten() {
-                    if e.file_name().to_string_lossy().starts_with(&sup_part) {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
+            for (_, _, socket) in supervisor_sockets(&sup_dir, &sup_part) {
+                let _ = std::fs::remove_file(socket);
             }
             if let Err(e) = crate::persist::remove(&record) {
                 tracing::warn!(pod = %key, error = %e, "could not remove pod record");
@@ -1020,16 +1034,11 @@ fn adopt_unrecorded(
     let run = entry.update_container(idx, |c| c.restart_count.max(0) as u64 + u64::from(restart));
     // That run's, or a later one's (a status record that was lost or set aside counted no
     // restarts): the latest run whose supervisor answers.
-    let prefix = format!("{}-{idx}-", settings.supervisor_pod_part(entry));
-    let mut runs: Vec<u64> = std::fs::read_dir(settings.state_dir.join("sup"))
+    let sup_dir = settings.state_dir.join("sup");
+    let mut runs: Vec<u64> = supervisor_sockets(&sup_dir, &settings.supervisor_pod_part(entry))
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix(&prefix)?.parse::<u64>().ok()
-        })
-        .filter(|r| *r >= run)
+        .filter(|(i, r, _)| *i == idx && *r >= run)
+        .map(|(_, r, _)| r)
         .collect();
     runs.sort_unstable_by(|a, b| b.cmp(a));
     let found = runs

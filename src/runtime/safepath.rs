@@ -78,21 +78,24 @@ pub fn relative(p: &str) -> Result<&Path, String> {
     Ok(path)
 }
 
+/// An error naming `path`. Its kind says what was refused: `PermissionDenied` for a link in
+/// the way, `CrossesDevices` for a path that leaves the directory (or crosses a mount).
 fn explain(path: &Path, e: Errno) -> io::Error {
-    let why = match e {
-        Errno::ELOOP => "a symbolic link is in the way (procnode does not follow links here)",
-        Errno::EXDEV => "the path leaves the directory or crosses another mount",
+    let (kind, why) = match e {
+        Errno::ELOOP => (
+            io::ErrorKind::PermissionDenied,
+            "a symbolic link is in the way (procnode does not follow links here)",
+        ),
+        Errno::EXDEV => (
+            io::ErrorKind::CrossesDevices,
+            "the path leaves the directory or crosses another mount",
+        ),
         _ => {
-            return io::Error::new(
-                io::Error::from(e).kind(),
-                format!("{}: {e}", path.display()),
-            )
+            let kind = io::Error::from(e).kind();
+            return io::Error::new(kind, format!("{}: {e}", path.display()));
         }
     };
-    io::Error::new(
-        io::ErrorKind::PermissionDenied,
-        format!("{}: {why}", path.display()),
-    )
+    io::Error::new(kind, format!("{}: {why}", path.display()))
 }
 
 impl Dir {

@@ -300,9 +300,7 @@ impl PodIds {
             return Some(r);
         }
         let size = u64::from(hi - lo) + 1;
-        let start = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        }) % size;
+        let start = super::fnv1a(seed) % size;
         for i in 0..size.min(1 << 20) {
             let candidate = lo + ((start + i) % size) as u32;
             if used.contains(&candidate) {

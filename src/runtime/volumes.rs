@@ -164,12 +164,12 @@ fn prepare_one(
         .make_dirs(Path::new("volumes"), OWN_DIR, Links::None)
         .map_err(|e| setup(e.to_string()))?;
     let own_dir = volumes.path().join(name);
-    let own = |mode: u32| -> Result<Dir, VolumeError> {
+    // The volume's own directory, made if missing, its owner and mode set again.
+    let own = |owner: Owner| -> Result<Dir, VolumeError> {
         let d = volumes
-            .make_dirs(Path::new(name), Owner::mode(mode), Links::None)
+            .make_dirs(Path::new(name), owner, Links::None)
             .map_err(|e| setup(e.to_string()))?;
-        d.set_owner(Owner::mode(mode))
-            .map_err(|e| setup(e.to_string()))?;
+        d.set_owner(owner).map_err(|e| setup(e.to_string()))?;
         Ok(d)
     };
     let plain = |path: PathBuf| Prepared {
@@ -183,16 +183,13 @@ fn prepare_one(
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
 
     if let Some(e) = &v.empty_dir {
-        // Writable by every container of the pod (the kubelet's 0777): only the pod's own
-        // group may enter the pod directory around it.
-        // It belongs to the pod's own uid and group.
+        // The pod's own uid and group's, writable by every container of the pod (the
+        // kubelet's 0777): only the pod's own group may enter the pod directory around it.
         if !is_mount_point(&own_dir) {
-            own(0o777)?
-                .set_owner(Owner {
-                    mode: 0o777,
-                    ids: pod_id.map(|id| (id, id)),
-                })
-                .map_err(|e| setup(e.to_string()))?;
+            own(Owner {
+                mode: 0o777,
+                ids: pod_id.map(|id| (id, id)),
+            })?;
         }
         let limit = match &e.size_limit {
             Some(q) => {
@@ -234,13 +231,13 @@ fn prepare_one(
         return host_path(name, &h.path, h.type_.as_deref().unwrap_or(""), policy);
     }
     if let Some(d) = &v.downward_api {
-        let dir = own(0o755)?;
+        let dir = own(OWN_DIR)?;
         write_downward(pod, d.items.as_deref().unwrap_or_default(), &dir, node).map_err(setup)?;
         return Ok(plain(own_dir));
     }
     let service_account = is_service_account_volume(pod, v);
     if let Some(p) = &v.projected {
-        let dir = own(0o755)?;
+        let dir = own(OWN_DIR)?;
         for source in p.sources.iter().flatten() {
             if let Some(d) = &source.downward_api {
                 write_downward(pod, d.items.as_deref().unwrap_or_default(), &dir, node)
@@ -299,7 +296,7 @@ fn prepare_one(
         return Ok(plain(own_dir));
     }
     if let Some(s) = &v.secret {
-        let dir = own(0o755)?;
+        let dir = own(OWN_DIR)?;
         let secret = s.secret_name.clone().unwrap_or_default();
         let data = objects.and_then(|o| o.secret(namespace, &secret));
         let optional = s.optional == Some(true) || service_account;
@@ -318,7 +315,7 @@ fn prepare_one(
         return Ok(plain(own_dir));
     }
     if let Some(cm) = &v.config_map {
-        let dir = own(0o755)?;
+        let dir = own(OWN_DIR)?;
         let data = objects.and_then(|o| o.config_map(namespace, &cm.name));
         write_object(
             &dir,
@@ -552,7 +549,7 @@ fn host_path(
         .ok_or_else(not_allowed)?;
     let root = Dir::open_trusted(&prefix).map_err(|e| setup(e.to_string()))?;
     let escaped = |e: io::Error| {
-        if e.to_string().contains("leaves the directory") {
+        if e.kind() == io::ErrorKind::CrossesDevices {
             not_allowed()
         } else {
             setup(e.to_string())

@@ -505,8 +505,8 @@ pub fn cgroup_dirs(name: &str) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// Removes every empty cgroup directory called `name`, and the empty ones below it.
-pub fn remove_empty_cgroup_tree(name: &str) {
+/// Every cgroup directory called `name` and every one below it, children before their parent.
+fn cgroup_tree(name: &str) -> Vec<std::path::PathBuf> {
     fn below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -519,7 +519,12 @@ pub fn remove_empty_cgroup_tree(name: &str) {
     for top in cgroup_dirs(name) {
         below(&top, &mut dirs);
     }
-    for dir in &dirs {
+    dirs
+}
+
+/// Removes every empty cgroup directory called `name`, and the empty ones below it.
+pub fn remove_empty_cgroup_tree(name: &str) {
+    for dir in cgroup_tree(name) {
         let _ = std::fs::remove_dir(dir);
     }
 }
@@ -528,19 +533,7 @@ pub fn remove_empty_cgroup_tree(name: &str) {
 /// below it, deepest first.
 pub fn remove_cgroup_tree(name: &str) {
     use nix::sys::signal::{kill, Signal};
-    // Every directory below `dir`, children before their parent.
-    fn below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                below(&entry.path(), out);
-            }
-        }
-        out.push(dir.to_path_buf());
-    }
-    let mut dirs = Vec::new();
-    for top in cgroup_dirs(name) {
-        below(&top, &mut dirs);
-    }
+    let dirs = cgroup_tree(name);
     for dir in &dirs {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
