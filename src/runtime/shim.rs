@@ -154,7 +154,22 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
             if let Some(c) = &conn {
                 fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
             }
-            match poll(&mut fds, PollTimeout::NONE) {
+            // While it holds an exit, it looks every second whether its state directory is
+            // still there: once its socket file is gone with it, no procnode can ever
+            // release it, and it must not wait forever.
+            let wait = if exited.is_some() {
+                PollTimeout::from(1000u16)
+            } else {
+                PollTimeout::NONE
+            };
+            match poll(&mut fds, wait) {
+                Ok(0) if exited.is_some() && name.starts_with('/') => {
+                    if !std::path::Path::new(name).exists() {
+                        while reap_any() {}
+                        return Ok(());
+                    }
+                    continue;
+                }
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
