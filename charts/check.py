@@ -76,8 +76,8 @@ def main():
         except Exception as e:  # a template error names the variant that broke it
             problems.append(f"variant {name!r}: {e}")
 
-    # Settings become flags procnode accepts: booleans bare (or left out), lists repeated.
-    settings = {"log-files": True, "keep-pods-on-exit": False, "max-pods": 20,
+    # Settings become flags procnode accepts: true bare, false as =false, lists repeated.
+    settings = {"stop-pods-on-exit": True, "log-files": False, "max-pods": 20,
                 "host-path-prefix": ["/srv/a", "/srv/b"]}
     try:
         deployment = next(p for k, _, _, p in render({"procnode": {"settings": settings}})
@@ -85,11 +85,11 @@ def main():
         container = next(c for c in deployment["spec"]["template"]["spec"]["containers"]
                          if c["name"] == "procnode")
         args = container.get("args", []) + container.get("command", [])
-        want = ["--log-files", "--max-pods=20", "--host-path-prefix=/srv/a",
-                "--host-path-prefix=/srv/b"]
+        want = ["--stop-pods-on-exit", "--log-files=false", "--max-pods=20",
+                "--host-path-prefix=/srv/a", "--host-path-prefix=/srv/b"]
         missing = [w for w in want if w not in args]
-        if missing or any(a.startswith("--keep-pods-on-exit") or "=true" in a for a in args):
-            problems.append(f"settings render as {args}, wanted {want} and no false flag")
+        if missing or any("=true" in a for a in args):
+            problems.append(f"settings render as {args}, wanted {want}")
     except Exception as e:
         problems.append(f"settings: {e}")
 

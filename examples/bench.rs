@@ -3,7 +3,7 @@
 //!
 //!     cargo run --release --example bench            # everything (about 2 minutes)
 //!     cargo run --release --example bench -- quick   # fewer pods, for a smoke run
-//!     BENCH_SERVER_ARGS=--log-files cargo run --release --example bench   # extra procnode flags
+//!     BENCH_SERVER_ARGS=--log-files=false cargo run --release --example bench   # extra flags
 //!
 //! It starts procnode as a child process (this same executable re-run with `--serve`, which
 //! calls `procnode::run` exactly as the real binary does) on an ephemeral port and drives it
@@ -101,9 +101,15 @@ impl Server {
     fn start() -> Server {
         let state_dir = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--serve", "--max-pods", "5000", "--state-dir"])
+            .args([
+                "--serve",
+                "--max-pods",
+                "5000",
+                "--stop-pods-on-exit",
+                "--state-dir",
+            ])
             .arg(state_dir.path())
-            // Extra procnode flags for a run, e.g. BENCH_SERVER_ARGS=--log-files
+            // Extra procnode flags for a run, e.g. BENCH_SERVER_ARGS=--log-files=false
             .args(
                 std::env::var("BENCH_SERVER_ARGS")
                     .unwrap_or_default()

@@ -131,8 +131,11 @@ pub struct Config {
     #[arg(long, env = "PROCNODE_LOG_TOTAL_BYTES", default_value_t = DEFAULT_LOG_TOTAL_BYTES)]
     pub log_total_bytes: usize,
 
-    /// Also write every container's output to files under STATE_DIR/logs (CRI format, rotated).
-    #[arg(long, env = "PROCNODE_LOG_FILES")]
+    /// Also write every container's output to files under STATE_DIR/logs (CRI format, rotated),
+    /// so that `kubectl logs` still shows it after procnode crashed or restarted (the
+    /// in-memory buffers keep serving tails). `--log-files=false`: memory only.
+    #[arg(long, env = "PROCNODE_LOG_FILES", num_args = 0..=1, default_value_t = true,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
     pub log_files: bool,
 
     /// Size at which a container's log file is rotated.
@@ -239,9 +242,17 @@ pub struct Config {
     #[arg(long, env = "PROCNODE_SUPERVISOR", value_enum, default_value_t = SupervisorMode::Shim)]
     pub supervisor: SupervisorMode,
 
-    /// On SIGTERM/SIGINT, exit without stopping the pods: with supervisors they keep running and
-    /// the next procnode re-adopts them (for upgrades). Default: stop every pod first.
-    #[arg(long, env = "PROCNODE_KEEP_PODS_ON_EXIT")]
+    /// On SIGTERM/SIGINT, stop every pod (preStop, SIGTERM, grace period, SIGKILL) before
+    /// exiting. Default: leave them to their supervisors, as a kubelet restart leaves its
+    /// containers; the next procnode re-adopts them. (`procnode run`, and `--supervisor none`,
+    /// always stop their pods.)
+    #[arg(long, env = "PROCNODE_STOP_PODS_ON_EXIT", num_args = 0..=1, default_value_t = false,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub stop_pods_on_exit: bool,
+
+    /// What SIGTERM does by default now (kept so that existing set-ups still start).
+    #[arg(long, env = "PROCNODE_KEEP_PODS_ON_EXIT", hide = true, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub keep_pods_on_exit: bool,
 
     /// The executable started as `EXE shim NAME` to supervise each container (this procnode
@@ -255,7 +266,10 @@ pub struct Config {
     #[arg(long, env = "PROCNODE_CGROUPS", value_enum, default_value_t = crate::runtime::cgroup::CgroupMode::Auto)]
     pub cgroups: crate::runtime::cgroup::CgroupMode,
 
-    /// Name of the cgroup, under procnode's own, that holds the pod cgroups.
+    /// The cgroup that holds the pod cgroups: a NAME under procnode's own cgroup, or an absolute
+    /// path in the hierarchy (`/procnode-pods`), outside procnode's own cgroup. With an absolute
+    /// path the supervisors live there too (in `supervisors/`), so that a service manager
+    /// stopping or restarting procnode's unit never kills a pod (the systemd unit sets one).
     #[arg(long, env = "PROCNODE_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT,
           value_parser = parse_cgroup_name)]
     pub cgroup_parent: String,
@@ -482,11 +496,11 @@ impl Config {
                 if env_set || on_command_line {
                     continue;
                 }
-                let is_switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+                // Boolean settings take `--flag=true|false` (a bare `--flag` is true).
+                let is_bool = arg.get_num_args() == Some((0..=1).into());
                 match value {
-                    toml::Value::Boolean(true) if is_switch => injected.push(format!("--{flag}")),
-                    toml::Value::Boolean(false) if is_switch => {}
-                    _ if is_switch => return Err(bad("takes true or false")),
+                    toml::Value::Boolean(v) if is_bool => injected.push(format!("--{flag}={v}")),
+                    _ if is_bool => return Err(bad("takes true or false")),
                     toml::Value::String(v) => injected.push(format!("--{flag}={v}")),
                     toml::Value::Integer(v) => injected.push(format!("--{flag}={v}")),
                     toml::Value::Float(v) => injected.push(format!("--{flag}={v}")),
@@ -655,16 +669,22 @@ fn parse_listen(s: &str) -> Result<ListenAddr, String> {
 }
 
 fn parse_cgroup_name(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n != "."
+            && n != ".."
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    let ok = match s.strip_prefix('/') {
+        Some(path) => path.split('/').all(name_ok),
+        None => name_ok(s),
+    };
     if ok {
         Ok(s.to_string())
     } else {
         Err(format!(
-            "`{s}` is not a cgroup name (letters, digits, '-', '_', '.')"
+            "`{s}` is not a cgroup name (letters, digits, '-', '_', '.') or an absolute cgroup path (/NAME/...)"
         ))
     }
 }

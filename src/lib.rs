@@ -57,8 +57,8 @@ pub fn build_with(
 }
 
 /// Serves the API on `listener` (TCP, TLS or unix socket) until `shutdown` completes, then stops
-/// every pod with its grace period and returns once no pod process is left (or, with
-/// `--keep-pods-on-exit`, leaves them to their supervisors).
+/// leaves every pod to its supervisor (or, with `--stop-pods-on-exit`, stops each with its grace
+/// period and returns once no pod process is left).
 pub async fn run<L>(
     listener: L,
     config: Config,
@@ -115,13 +115,19 @@ where
     Ok(())
 }
 
-/// On the way out: stop every pod with its grace period, or with `--keep-pods-on-exit` (and
-/// supervisors) leave them running for the next procnode.
+/// On the way out: leave every pod running under its supervisor for the next procnode (the
+/// default, as a kubelet restart leaves its containers), or with `--stop-pods-on-exit` (or
+/// without supervisors, when nothing could keep them) stop each with its grace period.
 pub(crate) async fn stop_pods_on_exit(runtime: &runtime::Runtime, config: &Config) {
-    if config.keep_pods_on_exit && config.supervisor == config::SupervisorMode::Shim {
-        tracing::info!("leaving every pod running under its supervisor for the next procnode");
+    let pods = runtime.list().len();
+    if !config.stop_pods_on_exit && config.supervisor == config::SupervisorMode::Shim {
+        tracing::info!(
+            pods,
+            "leaving every pod running under its supervisor; the next procnode re-adopts them \
+             (--stop-pods-on-exit stops them instead)"
+        );
     } else {
-        tracing::info!("stopping every pod");
+        tracing::info!(pods, "stopping every pod");
         runtime.shutdown().await;
         tracing::info!("all pods stopped");
     }

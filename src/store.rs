@@ -58,6 +58,7 @@ pub enum PodError {
 }
 
 /// A validated pod body, ready to be stored.
+#[derive(Clone)]
 pub struct NewPod {
     pub key: PodKey,
     pub uid: String,
@@ -175,6 +176,56 @@ impl NewPod {
             raw,
         })
     }
+}
+
+impl NewPod {
+    /// Gives a pod that came without `metadata.uid` the uid `uid` (in what getPod returns too).
+    pub fn set_uid(&mut self, uid: &str) {
+        self.uid = uid.to_string();
+        self.pod.metadata.uid = Some(uid.to_string());
+        if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&self.raw) {
+            if let Some(meta) = value
+                .as_object_mut()
+                .map(|o| o.entry("metadata").or_insert_with(|| serde_json::json!({})))
+                .and_then(|m| m.as_object_mut())
+            {
+                meta.insert("uid".into(), uid.into());
+                if let Ok(raw) = serde_json::to_string(&value) {
+                    self.raw = raw;
+                }
+            }
+        }
+    }
+}
+
+/// A fresh random uid in the API server's format (a version 4 UUID), for a pod created
+/// without one.
+pub fn generate_uid() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        // No urandom: the time and the pid still make it unique on this host.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        b[..12].copy_from_slice(&t.to_le_bytes()[..12]);
+        b[12..].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// A path with no `..` component (the API server's rule for mountPath and hostPath).
@@ -384,6 +435,8 @@ pub struct PodEntry {
     pub logs: Box<[Arc<LogSlot>]>,
     stop: watch::Sender<Option<Duration>>,
     done: watch::Sender<bool>,
+    /// Where a delete is: stays in the store until its record and directories are gone.
+    removal: watch::Sender<Removal>,
     /// Serialises writes of this pod's status record.
     pub save_lock: tokio::sync::Mutex<()>,
     /// The pod's volumes, once prepared (before its first container starts).
@@ -397,6 +450,16 @@ pub struct PodEntry {
     /// What happened that the status does not show (a failed probe, a failed hook), for a front
     /// end that records events; kept only once one asked ([`PodEntry::take_notes`]).
     notes: Mutex<Option<std::collections::VecDeque<Note>>>,
+}
+
+/// How far a pod's delete has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    None,
+    /// Stopping, then removing its record and directories; still in the store.
+    Deleting,
+    /// Out of the store, nothing of it left on disk.
+    Gone,
 }
 
 /// Something that happened to a container that its status does not show.
@@ -448,6 +511,7 @@ impl PodEntry {
             logs: slots,
             stop: watch::channel(None).0,
             done: watch::channel(false).0,
+            removal: watch::channel(Removal::None).0,
             save_lock: tokio::sync::Mutex::new(()),
             volumes: std::sync::OnceLock::new(),
             generation: watch::channel(0).0,
@@ -693,6 +757,32 @@ impl PodEntry {
     pub async fn wait_done(&self) {
         let mut rx = self.done.subscribe();
         let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Marks the pod as being deleted (a create of the same pod waits for the delete).
+    pub fn begin_removal(&self) {
+        self.removal.send_if_modified(|r| {
+            let first = *r == Removal::None;
+            if first {
+                *r = Removal::Deleting;
+            }
+            first
+        });
+    }
+
+    pub fn is_being_removed(&self) -> bool {
+        *self.removal.borrow() != Removal::None
+    }
+
+    /// Marks the delete as complete: the pod is out of the store and off the disk.
+    pub fn mark_gone(&self) {
+        self.removal.send_replace(Removal::Gone);
+    }
+
+    /// Waits until a delete that has begun is complete.
+    pub async fn wait_gone(&self) {
+        let mut rx = self.removal.subscribe();
+        let _ = rx.wait_for(|r| *r == Removal::Gone).await;
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use support::{container, container_pid, group_members, phase, pid_alive, pod, sh, wait_until};
+use support::{
+    container, container_pid, group_members, parent_of, phase, pid_alive, pod, sh, wait_until,
+};
 
 /// A procnode process on 127.0.0.1:0 with the given state directory.
 struct Procnode {
@@ -153,7 +155,7 @@ async fn pods_and_exit_codes_survive_kill_9_and_containers_are_reattached() {
     let dir = support::StateDir::new();
     let marks = tempfile::tempdir().unwrap();
     let go = marks.path().join("go");
-    let a = Procnode::start(dir.path(), &["--log-files"]);
+    let a = Procnode::start(dir.path(), &[]);
 
     let sleeper = pod("sleeper", &sh("echo before; exec sleep 300"), "Always");
     // A Job-like pod that finishes while procnode is down, writing output then.
@@ -189,7 +191,7 @@ async fn pods_and_exit_codes_survive_kill_9_and_containers_are_reattached() {
     )
     .await;
 
-    let b = Procnode::start(dir.path(), &["--log-files"]);
+    let b = Procnode::start(dir.path(), &[]);
     let s = b
         .wait_status("sleeper", "sleeper restored", |s| phase(s) == "Running")
         .await;
@@ -348,10 +350,12 @@ async fn a_start_missing_from_the_record_is_found_again_not_started_twice() {
     b.terminate().await;
 }
 
+/// A plain SIGTERM (`systemctl restart`, an upgrade) leaves the pods to their supervisors, as
+/// a kubelet restart leaves its containers; the next procnode re-adopts them unrestarted.
 #[tokio::test]
-async fn with_keep_pods_on_exit_an_upgrade_leaves_pods_running() {
+async fn by_default_sigterm_leaves_pods_running_for_the_next_procnode() {
     let dir = support::StateDir::new();
-    let a = Procnode::start(dir.path(), &["--keep-pods-on-exit"]);
+    let a = Procnode::start(dir.path(), &["--stop-pods-on-exit=false"]);
     let p = pod("survivor", &["sleep", "300"], "Always");
     assert_eq!(a.post("/createPod", &p).await, 201);
     let s = a
@@ -365,9 +369,108 @@ async fn with_keep_pods_on_exit_an_upgrade_leaves_pods_running() {
         .wait_status("survivor", "re-adopted", |s| phase(s) == "Running")
         .await;
     assert_eq!(container_pid(&s, "main"), Some(pid));
+    assert_eq!(container(&s, "main")["restartCount"], 0, "not restarted");
     assert_eq!(b.delete(&p).await, 200);
     assert!(group_members(pid).0.is_empty());
     b.terminate().await;
+}
+
+/// With --stop-pods-on-exit, a container stopped by procnode's exit and started again by the
+/// next procnode is a restart like any other: its lastState says how the previous run ended.
+#[tokio::test]
+async fn a_container_stopped_by_a_graceful_exit_keeps_its_last_state() {
+    let dir = support::StateDir::new();
+    let a = Procnode::start(dir.path(), &["--stop-pods-on-exit"]);
+    let p = pod("stopped", &["sleep", "300"], "Always");
+    assert_eq!(a.post("/createPod", &p).await, 201);
+    let s = a
+        .wait_status("stopped", "running", |s| phase(s) == "Running")
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    a.terminate().await;
+    assert!(!pid_alive(pid), "--stop-pods-on-exit stopped the pod");
+    let b = Procnode::start(dir.path(), &[]);
+    let s = b
+        .wait_status("stopped", "started again", |s| {
+            container_pid(s, "main").is_some_and(|p| p != pid)
+        })
+        .await;
+    let c = container(&s, "main");
+    assert_eq!(c["restartCount"], 1, "{c}");
+    let last = &c["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 143, "SIGTERM'd by the stop: {c}");
+    assert_eq!(last["reason"], "Error", "{c}");
+    assert_eq!(b.delete(&p).await, 200);
+    b.terminate().await;
+}
+
+/// What a service manager does on `systemctl stop` or restart, done by hand: SIGTERM to
+/// procnode, then SIGKILL to whatever is left in procnode's own cgroup (the unit's). With an
+/// absolute --cgroup-parent (as the systemd unit sets) neither the supervisors nor the
+/// containers are in it, so every pod survives and the next procnode re-adopts it.
+#[tokio::test]
+async fn with_an_absolute_cgroup_parent_killing_procnodes_own_cgroup_kills_no_pod() {
+    if !support::is_root() {
+        eprintln!("skipped: needs root for cgroups");
+        return;
+    }
+    // The "unit": a cgroup of the pids hierarchy (v1) or the unified one (v2).
+    let Some((root, own)) = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(std::path::Path::new)
+        .find(|r| r.join("cgroup.procs").exists() && !r.join("pids.max").exists())
+        .and_then(|r| {
+            let line = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+            let v2 = r.join("cgroup.controllers").exists();
+            let own = line.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, c, path) = (f.next()?, f.next()?, f.next()?);
+                let mine = if v2 {
+                    c.is_empty()
+                } else {
+                    c.split(',').any(|x| x == "pids")
+                };
+                mine.then(|| path.trim_start_matches('/').to_string())
+            })?;
+            Some((r.to_path_buf(), own))
+        })
+    else {
+        eprintln!("skipped: no pids or unified cgroup hierarchy");
+        return;
+    };
+    let dir = support::StateDir::new();
+    let parent = support::cgroup_parent_for(dir.path());
+    let unit = root.join(&own).join(format!("{parent}-unit"));
+    std::fs::create_dir_all(&unit).unwrap();
+    let pods_parent = format!("--cgroup-parent=/{parent}");
+    let a = Procnode::start(dir.path(), &[&pods_parent, "--stop-pods-on-exit=false"]);
+    std::fs::write(unit.join("cgroup.procs"), a.pid.to_string()).unwrap();
+    let p = pod("survivor", &["sleep", "300"], "Always");
+    assert_eq!(a.post("/createPod", &p).await, 201);
+    let s = a
+        .wait_status("survivor", "running", |s| phase(s) == "Running")
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    let supervisor = parent_of(pid);
+    a.terminate().await;
+    let left = std::fs::read_to_string(unit.join("cgroup.procs")).unwrap();
+    for p in left.lines().filter_map(|p| p.parse::<i32>().ok()) {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+    assert!(
+        !left.lines().any(|p| p.trim() == supervisor.to_string()),
+        "the supervisor was in procnode's own cgroup: {left}"
+    );
+    assert!(pid_alive(pid) && pid_alive(supervisor), "the pod survived");
+    let b = Procnode::start(dir.path(), &[&pods_parent]);
+    let s = b
+        .wait_status("survivor", "re-adopted", |s| phase(s) == "Running")
+        .await;
+    assert_eq!(container_pid(&s, "main"), Some(pid));
+    assert_eq!(b.delete(&p).await, 200);
+    assert!(group_members(pid).0.is_empty());
+    b.terminate().await;
+    let _ = std::fs::remove_dir(&unit);
 }
 
 /// A container taken back after a restart of procnode does not run its postStart hook again

@@ -93,8 +93,8 @@ async fn wait_for_api(
     }
 }
 
-/// Runs the node until `shutdown`, then stops every pod (or, with `--keep-pods-on-exit`, leaves
-/// them to their supervisors).
+/// Runs the node until `shutdown`, then leaves every pod to its supervisor (or, with
+/// `--stop-pods-on-exit`, stops them).
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,

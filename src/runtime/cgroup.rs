@@ -16,6 +16,12 @@
 //! PARENT is `--cgroup-parent` (`procnode-pods`); with cgroup v1, BASE is procnode's cgroup in
 //! each controller's hierarchy.
 //!
+//! An absolute `--cgroup-parent` (`/procnode-pods`) is a path from the hierarchy's root
+//! instead, outside procnode's own cgroup, and then the supervisors live in
+//! `PARENT/supervisors/`: nothing of a pod is in procnode's cgroup, so a service manager that
+//! kills what is left in procnode's unit on stop or restart kills no pod (as the kubelet's pods
+//! live in `kubepods`, outside the kubelet's unit). procnode leaves its own cgroup alone then.
+//!
 //! cgroup v2 is used when the unified hierarchy offers the memory and pids controllers; cgroup
 //! v1 (one hierarchy per controller: memory, pids, and cpu and freezer when mounted) otherwise.
 //! Without either, pods are tracked by process group only; [`Cgroups::status`] says why.
@@ -69,12 +75,26 @@ enum Layout {
     },
 }
 
+/// The name, under PARENT, of the supervisors' cgroup (pod cgroups are all `pod<UID>`).
+const SUPERVISORS: &str = "supervisors";
+
+impl Layout {
+    fn parents(&self) -> Vec<&Path> {
+        match self {
+            Layout::V2 { pods, .. } => vec![pods],
+            Layout::V1 { pods } => pods.iter().map(|(_, p)| p.as_path()).collect(),
+        }
+    }
+}
+
 /// procnode's cgroups, or the reason there are none.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     layout: Option<Layout>,
     pids_limit: Option<u64>,
     status: String,
+    /// Whether the supervisors have a cgroup of their own (an absolute parent).
+    own_supervisors: bool,
 }
 
 impl Cgroups {
@@ -84,6 +104,7 @@ impl Cgroups {
             layout: None,
             pids_limit: None,
             status: why.to_string(),
+            own_supervisors: false,
         }
     }
 
@@ -110,11 +131,23 @@ impl Cgroups {
                             .join(", ")
                     ),
                 };
-                Cgroups {
+                let mut cgroups = Cgroups {
                     layout: Some(layout),
                     pids_limit,
                     status,
+                    own_supervisors: parent.starts_with('/'),
+                };
+                if cgroups.own_supervisors {
+                    if let Err(e) = cgroups
+                        .supervisor_dirs()
+                        .iter()
+                        .try_for_each(|d| make_dir(d))
+                    {
+                        return Cgroups::none(&format!("no cgroup for the supervisors ({e})"));
+                    }
+                    cgroups.status.push_str(", supervisors in it");
                 }
+                cgroups
             }
             Err(e) => Cgroups::none(&format!("no usable cgroup hierarchy ({e})")),
         }
@@ -127,6 +160,17 @@ impl Cgroups {
     /// One line: where the cgroups are, or why there are none.
     pub fn status(&self) -> &str {
         &self.status
+    }
+
+    /// The cgroup directories (one per hierarchy) a new supervisor is moved into, or none when
+    /// supervisors stay in procnode's own cgroup.
+    pub fn supervisor_dirs(&self) -> Vec<PathBuf> {
+        match &self.layout {
+            Some(l) if self.own_supervisors => {
+                l.parents().iter().map(|p| p.join(SUPERVISORS)).collect()
+            }
+            _ => vec![],
+        }
     }
 
     /// The pod's directories (one per hierarchy).
@@ -320,12 +364,10 @@ impl Cgroups {
 
     /// Removes the parent cgroup if no pod is left in it (for a procnode that leaves). Blocking.
     pub fn remove_parent_if_empty(&self) {
-        let parents: Vec<&Path> = match &self.layout {
-            None => vec![],
-            Some(Layout::V2 { pods, .. }) => vec![pods],
-            Some(Layout::V1 { pods }) => pods.iter().map(|(_, p)| p.as_path()).collect(),
-        };
-        for p in parents {
+        for d in self.supervisor_dirs() {
+            let _ = std::fs::remove_dir(d);
+        }
+        for p in self.layout.iter().flat_map(Layout::parents) {
             let _ = std::fs::remove_dir(p);
         }
     }
@@ -368,7 +410,7 @@ fn remove_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn make_dir(dir: &Path) -> io::Result<()> {
-    match std::fs::create_dir(dir) {
+    match std::fs::create_dir_all(dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io::Error::new(
             e.kind(),
             format!("creating cgroup {}: {e}", dir.display()),
@@ -479,8 +521,43 @@ fn setup_v2(parent: &str) -> io::Result<Layout> {
         .map(PathBuf::from)
         .find(|r| r.join("cgroup.controllers").exists())
         .ok_or_else(|| io::Error::other("no cgroup2 file system mounted"))?;
+    if parent.starts_with('/') {
+        return setup_v2_outside(&under(&root, parent));
+    }
     let own = own_path(|c| c.is_empty()).ok_or_else(|| io::Error::other("no 0:: line"))?;
     setup_v2_in(&under(&root, &own), parent)
+}
+
+/// Prepares `pods` (an absolute parent, outside procnode's cgroup): its parent hands the
+/// controllers down (the hierarchy's root always may; another cgroup only if it holds no
+/// process), procnode's own cgroup is left as it is.
+fn setup_v2_outside(pods: &Path) -> io::Result<Layout> {
+    let above = pods
+        .parent()
+        .ok_or_else(|| io::Error::other("the cgroup parent cannot be the root"))?;
+    std::fs::create_dir_all(above)?;
+    let available = std::fs::read_to_string(above.join("cgroup.controllers"))?;
+    let has = |c: &str| available.split_whitespace().any(|x| x == c);
+    if !has("memory") || !has("pids") {
+        return Err(io::Error::other(format!(
+            "{} offers controllers [{}], not memory and pids",
+            above.display(),
+            available.trim()
+        )));
+    }
+    let cpu = has("cpu");
+    let controllers = if cpu {
+        "+memory +pids +cpu"
+    } else {
+        "+memory +pids"
+    };
+    write(&above.join("cgroup.subtree_control"), controllers)?;
+    make_dir(pods)?;
+    write(&pods.join("cgroup.subtree_control"), controllers)?;
+    Ok(Layout::V2 {
+        pods: pods.to_path_buf(),
+        cpu,
+    })
 }
 
 /// Prepares `base` (procnode's cgroup in a v2 hierarchy) for pods under `base/parent`.
@@ -539,8 +616,12 @@ fn setup_v1(parent: &str) -> io::Result<Layout> {
             }
             continue;
         };
-        let own = own_path(|c| c.split(',').any(|x| x == controller)).unwrap_or_default();
-        let dir = under(&mount, &own).join(parent);
+        let dir = if parent.starts_with('/') {
+            under(&mount, parent)
+        } else {
+            let own = own_path(|c| c.split(',').any(|x| x == controller)).unwrap_or_default();
+            under(&mount, &own).join(parent)
+        };
         // Controllers mounted together (cpu,cpuacct) share one directory.
         if pods.iter().any(|(_, d)| *d == dir) {
             continue;
@@ -569,6 +650,25 @@ mod tests {
     /// unified hierarchy holds no memory or pids controller, so the kernel's side is exercised
     /// by the integration tests through v1 here, through v2 where the machine has it).
     #[test]
+    fn an_absolute_parent_leaves_procnodes_own_cgroup_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::write(r.join("cgroup.controllers"), "memory pids\n").unwrap();
+        let layout = setup_v2_outside(&r.join("pods")).unwrap();
+        let read = |p: &str| std::fs::read_to_string(r.join(p)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+memory +pids");
+        assert_eq!(read("pods/cgroup.subtree_control"), "+memory +pids");
+        assert!(!r.join("procnode").exists(), "nothing moved");
+        let c = Cgroups {
+            layout: Some(layout),
+            pids_limit: None,
+            status: String::new(),
+            own_supervisors: true,
+        };
+        assert_eq!(c.supervisor_dirs(), vec![r.join("pods/supervisors")]);
+    }
+
+    #[test]
     fn v2_writes_the_files_the_kernel_reads() {
         let base = tempfile::tempdir().unwrap();
         let b = base.path();
@@ -583,6 +683,7 @@ mod tests {
             layout: Some(layout),
             pids_limit: Some(100),
             status: String::new(),
+            own_supervisors: false,
         };
         let main = Limits {
             memory_bytes: Some(32 << 20),

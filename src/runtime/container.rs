@@ -311,9 +311,14 @@ async fn start(
     let run_no = entry.update_container(idx, |c| c.restart_count as u64 + u64::from(restart));
     let (sup, name) = if settings.supervise {
         let name = settings.supervisor_name(entry, idx, run_no);
-        let (sup, _shim_exit) = supervisor::launch(&settings.shim_exe, &name, &req)
-            .await
-            .map_err(start_error)?;
+        let (sup, _shim_exit) = supervisor::launch(
+            &settings.shim_exe,
+            &name,
+            &req,
+            settings.cgroups.supervisor_dirs(),
+        )
+        .await
+        .map_err(start_error)?;
         (sup, Some(name))
     } else {
         (

@@ -267,6 +267,8 @@ fn fnv1a(text: &str) -> u64 {
 }
 
 fn pod_dir_name(key: &PodKey, uid: &str) -> String {
+    // Every pod gets a uid when it is created; only a record written by an older procnode
+    // can lack one.
     let uid = if uid.is_empty() { "no-uid" } else { uid };
     format!("{}_{}_{}", key.namespace, key.name, uid)
 }
@@ -368,34 +370,51 @@ impl Runtime {
     /// A different uid under the same name replaces the old pod (stopped with its grace period
     /// first), as happens when a pod is deleted and re-created faster than the delete arrives.
     pub async fn create(&self, body: &[u8]) -> Result<Created, RuntimeError> {
-        let new = NewPod::parse(body)?;
-        if let Some(existing) = self.store.get(&new.key) {
-            if existing.uid == new.uid {
-                return Ok(Created::Existing(existing));
-            }
-        }
-        let admitted = self.store.len() < self.settings.max_pods as usize;
-        self.save_pod(&new.key, &new.uid, &new.raw).await?;
-        let pod_id = self.claim_pod_id(None, &new);
-        let entry = Arc::new(self.new_entry(new, admitted, pod_id));
-        loop {
-            match self.store.insert_new(entry.clone()) {
-                Ok(()) => break,
-                Err(existing) if existing.uid == entry.uid => {
-                    if let Some(id) = entry.pod_id {
-                        self.settings.pod_ids.release(id);
+        let mut new = NewPod::parse(body)?;
+        'create: loop {
+            if let Some(existing) = self.store.get(&new.key) {
+                // A pod without a uid is the pod of that name (as for a repeated create).
+                if existing.uid == new.uid || new.uid.is_empty() {
+                    if existing.is_being_removed() {
+                        // A create of a pod whose delete is in flight waits for the delete,
+                        // then creates it anew (never an answer for a pod about to vanish).
+                        existing.wait_gone().await;
+                        continue 'create;
                     }
                     return Ok(Created::Existing(existing));
                 }
-                Err(old) => self.stop_and_forget(&old, None).await,
             }
+            if new.uid.is_empty() {
+                new.set_uid(&crate::store::generate_uid());
+            }
+            let admitted = self.store.len() < self.settings.max_pods as usize;
+            self.save_pod(&new.key, &new.uid, &new.raw).await?;
+            let pod_id = self.claim_pod_id(None, &new);
+            let entry = Arc::new(self.new_entry(new.clone(), admitted, pod_id));
+            loop {
+                match self.store.insert_new(entry.clone()) {
+                    Ok(()) => break,
+                    Err(existing) if existing.uid == entry.uid => {
+                        if let Some(id) = entry.pod_id {
+                            self.settings.pod_ids.release(id);
+                        }
+                        if existing.is_being_removed() {
+                            // Its delete removes the record just written: write it again.
+                            existing.wait_gone().await;
+                            continue 'create;
+                        }
+                        return Ok(Created::Existing(existing));
+                    }
+                    Err(old) => self.stop_and_forget(&old, None).await,
+                }
+            }
+            if admitted {
+                tokio::spawn(run_pod(entry.clone(), self.settings.clone(), false));
+            } else {
+                finish(&entry, &self.settings).await;
+            }
+            return Ok(Created::New(entry));
         }
-        if admitted {
-            tokio::spawn(run_pod(entry.clone(), self.settings.clone(), false));
-        } else {
-            finish(&entry, &self.settings).await;
-        }
-        Ok(Created::New(entry))
     }
 
     /// Writes the pod JSON record (fsync'd) before a create or update is acknowledged.
@@ -549,8 +568,12 @@ impl Runtime {
     /// Other processes keep running. Adding, removing or renaming containers is refused (400),
     /// as the API server refuses it.
     pub async fn update(&self, body: &[u8]) -> Result<Arc<PodEntry>, RuntimeError> {
-        let new = NewPod::parse(body)?;
+        let mut new = NewPod::parse(body)?;
         let entry = self.get(&new.key)?;
+        if new.uid.is_empty() {
+            // An update without a uid is one of the pod of that name.
+            new.set_uid(&entry.uid);
+        }
         if entry.uid != new.uid {
             return Err(RuntimeError::PodNotFound(new.key));
         }
@@ -631,10 +654,12 @@ impl Runtime {
         Some(entry)
     }
 
+    /// Stops the pod, removes its record, directories and cgroups, then takes it out of the
+    /// store (so that until then a create of the same pod waits, see [`Runtime::create`]).
     async fn stop_and_forget(&self, entry: &Arc<PodEntry>, grace: Option<Duration>) {
+        entry.begin_removal();
         entry.request_stop(self.grace_for(entry, grace));
         entry.wait_done().await;
-        self.store.remove_if_same(entry);
         let record = self.settings.record_base(&entry.key, &entry.uid);
         let pod_dir = self.settings.pod_dir(entry);
         let dirs: Vec<PathBuf> = std::iter::once(pod_dir.clone())
@@ -670,6 +695,8 @@ impl Runtime {
         if let Some(id) = entry.pod_id {
             self.settings.pod_ids.release(id);
         }
+        self.store.remove_if_same(entry);
+        entry.mark_gone();
     }
 
     fn grace_for(&self, entry: &PodEntry, requested: Option<Duration>) -> Duration {
@@ -914,15 +941,24 @@ pub(crate) async fn save_status(entry: &PodEntry, settings: &Settings, durable: 
     }
 }
 
-/// How a container's supervision begins, from its recorded state.
-fn begin(c: &ContainerStatus, policy: RestartPolicy) -> Option<container::Begin> {
+/// How a container's supervision begins, from its recorded state. A recorded exit that is
+/// restarted (a run stopped by procnode's own exit, or one that ended while it was down)
+/// becomes the container's lastState, as any restart's does.
+fn begin(c: &mut ContainerStatus, policy: RestartPolicy) -> Option<container::Begin> {
     match (&c.state, &c.supervisor) {
         (status::ContainerState::Running { .. }, Some(name)) => {
             Some(container::Begin::Resume(name.clone()))
         }
         (status::ContainerState::Running { .. }, None) => Some(container::Begin::Lost),
         (status::ContainerState::Terminated(t), _) if !policy.restarts(t.exit_code) => None,
-        (status::ContainerState::Terminated(_), _) => Some(container::Begin::Restart),
+        (status::ContainerState::Terminated(t), _) => {
+            c.last_termination = Some(t.clone());
+            c.state = status::ContainerState::Waiting {
+                reason: status::reason::CONTAINER_CREATING,
+                message: None,
+            };
+            Some(container::Begin::Restart)
+        }
         (status::ContainerState::Waiting { .. }, _) if c.last_termination.is_some() => {
             Some(container::Begin::Restart)
         }

@@ -48,17 +48,29 @@ pub enum Event {
 
 /// Starts a supervisor called `name` for `req` and takes the container's pipes from it. `Err`
 /// is the message to show in the container's status when the container could not be started.
-/// Also returns the supervisor's own exit, which procnode collects as its parent.
+/// Also returns the supervisor's own exit, which procnode collects as its parent. The
+/// supervisor is moved into `cgroups` (one per hierarchy, none to stay in procnode's) before
+/// it is sent its container.
 pub async fn launch(
     shim_exe: &Path,
     name: &str,
     req: &SpawnRequest,
+    cgroups: Vec<std::path::PathBuf>,
 ) -> Result<(Supervised, oneshot::Receiver<ExitStatus>), String> {
     let mut spec = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     spec.push(b'\n');
     let (exe, shim_name) = (shim_exe.to_path_buf(), name.to_string());
     let (greeting, exit) = tokio::task::spawn_blocking(move || {
         let mut spawned = process::spawn_shim(&exe, &shim_name).map_err(|e| e.to_string())?;
+        // It waits for its spec before it does anything, so it starts nothing outside them.
+        for dir in &cgroups {
+            std::fs::write(dir.join("cgroup.procs"), spawned.pid.to_string()).map_err(|e| {
+                format!(
+                    "moving the supervisor into the cgroup {}: {e}",
+                    dir.display()
+                )
+            })?;
+        }
         spawned
             .socket
             .write_all(&spec)

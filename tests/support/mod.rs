@@ -168,7 +168,11 @@ pub fn start_binary(state_dir: &std::path::Path, extra: &[&str]) -> (std::proces
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_procnode"))
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--cgroup-parent", &cgroup_parent_for(state_dir)])
+        .args(
+            (!extra.iter().any(|a| a.starts_with("--cgroup-parent")))
+                .then(|| format!("--cgroup-parent={}", cgroup_parent_for(state_dir))),
+        )
+        .args(stop_pods_unless_chosen(extra))
         .args(extra)
         .env("PROCNODE_STATE_DIR", state_dir)
         .stdin(std::process::Stdio::null())
@@ -189,6 +193,12 @@ pub fn start_binary(state_dir: &std::path::Path, extra: &[&str]) -> (std::proces
     };
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
+}
+
+/// Test servers stop their pods on exit (so that a test ends with nothing running) unless the
+/// test chooses with `--stop-pods-on-exit=...` itself.
+fn stop_pods_unless_chosen(extra: &[&str]) -> Option<&'static str> {
+    (!extra.iter().any(|a| a.starts_with("--stop-pods-on-exit"))).then_some("--stop-pods-on-exit")
 }
 
 /// A procnode server running in this process on 127.0.0.1:0 with its own state dir.
@@ -241,6 +251,7 @@ impl Server {
                 args.extend(["--allowed-gids".to_string(), "any".to_string()]);
             }
         }
+        args.extend(stop_pods_unless_chosen(extra_args).map(String::from));
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let config = procnode::Config::parse_from_env_free(args);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -434,7 +445,7 @@ pub fn kill_pods_of(state_dir: &std::path::Path) {
     // command line.
     let parent = cgroup_parent_for(state_dir);
     for (pid, _, argv) in processes() {
-        if argv.contains(&parent) && !argv.iter().any(|a| a == "shim") {
+        if argv.iter().any(|a| a.ends_with(&parent)) && !argv.iter().any(|a| a == "shim") {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::empty()));
         }
