@@ -35,6 +35,8 @@ pub const DEFAULT_LOG_FILE_MAX_FILES: usize = 5;
 pub const DEFAULT_ALLOWED_IDS: &str = "65534";
 /// The uids handed out to pods (see [`crate::runtime::users::DEFAULT_POD_UID_RANGE`]).
 pub const DEFAULT_POD_UID_RANGE: &str = "1879048192-1879113727";
+/// HTTP connections a server keeps open at once.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Log follow streams open at once.
 pub const DEFAULT_MAX_FOLLOW_STREAMS: usize = 64;
 /// Largest request body accepted; larger ones get 413.
@@ -175,6 +177,16 @@ pub struct Config {
     /// have started). Default: the maximum grace period plus 60 s, so a delete always fits.
     #[arg(long, env = "PROCNODE_REQUEST_TIMEOUT", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
+
+    /// HTTP connections open at once (web and kubelet API each); one more is answered 503
+    /// and closed.
+    #[arg(long, env = "PROCNODE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// A connection that has not sent a complete request head within this time is closed.
+    #[arg(long, env = "PROCNODE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
 
     /// Log follow streams open at once; more get 429.
     #[arg(long, env = "PROCNODE_MAX_FOLLOW_STREAMS", default_value_t = DEFAULT_MAX_FOLLOW_STREAMS)]

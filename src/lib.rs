@@ -67,8 +67,7 @@ pub async fn run<L>(
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
-    for<'a> api::peer::ApiPeer:
-        axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    L::Io: api::peer::Identify,
 {
     let state_dir = config.state_dir();
     persist::prepare_state_dir(&state_dir)?;

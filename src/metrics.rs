@@ -76,8 +76,19 @@ pub const ROUTES: [&str; 16] = [
 /// Exit reasons counted separately.
 pub const EXIT_REASONS: [&str; 4] = ["Completed", "Error", "StartError", "ContainerStatusUnknown"];
 
+/// The HTTP connections of every server procnode runs (web API and kubelet API).
+#[derive(Default)]
+pub struct HttpConnections {
+    pub open: AtomicU64,
+    /// Answered 503 at once: the connection cap was reached.
+    pub refused: AtomicU64,
+    /// Closed because the request head did not arrive in time.
+    pub header_timeouts: AtomicU64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    pub http: HttpConnections,
     pub container_starts: AtomicU64,
     pub container_restarts: AtomicU64,
     exits: [AtomicU64; EXIT_REASONS.len()],
@@ -159,6 +170,19 @@ impl Metrics {
             "procnode_log_bytes_dropped_total",
             "Bytes of container output dropped to stay within the bounds.",
             log_dropped,
+        );
+        let _ = writeln!(out, "# HELP procnode_http_connections_open HTTP connections open now.\n# TYPE procnode_http_connections_open gauge\nprocnode_http_connections_open {}", self.http.open.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "procnode_http_connections_refused_total",
+            "HTTP connections answered 503 because --max-connections were open.",
+            self.http.refused.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "procnode_http_header_timeouts_total",
+            "HTTP connections closed because no complete request head came within --header-read-timeout.",
+            self.http.header_timeouts.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP procnode_log_bytes_held Bytes of container output held in memory.\n# TYPE procnode_log_bytes_held gauge\nprocnode_log_bytes_held {log_held}");
         let _ = writeln!(out, "# HELP procnode_spawn_seconds Time from the decision to start a container to its process running.\n# TYPE procnode_spawn_seconds histogram");

@@ -192,17 +192,18 @@ pub struct Peer {
     pub certificate: Option<CertificateDer<'static>>,
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Peer {
-        let certificate = stream
-            .io()
-            .get_ref()
-            .1
+impl Peer {
+    /// The peer of a TLS connection.
+    pub fn of(stream: &TlsStream<TcpStream>) -> Peer {
+        let (tcp, session) = stream.get_ref();
+        let certificate = session
             .peer_certificates()
             .and_then(|chain| chain.first())
             .map(|leaf| leaf.clone().into_owned());
         Peer {
-            addr: *stream.remote_addr(),
+            addr: tcp
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
             certificate,
         }
     }

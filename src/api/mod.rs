@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod handlers;
 pub mod peer;
+pub mod serve;
 
 use std::sync::Arc;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub request_timeout: std::time::Duration,
     /// Who may call without a token.
     pub callers: peer::CallerPolicy,
+    /// Connection cap and header read timeout.
+    pub limits: serve::Limits,
 }
 
 impl AppState {
@@ -53,6 +56,10 @@ impl AppState {
                 allowed: config.api_allowed_uids.clone(),
                 own_uid: nix::unistd::geteuid().as_raw(),
             },
+            limits: serve::Limits {
+                max_connections: config.max_connections as usize,
+                header_read_timeout: config.header_read_timeout,
+            },
         })
     }
 }
@@ -69,6 +76,8 @@ pub fn kubelet_router(state: AppState) -> Router {
         .route("/healthz", get(handlers::health))
         .route("/stats/summary", get(handlers::stats_summary))
         .route("/metrics/resource", get(handlers::resource_metrics))
+        .fallback(handlers::no_route)
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
 
@@ -112,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(extract::BodyLimit(limit)))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
 
@@ -124,16 +134,65 @@ pub async fn serve<L>(
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-    for<'a> peer::ApiPeer:
-        axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    L::Io: peer::Identify,
 {
-    axum::serve(
+    let (limits, metrics) = (state.limits, state.runtime.settings().metrics.clone());
+    serve::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<peer::ApiPeer>(),
+        router(state),
+        |io: &L::Io| peer::Identify::api_peer(io),
+        limits,
+        metrics,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Every error leaves as JSON: an error answer the router or a layer made without a body
+/// (405 for a wrong method, 408 from the request timeout, 413 from the body limit) gets the
+/// same `{"error", "status"}` body as [`ApiError`]'s.
+async fn json_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || resp
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        return resp;
+    }
+    let why = match status {
+        axum::http::StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = resp
+                .headers()
+                .get(axum::http::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            format!("{method} is not allowed on {path} (allowed: {allowed})")
+        }
+        axum::http::StatusCode::REQUEST_TIMEOUT => {
+            format!("{method} {path} took longer than the request timeout (--request-timeout)")
+        }
+        other => format!(
+            "{method} {path}: {}",
+            other.canonical_reason().unwrap_or("error")
+        ),
+    };
+    let (mut parts, _) = resp.into_parts();
+    let body = serde_json::json!({"error": why, "status": status.as_u16()});
+    let mut fresh = (status, axum::Json(body)).into_response();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    for (name, value) in fresh.headers() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    *fresh.headers_mut() = parts.headers;
+    fresh
 }
 
 /// Adds `Server-Timing: app;dur=MILLISECONDS` to every response (the time spent in procnode for

@@ -8,9 +8,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
-
 /// The caller of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiPeer {
@@ -33,24 +30,29 @@ impl ApiPeer {
     }
 }
 
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for ApiPeer {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> ApiPeer {
-        ApiPeer::tcp(stream.io(), false)
+/// A connection whose caller can be told ([`ApiPeer`]): what the web API's listeners accept.
+pub trait Identify {
+    fn api_peer(&self) -> ApiPeer;
+}
+
+impl Identify for tokio::net::TcpStream {
+    fn api_peer(&self) -> ApiPeer {
+        ApiPeer::tcp(self, false)
     }
 }
 
-impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for ApiPeer {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> ApiPeer {
+impl Identify for tokio::net::UnixStream {
+    fn api_peer(&self) -> ApiPeer {
         ApiPeer {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+            uid: self.peer_cred().ok().map(|c| c.uid()),
             verified_client: false,
         }
     }
 }
 
-impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for ApiPeer {
-    fn connect_info(stream: IncomingStream<'_, crate::tls::TlsListener>) -> ApiPeer {
-        let (tcp, session) = stream.io().get_ref();
+impl Identify for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn api_peer(&self) -> ApiPeer {
+        let (tcp, session) = self.get_ref();
         ApiPeer::tcp(tcp, session.peer_certificates().is_some())
     }
 }

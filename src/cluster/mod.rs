@@ -200,12 +200,21 @@ pub async fn serve_kubelet_api(
     state: crate::api::AppState,
     auth: Option<Arc<auth::KubeletAuth>>,
 ) {
+    let (limits, metrics) = (state.limits, state.runtime.settings().metrics.clone());
     let mut router = crate::api::kubelet_router(state);
     if let Some(auth) = auth {
         router = router.layer(axum::middleware::from_fn_with_state(auth, auth::check));
     }
-    let app = router.into_make_service_with_connect_info::<crate::tls::Peer>();
-    if let Err(e) = axum::serve(listener, app).await {
+    let served = crate::api::serve::serve(
+        listener,
+        router,
+        crate::tls::Peer::of,
+        limits,
+        metrics,
+        std::future::pending(),
+    )
+    .await;
+    if let Err(e) = served {
         tracing::error!(error = %e, "kubelet API stopped");
     }
 }
