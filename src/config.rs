@@ -35,6 +35,8 @@ pub const DEFAULT_LOG_FILE_MAX_FILES: usize = 5;
 pub const DEFAULT_ALLOWED_IDS: &str = "65534";
 /// The uids handed out to pods (see [`crate::runtime::users::DEFAULT_POD_UID_RANGE`]).
 pub const DEFAULT_POD_UID_RANGE: &str = "1879048192-1879113727";
+/// Containers a pod may have.
+pub const DEFAULT_MAX_CONTAINERS_PER_POD: u32 = 200;
 /// HTTP connections a server keeps open at once.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Log follow streams open at once.
@@ -177,6 +179,11 @@ pub struct Config {
     /// have started). Default: the maximum grace period plus 60 s, so a delete always fits.
     #[arg(long, env = "PROCNODE_REQUEST_TIMEOUT", value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
+
+    /// Containers (init containers included) a pod may have; a pod with more is refused (400).
+    #[arg(long, env = "PROCNODE_MAX_CONTAINERS_PER_POD", default_value_t = DEFAULT_MAX_CONTAINERS_PER_POD,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_containers_per_pod: u32,
 
     /// HTTP connections open at once (web and kubelet API each); one more is answered 503
     /// and closed.
@@ -570,6 +577,14 @@ impl Config {
             };
             sources.push((long.to_string(), value, source));
         }
+        if config.state_dir.is_none() && config.default_state_dir().is_none() {
+            return Err(ConfigError::Invalid(
+                "no state directory: set --state-dir (PROCNODE_STATE_DIR), or HOME or XDG_STATE_HOME \
+                 (a shared default such as /tmp/procnode would let other users of this host read \
+                 and change procnode's records)"
+                    .into(),
+            ));
+        }
         Ok(Loaded { config, sources })
     }
 
@@ -612,16 +627,23 @@ impl Config {
         if let Some(dir) = &self.state_dir {
             return dir.clone();
         }
+        // (A loaded configuration always has one: `load` refuses to go on without.)
+        self.default_state_dir()
+            .unwrap_or_else(|| std::env::temp_dir().join("procnode"))
+    }
+
+    /// Where the state lives when `--state-dir` is not set: `/var/lib/procnode` for root, else
+    /// under XDG_STATE_HOME or HOME; `None` without either.
+    fn default_state_dir(&self) -> Option<PathBuf> {
         if nix::unistd::geteuid().is_root() {
-            return PathBuf::from("/var/lib/procnode");
+            return Some(PathBuf::from("/var/lib/procnode"));
         }
         if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-            return PathBuf::from(xdg).join("procnode");
+            return Some(PathBuf::from(xdg).join("procnode"));
         }
-        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(home) => PathBuf::from(home).join(".local/state/procnode"),
-            None => std::env::temp_dir().join("procnode"),
-        }
+        std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|home| PathBuf::from(home).join(".local/state/procnode"))
     }
 
     /// The supervisor executable, resolved to this binary when not configured.

@@ -53,6 +53,7 @@ pub fn build_with(
     let node = node::Node::new(config, &cgroups);
     let mut settings = runtime::Settings::from_config(config, node.facts(), cgroups);
     settings.objects = objects;
+    settings.unrecorded_exits = node.unrecorded_exits.clone();
     (Arc::new(runtime::Runtime::new(settings)), node)
 }
 

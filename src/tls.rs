@@ -135,19 +135,34 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let (tx, ready) = mpsc::channel(64);
+        let said = Arc::new(std::sync::Mutex::new(
+            std::collections::HashSet::<String>::new(),
+        ));
         let acceptor_task = tokio::spawn(async move {
             loop {
                 let Ok((stream, peer)) = tcp.accept().await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let (acceptor, tx, said) = (acceptor.clone(), tx.clone(), said.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
+                        Ok(Err(e)) => {
+                            // Said once per reason (a client with an unknown CA retries often).
+                            let why = e.to_string();
+                            let first = {
+                                let mut seen = said.lock().expect("said lock");
+                                seen.len() < 64 && seen.insert(why.clone())
+                            };
+                            if first {
+                                tracing::warn!(%peer, error = %why, "TLS handshake refused (said once per reason)");
+                            } else {
+                                tracing::debug!(%peer, error = %why, "TLS handshake refused");
+                            }
+                        }
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 });

@@ -399,6 +399,9 @@ async fn a_full_node_admits_no_more_pods_like_the_kubelet() {
         .await;
     assert_eq!(s["phase"], "Failed");
     assert_eq!(s["reason"], "OutOfpods");
+    let state = &s["containerStatuses"][0]["state"];
+    assert_eq!(state["terminated"]["reason"], "OutOfpods", "{s}");
+    assert!(state.get("waiting").is_none(), "{s}");
     assert!(app.delete(&a).await.is_success());
     assert!(app.delete(&b).await.is_success());
 }

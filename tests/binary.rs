@@ -571,3 +571,236 @@ fn the_job_example_runs_under_procnode_run() {
         "{stdout}"
     );
 }
+
+/// A pod is admitted only if its containers fit procnode's descriptor budget: with a small
+/// RLIMIT_NOFILE, the pod that would not fit is Failed with reason OutOfnofile (as the
+/// kubelet reports OutOfpods), the others run, and everything still answers and deletes. A
+/// pod with more containers than --max-containers-per-pod is refused with a 400.
+#[tokio::test]
+async fn pods_past_the_descriptor_budget_are_refused_admission_and_nothing_breaks() {
+    use std::os::unix::process::CommandExt;
+    let dir = support::StateDir::new();
+    let (mut child, addr) = support::start_binary_with(
+        dir.path(),
+        &["--max-containers-per-pod", "30"],
+        |cmd| unsafe {
+            cmd.pre_exec(|| {
+                let limit = 400;
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    limit,
+                    limit,
+                )
+                .map_err(std::io::Error::from)
+            });
+        },
+    );
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let many = |name: &str, n: usize| {
+        let mut p = support::bare_pod(name, "exec sleep 300", "Always");
+        let c = p["spec"]["containers"][0].clone();
+        p["spec"]["containers"] = Value::Array(
+            (0..n)
+                .map(|i| {
+                    let mut c = c.clone();
+                    c["name"] = Value::from(format!("c{i}"));
+                    c
+                })
+                .collect(),
+        );
+        p
+    };
+    let too_many = many("crowd", 31);
+    let r = http
+        .post(format!("{base}/createPod"))
+        .body(too_many.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("spec.containers"),
+        "{body}"
+    );
+    // (400 - 256 reserved) / 5 per container: 28 containers fit, so the third pod does not.
+    let mut failed = None;
+    for i in 0..3 {
+        let p = many(&format!("part-{i}"), 12);
+        let r = http
+            .post(format!("{base}/createPod"))
+            .body(p.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let s: Value = http
+            .get(format!(
+                "{base}/getPodStatus?namespace=default&name=part-{i}"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["phase"] == "Failed" {
+            failed = Some((i, s));
+        }
+    }
+    let (i, s) = failed.expect("a pod past the budget");
+    assert_eq!(i, 2, "the first two fit");
+    assert_eq!(s["reason"], "OutOfnofile", "{s}");
+    assert!(s["message"].as_str().unwrap().contains("open files"), "{s}");
+    for i in 0..3 {
+        let r = http
+            .delete(format!("{base}/deletePod"))
+            .body(many(&format!("part-{i}"), 12).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+}
+
+/// An operator reading procnode's log sees each pod's life at info level: created, container
+/// started, exited (with its exit code and reason), restarted, deleted.
+#[tokio::test]
+async fn the_log_tells_each_pods_life_at_info_level() {
+    let dir = support::StateDir::new();
+    let (mut child, addr, logs) =
+        support::start_binary_logged(dir.path(), &["--backoff-initial", "100ms"], |cmd| {
+            cmd.env("PROCNODE_LOG", "info");
+        });
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let p = support::bare_pod("chatty", "exit 3", "OnFailure");
+    let r = http
+        .post(format!("{base}/createPod"))
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let said = |message: &str, extra: &dyn Fn(&Value) -> bool| {
+        logs.lock().unwrap().iter().any(|l| {
+            l["level"] == "INFO" && l["fields"]["message"] == message && extra(&l["fields"])
+        })
+    };
+    support::wait_until("a restart logged", Duration::from_secs(20), || async {
+        (said("container exited", &|f| {
+            f["exit_code"] == 3 && f["reason"] == "Error"
+        }) && said("restarting container", &|f| f["container"] == "main"))
+        .then_some(())
+    })
+    .await;
+    assert!(said("pod created", &|f| f["pod"] == "default/chatty"));
+    assert!(said("container started", &|f| f["container"] == "main"));
+    let r = http
+        .delete(format!("{base}/deletePod"))
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    support::wait_until("the delete logged", Duration::from_secs(10), || async {
+        said("pod deleted", &|f| f["pod"] == "default/chatty").then_some(())
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+}
+
+/// Without HOME (and not root), procnode does not fall back to a state directory other users
+/// could share: it says what to set.
+#[test]
+fn without_home_a_non_root_procnode_says_where_to_keep_its_state() {
+    use std::os::unix::process::CommandExt;
+    if !support::is_root() {
+        return;
+    }
+    let out = Command::new(BIN)
+        .arg("--print-config")
+        .env_clear()
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no state directory") && err.contains("--state-dir"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .arg("--print-config")
+        .env_clear()
+        .env("HOME", "/nonexistent-home")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Node mode with a kubeconfig that names no cluster CA (insecure-skip-tls-verify) and no
+/// --kubelet-client-ca: the kubelet API could not verify the API server's client certificate,
+/// and procnode says so at start, naming the flag.
+#[test]
+fn node_mode_warns_when_it_cannot_verify_the_api_servers_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(BIN)
+        .args([
+            "node",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--kubelet-port",
+            "0",
+        ])
+        .env("PROCNODE_STATE_DIR", dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("--kubelet-client-ca") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(
+        text.contains("no cluster CA") && text.contains("--kubelet-client-ca"),
+        "{text}"
+    );
+}

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{phase, pod, wait_until, Server};
+use support::{phase, pod, wait_until, Server, SmallDisk};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_during_five_hundred_creations_lose_nothing() {
@@ -65,50 +65,6 @@ async fn a_thousand_requests_during_five_hundred_creations_lose_nothing() {
     let srv = std::sync::Arc::try_unwrap(srv).ok().expect("sole owner");
     // Shutdown stops all 500; `stop` checks no process of any group seen is left.
     srv.stop().await;
-}
-
-/// Mounts a small tmpfs at a fresh directory; `None` where mounting is not allowed. Uses the
-/// mount system calls directly: this test process has procnode's reaper running, so it may not
-/// wait for child processes of its own (such as `mount`).
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn new(size: &str) -> Option<SmallDisk> {
-        use nix::mount::{mount, MsFlags};
-        let dir = tempfile::tempdir().ok()?;
-        // (A tmpfs root is 1777 unless told otherwise; procnode refuses a state dir others
-        // may write.)
-        let options = format!("size={size},mode=0711");
-        mount(
-            Some("tmpfs"),
-            dir.path(),
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some(options.as_str()),
-        )
-        .ok()?;
-        Some(SmallDisk { dir })
-    }
-
-    fn remount_read_only(&self) {
-        use nix::mount::{mount, MsFlags};
-        mount(
-            None::<&str>,
-            self.dir.path(),
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .expect("remount read-only");
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 #[tokio::test]

@@ -350,6 +350,121 @@ async fn a_start_missing_from_the_record_is_found_again_not_started_twice() {
     b.terminate().await;
 }
 
+/// A supervisor whose pod no record claims any more (the record was removed while procnode
+/// was down) is stopped by the next procnode, with its container: no process runs for nobody.
+#[tokio::test]
+async fn supervisors_of_no_recorded_pod_are_stopped_after_a_restart() {
+    let dir = support::StateDir::new();
+    let a = Procnode::start(dir.path(), &[]);
+    let p = pod("forgotten", &["sleep", "300"], "Always");
+    assert_eq!(a.post("/createPod", &p).await, 201);
+    let s = a
+        .wait_status("forgotten", "running", |s| phase(s) == "Running")
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    let supervisor = parent_of(pid);
+    a.kill9().await;
+    for f in std::fs::read_dir(dir.path().join("records")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let b = Procnode::start(dir.path(), &[]);
+    wait_until(
+        "the unclaimed supervisor and its container to be gone",
+        Duration::from_secs(15),
+        || async { (!pid_alive(pid) && !pid_alive(supervisor)).then_some(()) },
+    )
+    .await;
+    assert!(
+        std::fs::read_dir(dir.path().join("sup"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no socket left"
+    );
+    b.terminate().await;
+}
+
+/// A container that exits while the state directory is full: its supervisor holds the exit
+/// until it is on disk (the node reporting DiskPressure meanwhile), so that a crash of
+/// procnode then loses nothing: the next one reports the real exit, not an unknown one.
+#[tokio::test]
+async fn an_exit_on_a_full_disk_is_held_until_recorded() {
+    let Some(disk) = support::SmallDisk::new("2m") else {
+        eprintln!("skipped: this machine does not allow mounting a tmpfs");
+        return;
+    };
+    let state = disk.dir.path();
+    let marks = tempfile::tempdir().unwrap();
+    let go = marks.path().join("go");
+    // (--disk-pressure-percent 0: only the held exit can make the node report DiskPressure.)
+    let a = Procnode::start(
+        state,
+        &["--disk-pressure-percent", "0", "--host-refresh", "200ms"],
+    );
+    let mut p = pod(
+        "full",
+        &sh("while [ ! -f \"$GO\" ]; do sleep 0.05; done; kill -TERM $$$$"),
+        "Never",
+    );
+    p["spec"]["containers"][0]["env"] = json!([{"name": "GO", "value": go.to_str().unwrap()}]);
+    assert_eq!(a.post("/createPod", &p).await, 201);
+    a.wait_status("full", "running", |s| phase(s) == "Running")
+        .await;
+    // Fill the state directory's file system, then let the container exit.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(state.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+        let _ = filler.flush();
+    }
+    std::fs::write(&go, "").unwrap();
+    let s = a
+        .wait_status("full", "the exit seen", |s| phase(s) == "Failed")
+        .await;
+    assert_eq!(
+        container(&s, "main")["state"]["terminated"]["exitCode"],
+        143,
+        "{s} {}",
+        a.logs("full").await
+    );
+    let pressure = wait_until("DiskPressure", Duration::from_secs(10), || async {
+        let conditions: Value = a
+            .http
+            .get(format!("{}/nodeConditions", a.base))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        conditions
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "DiskPressure" && c["status"] == "True")
+            .cloned()
+    })
+    .await;
+    assert!(pressure["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be written"));
+    a.kill9().await;
+    std::fs::remove_file(state.join("filler")).unwrap();
+    let b = Procnode::start(state, &[]);
+    let s = b
+        .wait_status("full", "restored", |s| phase(s) == "Failed")
+        .await;
+    let t = &container(&s, "main")["state"]["terminated"];
+    assert_eq!(
+        t["exitCode"], 143,
+        "the real exit, held by the supervisor: {t}"
+    );
+    assert_eq!(t["reason"], "Error", "{t}");
+    assert_eq!(b.delete(&p).await, 200);
+    b.terminate().await;
+}
+
 /// A plain SIGTERM (`systemctl restart`, an upgrade) leaves the pods to their supervisors, as
 /// a kubelet restart leaves its containers; the next procnode re-adopts them unrestarted.
 #[tokio::test]

@@ -474,7 +474,12 @@ async fn each_pod_runs_as_a_uid_of_its_own() {
                 .map(|v| v.split_whitespace().next().unwrap().to_string())
         })
         .unwrap();
-    let uid_b = logs.lines().next().unwrap();
+    // (The line `id -u` wrote: stdout and stderr are read apart, so the order of lines from
+    // the two may differ from the order they were written in.)
+    let uid_b = logs
+        .lines()
+        .find(|l| l.parse::<u32>().is_ok())
+        .unwrap_or_else(|| panic!("no uid in {logs:?}"));
     assert_ne!(uid_a, uid_b);
     // Its directories belong to it: the emptyDir and the working directory; the pod directory
     // around them is root's, closed to other pods.

@@ -201,6 +201,11 @@ async fn volume_types_procnode_cannot_provide_fail_the_pod_with_a_reason() {
             .wait_status(name, "Failed", |s| phase(s) == "Failed")
             .await;
         assert_eq!(s["reason"], "UnsupportedVolume", "{s}");
+        // Its container never ran: reported with the pod's reason (kubectl's STATUS shows
+        // UnsupportedVolume, not ContainerCreating).
+        let state = &support::container(&s, "main")["state"];
+        assert_eq!(state["terminated"]["reason"], "UnsupportedVolume", "{s}");
+        assert!(state.get("waiting").is_none(), "{s}");
         let message = s["message"].as_str().unwrap();
         assert!(
             message.contains(says) && message.contains("\"v\""),

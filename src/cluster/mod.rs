@@ -101,6 +101,17 @@ pub async fn run(
 ) -> Result<(), String> {
     let mut shutdown = Box::pin(shutdown);
     let (client, cluster_ca) = connect(&config).await?;
+    if config.kubelet_auth == KubeletAuthMode::Webhook
+        && config.kubelet_client_ca.is_none()
+        && cluster_ca.is_empty()
+    {
+        tracing::warn!(
+            "the kubeconfig carries no cluster CA (insecure-skip-tls-verify?) and --kubelet-client-ca \
+             is not set: the kubelet API cannot verify the API server's client certificate, so \
+             `kubectl logs` and stats through the API server get 401. Set --kubelet-client-ca to \
+             the CA that issued the API server's --kubelet-client-certificate"
+        );
+    }
     let Some(version) = wait_for_api(&client, &mut shutdown).await else {
         return Ok(());
     };

@@ -69,6 +69,9 @@ pub struct Node {
     stats: stats::StatsCollector,
     /// When this procnode started (the PodResourceLimits condition cannot change after).
     started: Timestamp,
+    /// Container exits the runtime holds because the state directory cannot take them: the
+    /// node reports DiskPressure while there are any.
+    pub unrecorded_exits: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Node {
@@ -111,6 +114,7 @@ impl Node {
             started: now,
             policy,
             state_dir,
+            unrecorded_exits: Default::default(),
         };
         node.publish(&sample, now);
         Arc::new(node)
@@ -154,8 +158,12 @@ impl Node {
         });
 
         let memory_pressure = s.memory_available < p.memory_pressure_below;
-        let disk_pressure = s.disk_total > 0
-            && s.disk_available * 100 < s.disk_total * p.disk_pressure_percent as u64;
+        let disk_pressure = (s.disk_total > 0
+            && s.disk_available * 100 < s.disk_total * p.disk_pressure_percent as u64)
+            || self
+                .unrecorded_exits
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0;
         let pid_pressure =
             s.pids_max > 0 && s.pids_used * 100 > s.pids_max * p.pid_pressure_percent as u64;
         let wanted = [
@@ -179,7 +187,7 @@ impl Node {
                 "DiskPressure",
                 disk_pressure,
                 "KubeletHasDiskPressure",
-                "the state directory's file system is low on space",
+                "the state directory's file system is low on space, or cannot be written",
                 "KubeletHasNoDiskPressure",
                 "procnode has no disk pressure",
             ),

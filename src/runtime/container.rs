@@ -106,6 +106,13 @@ pub async fn supervise(
                     c.pid = Some(sup.pid);
                     c.container_id = Some(container_id.clone());
                 });
+                tracing::info!(
+                    pod = %entry.key,
+                    container = %spec.name,
+                    pid = sup.pid,
+                    "{}",
+                    if taking_back { "container taken back" } else { "container started" }
+                );
                 // Off the async threads: it may read Secrets from the API server.
                 let probes = {
                     let (e, s) = (entry.clone(), settings.clone());
@@ -158,6 +165,14 @@ pub async fn supervise(
         entry.logs[idx].update(|l| l.finish());
         settings.metrics.container_exited(&termination.reason);
         let code = termination.exit_code;
+        tracing::info!(
+            pod = %entry.key,
+            container = %entry.container_spec(idx).name,
+            exit_code = code,
+            reason = %termination.reason,
+            detail = termination.message.as_deref().unwrap_or(""),
+            "container exited"
+        );
         let start_failed = termination.reason == reason::START_ERROR;
         let stopped = stop.borrow().is_some();
         // A changed definition restarts the container at once, whatever the policy (as the
@@ -202,10 +217,16 @@ pub async fn supervise(
                 c.state = ContainerState::Terminated(termination);
             }
         });
-        // Once the exit is on disk, the supervisor may go. An exit the pod asked for (delete,
-        // shutdown) is not fsync'd: its record goes away next, or it is re-created on start.
-        super::save_status(&entry, &settings, !stopped).await;
-        if let Some(sup) = supervised {
+        // Once the exit is on disk, the supervisor may go: it is retried until it is. An exit
+        // the pod asked for (delete, shutdown) is not fsync'd: its record goes away next, or
+        // it is re-created on start.
+        let release = if stopped || supervised.is_none() {
+            super::save_status(&entry, &settings, !stopped).await;
+            true
+        } else {
+            super::record_exit(&entry, &settings, &entry.container_spec(idx).name).await
+        };
+        if let Some(sup) = supervised.filter(|_| release) {
             sup.release().await;
         }
         if stopped {
@@ -214,6 +235,12 @@ pub async fn supervise(
         if !restarts {
             return Outcome::Exited(code);
         }
+        tracing::info!(
+            pod = %entry.key,
+            container = %entry.container_spec(idx).name,
+            after = %humantime::format_duration(delay),
+            "restarting container"
+        );
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(Option::is_some) => return Outcome::Stopped,

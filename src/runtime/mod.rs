@@ -37,6 +37,48 @@ use crate::logs::{FileConfig, LogBudget, LogConfig, LogQuery, LogSlot};
 use crate::store::{NewPod, PodEntry, PodError, PodKey, Store};
 
 /// Runtime settings, fixed at start.
+/// Descriptors procnode holds per running container: the supervisor's socket, the two output
+/// pipes, the log file, and one to spare.
+const FDS_PER_CONTAINER: u64 = 5;
+/// Descriptors kept for everything else (listeners, connections, records, probes).
+const FD_RESERVE: u64 = 256;
+/// Pids per running container: its supervisor and its process.
+const PIDS_PER_CONTAINER: u64 = 2;
+/// Pids kept for the rest of the host.
+const PID_RESERVE: u64 = 1024;
+
+/// What procnode's process and the host can hold at most (see [`Runtime::admission`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// procnode's RLIMIT_NOFILE (raised to its hard limit at start-up).
+    pub open_files: u64,
+    /// `kernel.pid_max`.
+    pub pids: u64,
+}
+
+impl Budget {
+    /// Raises RLIMIT_NOFILE to the hard limit (each running container holds a few of
+    /// procnode's descriptors) and reads the host's pid space.
+    pub fn of_this_process() -> Budget {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let open_files = match getrlimit(Resource::RLIMIT_NOFILE) {
+            Ok((soft, hard)) if soft < hard => {
+                match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    Ok(()) => hard,
+                    Err(_) => soft,
+                }
+            }
+            Ok((soft, _)) => soft,
+            Err(_) => 1024,
+        };
+        let pids = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(32_768);
+        Budget { open_files, pids }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub state_dir: PathBuf,
@@ -64,6 +106,13 @@ pub struct Settings {
     pub objects: Option<Arc<dyn volumes::ObjectSource>>,
     /// How often volumes filled from `objects` are refreshed.
     pub object_refresh_interval: Duration,
+    /// Descriptors and pids pods may use (admission).
+    pub budget: Budget,
+    /// Containers (init containers included) a pod may have.
+    pub max_containers_per_pod: usize,
+    /// Container exits held (with their supervisors) until the state directory takes them;
+    /// shared with the node, which reports DiskPressure meanwhile.
+    pub unrecorded_exits: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Settings {
@@ -106,6 +155,9 @@ impl Settings {
             volume_check_interval: config.volume_check_interval,
             objects: None,
             object_refresh_interval: config.object_refresh_interval,
+            unrecorded_exits: Default::default(),
+            budget: Budget::of_this_process(),
+            max_containers_per_pod: config.max_containers_per_pod as usize,
         }
     }
 
@@ -371,6 +423,18 @@ impl Runtime {
     /// first), as happens when a pod is deleted and re-created faster than the delete arrives.
     pub async fn create(&self, body: &[u8]) -> Result<Created, RuntimeError> {
         let mut new = NewPod::parse(body)?;
+        let spec = new.pod.spec.as_ref().expect("validated");
+        let n = spec.containers.len() + spec.init_containers.as_ref().map_or(0, Vec::len);
+        if n > self.settings.max_containers_per_pod {
+            return Err(PodError::Invalid {
+                field: "spec.containers".into(),
+                message: format!(
+                    "{n} containers (init containers included), more than the {} a pod may have here (--max-containers-per-pod)",
+                    self.settings.max_containers_per_pod
+                ),
+            }
+            .into());
+        }
         'create: loop {
             if let Some(existing) = self.store.get(&new.key) {
                 // A pod without a uid is the pod of that name (as for a repeated create).
@@ -387,10 +451,11 @@ impl Runtime {
             if new.uid.is_empty() {
                 new.set_uid(&crate::store::generate_uid());
             }
-            let admitted = self.store.len() < self.settings.max_pods as usize;
+            let refusal = self.admission(&new);
+            let admitted = refusal.is_none();
             self.save_pod(&new.key, &new.uid, &new.raw).await?;
             let pod_id = self.claim_pod_id(None, &new);
-            let entry = Arc::new(self.new_entry(new.clone(), admitted, pod_id));
+            let entry = Arc::new(self.new_entry(new.clone(), refusal, pod_id));
             loop {
                 match self.store.insert_new(entry.clone()) {
                     Ok(()) => break,
@@ -409,8 +474,11 @@ impl Runtime {
                 }
             }
             if admitted {
+                tracing::info!(pod = %entry.key, uid = %entry.uid, "pod created");
                 tokio::spawn(run_pod(entry.clone(), self.settings.clone(), false));
             } else {
+                let why = entry.state.lock().expect("state lock").failure.clone();
+                tracing::warn!(pod = %entry.key, uid = %entry.uid, reason = ?why.map(|w| w.0), "pod refused admission");
                 finish(&entry, &self.settings).await;
             }
             return Ok(Created::New(entry));
@@ -460,7 +528,7 @@ impl Runtime {
             let admitted = pod.status.as_ref().is_none_or(|s| s.failure.is_none());
             let recorded = pod.status.as_ref().and_then(|s| s.pod_id);
             let pod_id = self.claim_pod_id(recorded, &new);
-            let entry = Arc::new(self.new_entry(new, true, pod_id));
+            let entry = Arc::new(self.new_entry(new, None, pod_id));
             if let Some(saved) = pod.status {
                 let runs: Vec<u64> = {
                     let mut st = entry.state.lock().expect("state lock");
@@ -497,6 +565,67 @@ impl Runtime {
                 entry.mark_done();
             }
         }
+        problems.extend(self.stop_unclaimed_supervisors().await);
+        problems
+    }
+
+    /// After the records are loaded: a supervisor on this state directory that no loaded pod
+    /// claims (its record was removed, lost or set aside) would keep its container running
+    /// for nobody. Each is stopped (its container's group killed, its exit released) and
+    /// reported by name; a socket no process holds any more is removed.
+    async fn stop_unclaimed_supervisors(&self) -> Vec<String> {
+        if !self.settings.supervise {
+            return Vec::new();
+        }
+        let claimed: std::collections::HashSet<String> = self
+            .store
+            .list()
+            .iter()
+            .map(|e| self.settings.supervisor_pod_part(e))
+            .collect();
+        let sup_dir = self.settings.state_dir.join("sup");
+        let files: Vec<String> = std::fs::read_dir(&sup_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| !claimed.contains(f.split('-').next().unwrap_or_default()))
+            .collect();
+        let mut stops = JoinSet::new();
+        for file in files {
+            let name = format!("{}{file}", supervisor_prefix(&self.settings.state_dir));
+            stops.spawn(async move {
+                match supervisor::attach(&name).await {
+                    Ok(mut sup) => {
+                        let pid = sup.pid;
+                        process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                        let _ = tokio::time::timeout(Duration::from_secs(10), sup.events.next())
+                            .await;
+                        sup.release().await;
+                        Some(format!(
+                            "supervisor {name} belonged to no recorded pod: its container (pid {pid}) was stopped"
+                        ))
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                        ) =>
+                    {
+                        // A supervisor that was killed: only its socket file is left.
+                        let _ = std::fs::remove_file(&name);
+                        None
+                    }
+                    Err(e) => Some(format!(
+                        "supervisor socket {name} belongs to no recorded pod and cannot be stopped: {e}"
+                    )),
+                }
+            });
+        }
+        let mut problems = Vec::new();
+        while let Some(done) = stops.join_next().await {
+            problems.extend(done.ok().flatten());
+        }
         problems
     }
 
@@ -509,7 +638,67 @@ impl Runtime {
         self.settings.pod_ids.claim(recorded, &seed)
     }
 
-    fn new_entry(&self, new: NewPod, admitted: bool, pod_id: Option<u32>) -> PodEntry {
+    /// Whether the node can take `new`, as the kubelet admits a pod: `None`, or the reason
+    /// and message of the refusal (the pod is kept, Failed with them). Besides `--max-pods`,
+    /// the containers of the pods still running must fit procnode's descriptor budget (each
+    /// holds a supervisor socket, two output pipes and a log file) and the host's pid space
+    /// (each is at least a supervisor and a process).
+    fn admission(&self, new: &NewPod) -> Option<(String, String)> {
+        let pods = self.store.list();
+        if pods.len() >= self.settings.max_pods as usize {
+            // The kubelet's admission failure when the node is full.
+            return Some((
+                "OutOfpods".into(),
+                format!(
+                    "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}",
+                    pods.len(),
+                    self.settings.max_pods
+                ),
+            ));
+        }
+        let containers = |spec: &k8s_openapi::api::core::v1::PodSpec| {
+            spec.containers.len() + spec.init_containers.as_ref().map_or(0, Vec::len)
+        };
+        let wanted = new.pod.spec.as_ref().map_or(0, containers);
+        let running: usize = pods
+            .iter()
+            .filter(|e| !e.is_done())
+            .map(|e| e.pod().spec.as_ref().map_or(0, containers))
+            .sum();
+        let budget = &self.settings.budget;
+        let fds = |n: usize| n as u64 * FDS_PER_CONTAINER;
+        if fds(running + wanted) + FD_RESERVE > budget.open_files {
+            return Some((
+                "OutOfnofile".into(),
+                format!(
+                    "Node didn't have enough resource: open files, requested: {}, used: {}, capacity: {} (procnode's RLIMIT_NOFILE)",
+                    fds(wanted),
+                    fds(running) + FD_RESERVE,
+                    budget.open_files
+                ),
+            ));
+        }
+        let pids = |n: usize| n as u64 * PIDS_PER_CONTAINER;
+        if pids(running + wanted) + PID_RESERVE > budget.pids {
+            return Some((
+                "OutOfpids".into(),
+                format!(
+                    "Node didn't have enough resource: pids, requested: {}, used: {}, capacity: {} (kernel.pid_max)",
+                    pids(wanted),
+                    pids(running) + PID_RESERVE,
+                    budget.pids
+                ),
+            ));
+        }
+        None
+    }
+
+    fn new_entry(
+        &self,
+        new: NewPod,
+        refusal: Option<(String, String)>,
+        pod_id: Option<u32>,
+    ) -> PodEntry {
         let spec = new.pod.spec.as_ref().expect("validated");
         let init: Vec<ContainerStatus> = spec
             .init_containers
@@ -544,16 +733,8 @@ impl Runtime {
             status::qos_class(spec),
             now,
         );
-        if !admitted {
-            // The kubelet's admission failure when the node is full.
-            state.failure = Some((
-                "OutOfpods".into(),
-                format!(
-                    "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}",
-                    self.store.len(),
-                    self.settings.max_pods
-                ),
-            ));
+        if let Some(failure) = refusal {
+            state.failure = Some(failure);
             state.refresh(now);
         }
         let log_dir = self.settings.pod_log_dir(&new.key, &new.uid);
@@ -697,6 +878,7 @@ impl Runtime {
         }
         self.store.remove_if_same(entry);
         entry.mark_gone();
+        tracing::info!(pod = %entry.key, uid = %entry.uid, "pod deleted");
     }
 
     fn grace_for(&self, entry: &PodEntry, requested: Option<Duration>) -> Duration {
@@ -927,18 +1109,55 @@ async fn enforce_deadline(entry: Arc<PodEntry>, settings: Arc<Settings>) {
     entry.request_stop(grace_period(&entry, &settings, None));
 }
 
-/// Writes the pod's observed state (atomically; `durable` also fsyncs it). Failures are
-/// logged: the supervisors still hold what a restart needs, and the next change retries.
-pub(crate) async fn save_status(entry: &PodEntry, settings: &Settings, durable: bool) {
+/// Writes the pod's observed state (atomically; `durable` also fsyncs it); whether it was
+/// written. Failures are logged: the supervisors still hold what a restart needs, and the next
+/// change retries.
+pub(crate) async fn save_status(entry: &PodEntry, settings: &Settings, durable: bool) -> bool {
     let _turn = entry.save_lock.lock().await;
     let saved = entry.saved_status();
     let dir = settings.record_base(&entry.key, &entry.uid);
     let result =
         tokio::task::spawn_blocking(move || crate::persist::save_status(&dir, &saved, durable))
             .await;
-    if let Ok(Err(e)) = result {
-        tracing::warn!(pod = %entry.key, error = %e, "could not record pod status");
+    match result {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(pod = %entry.key, error = %e, "could not record pod status");
+            false
+        }
+        Err(_) => false,
     }
+}
+
+/// Records a container's exit before its supervisor may let it go: retried (1 s apart at
+/// first, then every 5 s) until the state directory takes it, with the node reporting
+/// DiskPressure meanwhile. Whether the supervisor may be released: also for a pod being
+/// deleted (its record goes anyway); not when the pod is stopped (procnode exiting) before the
+/// exit could be recorded, so that the supervisor keeps it for the next procnode.
+pub(crate) async fn record_exit(entry: &PodEntry, settings: &Settings, container: &str) -> bool {
+    if save_status(entry, settings, true).await {
+        return true;
+    }
+    let held = &settings.unrecorded_exits;
+    held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(pod = %entry.key, container, "the exit cannot be recorded (is the state directory full?): its supervisor holds it until it can");
+    let mut delay = Duration::from_secs(1);
+    let release = loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+        if entry.is_being_removed() {
+            break true;
+        }
+        if save_status(entry, settings, true).await {
+            tracing::info!(pod = %entry.key, container, "the held exit is recorded");
+            break true;
+        }
+        if entry.stop_requested() {
+            break false;
+        }
+    };
+    held.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    release
 }
 
 /// How a container's supervision begins, from its recorded state. A recorded exit that is

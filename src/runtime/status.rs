@@ -487,8 +487,27 @@ impl PodState {
                 ..Default::default()
             })
             .collect();
+        // A failed pod runs nothing, so none of its containers waits for anything: one that
+        // never ran (the pod failed before it could start: admission, volumes) or waited to
+        // restart is reported terminated with the pod's reason, so that a client showing the
+        // first container reason (kubectl's STATUS column) shows why the pod failed rather
+        // than ContainerCreating.
+        let settle = |mut k: k8s::ContainerStatus| {
+            if let (Some((reason, message)), Some(state)) = (&self.failure, k.state.as_mut()) {
+                if state.waiting.is_some() {
+                    state.waiting = None;
+                    state.terminated = Some(k8s::ContainerStateTerminated {
+                        exit_code: NEVER_RAN_EXIT_CODE,
+                        reason: Some(reason.clone()),
+                        message: Some(message.clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+            k
+        };
         let list = |v: &[ContainerStatus]| {
-            (!v.is_empty()).then(|| v.iter().map(ContainerStatus::to_k8s).collect())
+            (!v.is_empty()).then(|| v.iter().map(|c| settle(c.to_k8s())).collect())
         };
         let ip = (!self.host_ip.is_empty()).then(|| self.host_ip.clone());
         k8s::PodStatus {
@@ -508,6 +527,10 @@ impl PodState {
         }
     }
 }
+
+/// The exit code reported for a container of a failed pod that was never started (as a
+/// runtime reports a container it could not start).
+pub const NEVER_RAN_EXIT_CODE: i32 = 128;
 
 /// The QoS class the API server assigns (`Guaranteed`, `Burstable`, `BestEffort`).
 pub fn qos_class(spec: &k8s::PodSpec) -> &'static str {

@@ -165,8 +165,33 @@ pub fn cgroup_parent_for(state_dir: &std::path::Path) -> String {
 }
 
 pub fn start_binary(state_dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
+    start_binary_with(state_dir, extra, |_| {})
+}
+
+/// [`start_binary`], with `adjust` applied to the command before it is spawned.
+pub fn start_binary_with(
+    state_dir: &std::path::Path,
+    extra: &[&str],
+    adjust: impl FnOnce(&mut std::process::Command),
+) -> (std::process::Child, String) {
+    let (child, addr, _) = start_binary_logged(state_dir, extra, adjust);
+    (child, addr)
+}
+
+/// The JSON log lines a procnode started by [`start_binary_logged`] has written so far.
+pub type LogLines = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// [`start_binary_with`], also keeping procnode's log lines.
+#[allow(clippy::zombie_processes)]
+pub fn start_binary_logged(
+    state_dir: &std::path::Path,
+    extra: &[&str],
+    adjust: impl FnOnce(&mut std::process::Command),
+) -> (std::process::Child, String, LogLines) {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_procnode"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_procnode"));
+    adjust(&mut command);
+    let mut child = command
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
         .args(
             (!extra.iter().any(|a| a.starts_with("--cgroup-parent")))
@@ -191,8 +216,16 @@ pub fn start_binary(state_dir: &std::path::Path, extra: &[&str]) -> (std::proces
             break v["fields"]["addr"].as_str().expect("addr").to_string();
         }
     };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    let logs = LogLines::default();
+    let kept = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                kept.lock().unwrap().push(v);
+            }
+        }
+    });
+    (child, addr, logs)
 }
 
 /// Test servers stop their pods on exit (so that a test ends with nothing running) unless the
@@ -573,4 +606,48 @@ pub fn container<'a>(s: &'a Value, name: &str) -> &'a Value {
         .chain(s["initContainerStatuses"].as_array().into_iter().flatten())
         .find(|c| c["name"] == name)
         .unwrap_or(&Value::Null)
+}
+
+/// Mounts a small tmpfs at a fresh directory; `None` where mounting is not allowed. Uses the
+/// mount system calls directly: this test process has procnode's reaper running, so it may not
+/// wait for child processes of its own (such as `mount`).
+pub struct SmallDisk {
+    pub dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn new(size: &str) -> Option<SmallDisk> {
+        use nix::mount::{mount, MsFlags};
+        let dir = tempfile::tempdir().ok()?;
+        // (A tmpfs root is 1777 unless told otherwise; procnode refuses a state dir others
+        // may write.)
+        let options = format!("size={size},mode=0711");
+        mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .ok()?;
+        Some(SmallDisk { dir })
+    }
+
+    pub fn remount_read_only(&self) {
+        use nix::mount::{mount, MsFlags};
+        mount(
+            None::<&str>,
+            self.dir.path(),
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .expect("remount read-only");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
 }
