@@ -18,19 +18,11 @@ use serde_json::{json, Value};
 
 const SLEEPER: &str = include_str!("pod-sleeper.json");
 
+mod common;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    // procnode starts this same executable as `bench shim NAME` for each container.
-    if args.len() == 3 && args[1] == "shim" {
-        std::process::exit(procnode::runtime::shim::main(&args[2]));
-    }
-    if args.len() == 3 && args[1] == "exec-as" {
-        std::process::exit(procnode::runtime::process::exec_as_main(&args[2]));
-    }
-    if args.get(1).map(String::as_str) == Some("--serve") {
-        serve(&args[2..]);
-        return;
-    }
+    common::run_as_procnode_if_asked(&args);
     let quick = args.get(1).map(String::as_str) == Some("quick");
     // The load generator runs on one thread, so on a small machine it takes one core and
     // leaves the rest to procnode (as a separate load tool would).
@@ -39,29 +31,6 @@ fn main() {
         .build()
         .unwrap()
         .block_on(bench(if quick { Scale::QUICK } else { Scale::FULL }));
-}
-
-/// The server side: procnode itself, as `main.rs` runs it.
-fn serve(args: &[String]) {
-    procnode::runtime::process::become_subreaper().expect("subreaper");
-    let mut all = vec!["procnode".to_string()];
-    all.extend_from_slice(args);
-    let config = procnode::Config::parse_from_env_free(all);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            println!("LISTEN {}", listener.local_addr().unwrap());
-            let shutdown = async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .unwrap();
-                term.recv().await;
-            };
-            procnode::run(listener, config, shutdown).await.unwrap();
-        });
 }
 
 #[derive(Clone, Copy)]

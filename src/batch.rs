@@ -301,10 +301,11 @@ struct Running {
 
 impl Running {
     async fn start(runtime: &Runtime, pod: &Value) -> Result<Running, String> {
-        let created = runtime
-            .create(pod.to_string().as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        // The manifest is this mode's wire: typed once here.
+        let pod: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(pod.clone()).map_err(|e| format!("not a valid pod: {e}"))?;
+        let new = crate::store::NewPod::from_pod(pod).map_err(|e| e.to_string())?;
+        let created = runtime.create(new).await.map_err(|e| e.to_string())?;
         let entry = match created {
             crate::runtime::Created::New(e) | crate::runtime::Created::Existing(e) => e,
         };

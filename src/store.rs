@@ -88,15 +88,29 @@ fn is_dns_subdomain(s: &str) -> bool {
 }
 
 impl NewPod {
-    /// Parses and validates a pod body. Names that end up in paths are checked here, so that
-    /// nothing later can escape the state directory.
-    pub fn parse(body: &[u8]) -> Result<NewPod, PodError> {
+    /// A pod body from the wire (the web API, a record on disk): parsed, then validated as
+    /// [`NewPod::from_pod`] does. The JSON is kept as received (without `status`), for getPod's
+    /// byte-faithful answer and the record.
+    pub fn from_json(body: &[u8]) -> Result<NewPod, PodError> {
         let mut value: serde_json::Value = serde_json::from_slice(body).map_err(PodError::Json)?;
         let obj = value.as_object_mut().ok_or(PodError::NotAnObject)?;
         obj.remove("status");
         let pod = <Pod as serde::Deserialize>::deserialize(&value).map_err(PodError::Json)?;
         let raw = serde_json::to_string(&value).map_err(PodError::Json)?;
+        NewPod::validated(pod, raw)
+    }
 
+    /// A typed pod (node mode, `procnode run`), validated. Its JSON is made once, for the
+    /// record on disk.
+    pub fn from_pod(mut pod: Pod) -> Result<NewPod, PodError> {
+        pod.status = None;
+        let raw = serde_json::to_string(&pod).map_err(PodError::Json)?;
+        NewPod::validated(pod, raw)
+    }
+
+    /// Validates a pod. Names that end up in paths are checked here, so that nothing later
+    /// can escape the state directory.
+    fn validated(pod: Pod, raw: String) -> Result<NewPod, PodError> {
         let name = pod
             .metadata
             .name
@@ -467,9 +481,24 @@ pub enum Removal {
 pub struct Note {
     /// `spec.containers{NAME}` or `spec.initContainers{NAME}`.
     pub field_path: String,
-    pub warning: bool,
-    pub reason: &'static str,
-    pub message: String,
+    pub container: String,
+    pub what: Happening,
+}
+
+/// What a [`Note`] says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Happening {
+    /// One probe failed (`message`: why).
+    ProbeFailed {
+        probe: crate::runtime::probe::Kind,
+        message: String,
+    },
+    /// A liveness or startup probe failed often enough: the run is being stopped.
+    KilledByProbe {
+        probe: crate::runtime::probe::Kind,
+    },
+    PostStartHookFailed(String),
+    PreStopHookFailed(String),
 }
 
 /// How Kubernetes names a container inside its pod (an event's `fieldPath`):
@@ -521,20 +550,26 @@ impl PodEntry {
         }
     }
 
-    /// Notes that container `idx` had `reason` (`message`), for [`PodEntry::take_notes`]; does
-    /// nothing until a front end took notes once, so a pod nobody records events for keeps none.
-    pub fn note(&self, idx: usize, warning: bool, reason: &'static str, message: String) {
+    /// Notes what happened to container `idx`, for [`PodEntry::take_notes`]; does nothing
+    /// until a front end took notes once, so a pod nobody records events for keeps none.
+    pub fn note(&self, idx: usize, what: Happening) {
         {
             // (The only place that holds both locks: notes, then state.)
             let mut notes = self.notes.lock().expect("notes lock");
             let Some(notes) = notes.as_mut() else {
                 return;
             };
-            let field_path = {
+            let (field_path, container) = {
                 let st = self.state.lock().expect("state lock");
                 match idx.checked_sub(st.init.len()) {
-                    None => field_path(true, &st.init[idx].name),
-                    Some(i) => field_path(false, &st.containers[i].name),
+                    None => (
+                        field_path(true, &st.init[idx].name),
+                        st.init[idx].name.clone(),
+                    ),
+                    Some(i) => (
+                        field_path(false, &st.containers[i].name),
+                        st.containers[i].name.clone(),
+                    ),
                 }
             };
             if notes.len() >= NOTES_KEPT {
@@ -542,9 +577,8 @@ impl PodEntry {
             }
             notes.push_back(Note {
                 field_path,
-                warning,
-                reason,
-                message,
+                container,
+                what,
             });
         }
         self.status_changed();
@@ -654,9 +688,14 @@ impl PodEntry {
     }
 
     /// The status as the `v1.PodStatus` JSON sent over the wire.
+    /// The pod's status as Kubernetes shows it.
+    pub fn status(&self) -> k8s_openapi::api::core::v1::PodStatus {
+        self.state.lock().expect("state lock").to_k8s()
+    }
+
+    /// [`PodEntry::status`] as JSON, for the web API.
     pub fn status_json(&self) -> String {
-        let status = self.state.lock().expect("state lock").to_k8s();
-        serde_json::to_string(&status).expect("PodStatus serialises")
+        serde_json::to_string(&self.status()).expect("PodStatus serialises")
     }
 
     /// The pod as received, with procnode's live status in place of the one it came with.
@@ -838,7 +877,7 @@ mod tests {
     use super::*;
 
     fn parse(v: serde_json::Value) -> Result<NewPod, PodError> {
-        NewPod::parse(v.to_string().as_bytes())
+        NewPod::from_json(v.to_string().as_bytes())
     }
 
     #[test]
@@ -902,11 +941,15 @@ mod tests {
         };
         let entry = PodEntry::new(new, state, &logs, None, None);
         let changes = entry.status_changes();
-        entry.note(1, true, "Unhealthy", "dropped: nobody asked yet".into());
+        let failed = |m: String| Happening::ProbeFailed {
+            probe: crate::runtime::probe::Kind::Liveness,
+            message: m,
+        };
+        entry.note(1, failed("dropped: nobody asked yet".into()));
         assert!(entry.take_notes().is_empty());
-        entry.note(0, true, "FailedPostStartHook", "hook".into());
+        entry.note(0, Happening::PostStartHookFailed("hook".into()));
         for i in 0..NOTES_KEPT + 2 {
-            entry.note(1, true, "Unhealthy", format!("failure {i}"));
+            entry.note(1, failed(format!("failure {i}")));
         }
         assert!(
             changes.has_changed().unwrap(),
@@ -914,10 +957,11 @@ mod tests {
         );
         let notes = entry.take_notes();
         assert_eq!(notes.len(), NOTES_KEPT, "the oldest are dropped");
-        assert_eq!(notes[0].message, "failure 2");
+        assert_eq!(notes[0].what, failed("failure 2".into()));
         assert_eq!(notes[0].field_path, "spec.containers{main}");
+        assert_eq!(notes[0].container, "main");
         assert!(entry.take_notes().is_empty());
-        entry.note(0, false, "Test", "init".into());
+        entry.note(0, Happening::PreStopHookFailed("init".into()));
         assert_eq!(
             entry.take_notes()[0].field_path,
             "spec.initContainers{setup}"

@@ -42,6 +42,15 @@ fn app() -> App {
     app_with(&[])
 }
 
+/// The router's runtime is not shut down when a test ends: whatever its pods left (their
+/// supervisors outlive the runtime by design) is killed with the state directory, rather than
+/// left to notice that the directory is gone.
+impl Drop for App {
+    fn drop(&mut self) {
+        support::kill_pods_of(self._state_dir.path());
+    }
+}
+
 impl App {
     /// Sends a request the way the Go broker does: `Content-Type: application/json` always.
     async fn call(&self, method: Method, uri: &str, body: Option<String>) -> (StatusCode, Vec<u8>) {

@@ -541,7 +541,9 @@ async fn secret_values_are_resolved_at_start_and_never_stored_or_served() {
     let (runtime, _node) = procnode::build_with(&config, Some(std::sync::Arc::new(Objects)));
     let mut p = support::bare_pod("secretive", "echo $PASSWORD", "Never");
     p["spec"]["containers"][0]["env"] = json!([{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]);
-    let created = runtime.create(p.to_string().as_bytes()).await;
+    let created = runtime
+        .create(procnode::store::NewPod::from_json(p.to_string().as_bytes()).unwrap())
+        .await;
     assert!(created.is_ok());
     let key = procnode::store::PodKey {
         namespace: "default".into(),

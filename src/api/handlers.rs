@@ -45,14 +45,16 @@ impl PodRef {
 }
 
 pub async fn create_pod(State(s): State<AppState>, Body(body): Body) -> Result<Response, ApiError> {
-    Ok(match s.runtime.create(&body).await? {
+    let new = crate::store::NewPod::from_json(&body)?;
+    Ok(match s.runtime.create(new).await? {
         Created::New(entry) => json(StatusCode::CREATED, entry.pod_json()),
         Created::Existing(entry) => json(StatusCode::OK, entry.pod_json()),
     })
 }
 
 pub async fn update_pod(State(s): State<AppState>, Body(body): Body) -> Result<Response, ApiError> {
-    let entry = s.runtime.update(&body).await?;
+    let new = crate::store::NewPod::from_json(&body)?;
+    let entry = s.runtime.update(new).await?;
     Ok(json(StatusCode::OK, entry.pod_json()))
 }
 

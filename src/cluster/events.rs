@@ -13,10 +13,9 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::api::core::v1::{ContainerStatus, Event, EventSource, ObjectReference, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::Value;
 
 use crate::store::PodKey;
 
@@ -32,75 +31,78 @@ pub struct PodEvent {
 
 impl From<crate::store::Note> for PodEvent {
     fn from(n: crate::store::Note) -> PodEvent {
+        use crate::store::Happening;
+        let (warning, reason, message) = match n.what {
+            Happening::ProbeFailed { probe, message } => (
+                true,
+                "Unhealthy",
+                format!("{} probe failed: {message}", probe.name()),
+            ),
+            Happening::KilledByProbe { probe } => (
+                false,
+                "Killing",
+                format!(
+                    "Container {} failed {} probe, will be restarted",
+                    n.container,
+                    probe.name().to_lowercase()
+                ),
+            ),
+            Happening::PostStartHookFailed(m) => (true, "FailedPostStartHook", m),
+            Happening::PreStopHookFailed(m) => (true, "FailedPreStopHook", m),
+        };
         PodEvent {
-            warning: n.warning,
-            reason: n.reason,
-            message: n.message,
+            warning,
+            reason,
+            message,
             field_path: n.field_path,
         }
     }
 }
 
 /// The container statuses of a pod status, with the field path of each container.
-fn containers(status: &Value) -> Vec<(String, &Value)> {
+fn containers(status: &PodStatus) -> Vec<(String, &ContainerStatus)> {
     let mut out = Vec::new();
     for (list, init) in [
-        ("initContainerStatuses", true),
-        ("containerStatuses", false),
+        (&status.init_container_statuses, true),
+        (&status.container_statuses, false),
     ] {
-        for c in status[list].as_array().into_iter().flatten() {
-            let name = c["name"].as_str().unwrap_or_default();
-            out.push((crate::store::field_path(init, name), c));
+        for c in list.iter().flatten() {
+            out.push((crate::store::field_path(init, &c.name), c));
         }
     }
     out
 }
 
-/// What happened between pod status `before` (as last written; `Null` if none) and `after`.
-pub fn between(before: &Value, after: &Value, key: &PodKey, uid: &str) -> Vec<PodEvent> {
+/// What happened between pod status `before` (as last written; the default if none) and
+/// `after`.
+pub fn between(before: &PodStatus, after: &PodStatus, key: &PodKey, uid: &str) -> Vec<PodEvent> {
     let earlier = containers(before);
     let mut events = Vec::new();
+    let none = ContainerStatus::default();
     for (field_path, now) in containers(after) {
         let was = earlier
             .iter()
             .find(|(path, _)| *path == field_path)
-            .map_or(&Value::Null, |(_, c)| *c);
-        let name = now["name"].as_str().unwrap_or_default();
+            .map_or(&none, |(_, c)| *c);
+        let name = &now.name;
         let event = |warning, reason, message: String| PodEvent {
             warning,
             reason,
             message,
             field_path: field_path.clone(),
         };
-        // A run that ended by a failed liveness or startup probe.
-        let ended = &now["lastState"]["terminated"];
-        if ended.is_object() && *ended != was["lastState"]["terminated"] {
-            let message = ended["message"].as_str().unwrap_or_default();
-            for probe in ["Liveness", "Startup"] {
-                // (Each failed probe was an `Unhealthy` event already, from the runtime's notes.)
-                if message.starts_with(&format!("{probe} probe failed")) {
-                    events.push(event(
-                        false,
-                        "Killing",
-                        format!(
-                            "Container {name} failed {} probe, will be restarted",
-                            probe.to_lowercase()
-                        ),
-                    ));
-                }
-            }
-        }
-        let running = now["state"]["running"].is_object();
-        let new_run = if running {
-            !was["state"]["running"].is_object() || was["containerID"] != now["containerID"]
+        let state = now.state.clone().unwrap_or_default();
+        let was_state = was.state.clone().unwrap_or_default();
+        let new_run = if state.running.is_some() {
+            was_state.running.is_none() || was.container_id != now.container_id
         } else {
             // A run that began and ended between two writes of the status (a quick Job).
-            now["state"]["terminated"].is_object()
-                && !now["containerID"].is_null()
-                && was["containerID"] != now["containerID"]
+            state.terminated.is_some()
+                && now.container_id.is_some()
+                && was.container_id != now.container_id
         };
         if new_run {
-            let image = now["image"].as_str().unwrap_or_default();
+            let image = &now.image;
             events.push(event(
                 false,
                 "Pulled",
@@ -109,10 +111,12 @@ pub fn between(before: &Value, after: &Value, key: &PodKey, uid: &str) -> Vec<Po
             events.push(event(false, "Created", format!("Created container {name}")));
             events.push(event(false, "Started", format!("Started container {name}")));
         }
-        let waiting = &now["state"]["waiting"];
-        let reason = waiting["reason"].as_str().unwrap_or_default();
-        let changed =
-            *waiting != was["state"]["waiting"] || now["restartCount"] != was["restartCount"];
+        let reason = state
+            .waiting
+            .as_ref()
+            .and_then(|w| w.reason.as_deref())
+            .unwrap_or_default();
+        let changed = state.waiting != was_state.waiting || now.restart_count != was.restart_count;
         if reason == "CrashLoopBackOff" && changed {
             events.push(event(
                 true,
@@ -127,14 +131,17 @@ pub fn between(before: &Value, after: &Value, key: &PodKey, uid: &str) -> Vec<Po
             reason,
             "RunContainerError" | "CreateContainerConfigError" | "CreateContainerError"
         );
-        let failed_start = &now["state"]["terminated"];
         if cannot_start && changed {
-            let message = waiting["message"].as_str().unwrap_or(reason);
+            let message = state
+                .waiting
+                .as_ref()
+                .and_then(|w| w.message.as_deref())
+                .unwrap_or(reason);
             events.push(event(true, "Failed", format!("Error: {message}")));
-        } else if failed_start["reason"] == "StartError"
-            && *failed_start != was["state"]["terminated"]
-        {
-            let message = failed_start["message"].as_str().unwrap_or("StartError");
+        } else if let Some(t) = state.terminated.as_ref().filter(|t| {
+            t.reason.as_deref() == Some("StartError") && was_state.terminated.as_ref() != Some(t)
+        }) {
+            let message = t.message.as_deref().unwrap_or("StartError");
             events.push(event(true, "Failed", format!("Error: {message}")));
         }
     }
@@ -142,17 +149,14 @@ pub fn between(before: &Value, after: &Value, key: &PodKey, uid: &str) -> Vec<Po
 }
 
 /// `Killing` for each running container of a pod that is being deleted.
-pub fn stopping(status: &Value) -> Vec<PodEvent> {
+pub fn stopping(status: &PodStatus) -> Vec<PodEvent> {
     containers(status)
         .into_iter()
-        .filter(|(_, c)| c["state"]["running"].is_object())
+        .filter(|(_, c)| c.state.as_ref().is_some_and(|s| s.running.is_some()))
         .map(|(field_path, c)| PodEvent {
             warning: false,
             reason: "Killing",
-            message: format!(
-                "Stopping container {}",
-                c["name"].as_str().unwrap_or_default()
-            ),
+            message: format!("Stopping container {}", c.name),
             field_path,
         })
         .collect()
@@ -311,9 +315,14 @@ mod tests {
     use axum::extract::{Path, State};
     use axum::routing::{patch, post};
     use axum::Json;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
+
+    /// A pod status written as JSON, as an API server holds it.
+    fn st(v: Value) -> PodStatus {
+        serde_json::from_value(v).expect("a PodStatus")
+    }
 
     /// An API server that stores events (POST names them) and applies merge patches to them.
     async fn fake_api_server() -> (kube::Client, Arc<Mutex<Vec<Value>>>) {
@@ -410,12 +419,12 @@ mod tests {
 
     #[test]
     fn a_start_a_crash_loop_and_a_probe_kill_read_as_the_kubelet_records_them() {
-        let pending = json!({"phase": "Pending", "containerStatuses": [
+        let pending = st(json!({"phase": "Pending", "containerStatuses": [
             {"name": "main", "image": "busybox", "restartCount": 0,
-             "state": {"waiting": {"reason": "ContainerCreating"}}}]});
-        let running = json!({"phase": "Running", "containerStatuses": [
+             "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+        let running = st(json!({"phase": "Running", "containerStatuses": [
             {"name": "main", "image": "busybox", "restartCount": 0, "containerID": "procnode://10",
-             "state": {"running": {"startedAt": "2026-11-25T10:00:00Z"}}}]});
+             "state": {"running": {"startedAt": "2026-11-25T10:00:00Z"}}}]}));
         let started = between(&pending, &running, &key(), "u1");
         assert_eq!(reasons(&started), ["Pulled", "Created", "Started"]);
         assert_eq!(
@@ -428,9 +437,9 @@ mod tests {
         assert!(between(&running, &running, &key(), "u1").is_empty());
         // A run that started and ended before the status was written: started all the same,
         // once.
-        let done = json!({"phase": "Succeeded", "containerStatuses": [
+        let done = st(json!({"phase": "Succeeded", "containerStatuses": [
             {"name": "main", "image": "busybox", "restartCount": 0, "containerID": "procnode://10",
-             "state": {"terminated": {"exitCode": 0, "reason": "Completed", "containerID": "procnode://10"}}}]});
+             "state": {"terminated": {"exitCode": 0, "reason": "Completed", "containerID": "procnode://10"}}}]}));
         assert_eq!(
             reasons(&between(&pending, &done, &key(), "u1")),
             ["Pulled", "Created", "Started"]
@@ -438,29 +447,27 @@ mod tests {
         assert!(between(&running, &done, &key(), "u1").is_empty());
         assert!(between(&done, &done, &key(), "u1").is_empty());
 
-        let killed = json!({"phase": "Running", "containerStatuses": [
+        let killed_json = json!({"phase": "Running", "containerStatuses": [
             {"name": "main", "image": "busybox", "restartCount": 1,
              "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
              "lastState": {"terminated": {"exitCode": 143, "reason": "Error",
                  "message": "Liveness probe failed: command exited with 1"}}}]});
+        let killed = st(killed_json.clone());
+        // (The probe's kill is the runtime's note, not read off the status.)
         let events = between(&running, &killed, &key(), "u1");
-        assert_eq!(reasons(&events), ["Killing", "BackOff"]);
-        assert!(!events[0].warning && events[1].warning);
+        assert_eq!(reasons(&events), ["BackOff"]);
+        assert!(events[0].warning);
         assert_eq!(
             events[0].message,
-            "Container main failed liveness probe, will be restarted"
-        );
-        assert_eq!(
-            events[1].message,
             "Back-off restarting failed container main in pod web_default(u1)"
         );
         // Still backing off, nothing new.
         assert!(between(&killed, &killed, &key(), "u1").is_empty());
 
-        let restarted = json!({"containerStatuses": [
+        let restarted = st(json!({"containerStatuses": [
             {"name": "main", "image": "busybox", "restartCount": 1, "containerID": "procnode://11",
              "state": {"running": {"startedAt": "2026-11-25T10:00:20Z"}},
-             "lastState": killed["containerStatuses"][0]["lastState"]}]});
+             "lastState": killed_json["containerStatuses"][0]["lastState"]}]}));
         assert_eq!(
             reasons(&between(&killed, &restarted, &key(), "u1")),
             ["Pulled", "Created", "Started"]
@@ -468,18 +475,53 @@ mod tests {
     }
 
     #[test]
+    fn the_runtimes_notes_read_as_the_kubelets_events() {
+        use crate::runtime::probe::Kind;
+        use crate::store::{Happening, Note};
+        let note = |what| Note {
+            field_path: "spec.containers{main}".into(),
+            container: "main".into(),
+            what,
+        };
+        let e = PodEvent::from(note(Happening::KilledByProbe {
+            probe: Kind::Liveness,
+        }));
+        assert_eq!(
+            (e.warning, e.reason, e.message.as_str()),
+            (
+                false,
+                "Killing",
+                "Container main failed liveness probe, will be restarted"
+            )
+        );
+        let e = PodEvent::from(note(Happening::ProbeFailed {
+            probe: Kind::Readiness,
+            message: "command exited with 1".into(),
+        }));
+        assert_eq!(
+            (e.warning, e.reason, e.message.as_str()),
+            (
+                true,
+                "Unhealthy",
+                "Readiness probe failed: command exited with 1"
+            )
+        );
+        assert_eq!(e.field_path, "spec.containers{main}");
+    }
+
+    #[test]
     fn containers_that_cannot_start_and_deletions() {
-        let cannot = json!({"initContainerStatuses": [
+        let cannot = st(json!({"initContainerStatuses": [
             {"name": "setup", "restartCount": 0, "state": {"waiting": {
-                "reason": "RunContainerError", "message": "exec: \"nope\": not found"}}}]});
-        let events = between(&Value::Null, &cannot, &key(), "u1");
+                "reason": "RunContainerError", "message": "exec: \"nope\": not found"}}}]}));
+        let events = between(&PodStatus::default(), &cannot, &key(), "u1");
         assert_eq!(reasons(&events), ["Failed"]);
         assert_eq!(events[0].message, "Error: exec: \"nope\": not found");
         assert_eq!(events[0].field_path, "spec.initContainers{setup}");
 
-        let status = json!({"containerStatuses": [
-            {"name": "a", "state": {"running": {}}},
-            {"name": "b", "state": {"terminated": {"exitCode": 0}}}]});
+        let status = st(json!({"containerStatuses": [
+            {"name": "a", "image": "", "imageID": "", "ready": false, "restartCount": 0, "state": {"running": {}}},
+            {"name": "b", "image": "", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0}}}]}));
         let events = stopping(&status);
         assert_eq!(reasons(&events), ["Killing"]);
         assert_eq!(events[0].message, "Stopping container a");

@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 
 use super::events::Recorder;
 use crate::runtime::Runtime;
-use crate::store::{PodEntry, PodKey};
+use crate::store::{NewPod, PodEntry, PodKey};
 
 /// What handling a pod needs.
 struct Context {
@@ -149,8 +149,7 @@ async fn apply(
         let events = cx.events.clone();
         tokio::spawn(async move {
             if let Some(entry) = known {
-                let status = serde_json::from_str(&entry.status_json()).unwrap_or_default();
-                events.record(&key, &uid, super::events::stopping(&status));
+                events.record(&key, &uid, super::events::stopping(&entry.status()));
                 runtime.delete(&key, grace).await;
             }
             // The containers are gone: remove the object, as the kubelet does.
@@ -178,13 +177,12 @@ async fn apply(
                 .get(&key)
                 .is_some_and(|t| t.uid == uid && t.fingerprint != print);
             if changed {
-                match serde_json::to_vec(&pod) {
-                    Ok(body) => {
-                        if let Err(e) = runtime.update(&body).await {
-                            tracing::warn!(pod = %key, error = %e, "cannot apply the pod's update");
-                        }
-                    }
-                    Err(e) => tracing::warn!(pod = %key, error = %e, "cannot serialise the pod"),
+                let updated = match NewPod::from_pod(pod.clone()) {
+                    Ok(new) => runtime.update(new).await.map(|_| ()),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = updated {
+                    tracing::warn!(pod = %key, error = %e, "cannot apply the pod's update");
                 }
             }
             tracked.insert(
@@ -201,12 +199,9 @@ async fn apply(
         None => {
             // As received: Secret and ConfigMap references are resolved by the runtime when
             // each container starts, so no value is stored or served with the pod.
-            let created = match serde_json::to_vec(&pod) {
-                Ok(body) => runtime.create(&body).await,
-                Err(e) => {
-                    tracing::warn!(pod = %key, error = %e, "cannot serialise the pod");
-                    return;
-                }
+            let created = match NewPod::from_pod(pod.clone()) {
+                Ok(new) => runtime.create(new).await,
+                Err(e) => Err(e.into()),
             };
             match created {
                 Ok(crate::runtime::Created::New(entry))
@@ -236,6 +231,12 @@ async fn apply(
     }
 }
 
+/// The merge patch of a pod's status subresource.
+#[derive(Debug, serde::Serialize)]
+struct StatusPatch<'a> {
+    status: &'a PodStatus,
+}
+
 /// One status pusher per pod (by key and uid).
 fn start_pusher(
     pushers: &mut HashSet<(PodKey, String)>,
@@ -246,7 +247,7 @@ fn start_pusher(
 ) {
     if pushers.insert((entry.key.clone(), entry.uid.clone())) {
         // The status the cluster has: what the first push compares with, for events.
-        let cluster_status = serde_json::to_value(&pod.status).unwrap_or_default();
+        let cluster_status = pod.status.clone().unwrap_or_default();
         let (runtime, events) = (cx.runtime.clone(), cx.events.clone());
         tokio::spawn(push_status(api, entry, runtime, events, cluster_status));
     }
@@ -260,16 +261,16 @@ async fn push_status(
     entry: Arc<PodEntry>,
     runtime: Arc<Runtime>,
     events: Recorder,
-    cluster_status: serde_json::Value,
+    cluster_status: PodStatus,
 ) {
     let mut changes = entry.status_changes();
-    let mut last = String::new();
+    let mut last: Option<PodStatus> = None;
     let mut written = cluster_status;
     loop {
-        let status = entry.status_json();
-        if status != last {
-            let patch = format!(r#"{{"status":{status}}}"#);
-            let patch: serde_json::Value = serde_json::from_str(&patch).expect("status JSON");
+        let status = entry.status();
+        if last.as_ref() != Some(&status) {
+            // JSON is made here, for the API call only.
+            let patch = StatusPatch { status: &status };
             match api
                 .patch_status(
                     &entry.key.name,
@@ -279,11 +280,11 @@ async fn push_status(
                 .await
             {
                 Ok(_) => {
-                    let now = patch["status"].clone();
-                    let happened = super::events::between(&written, &now, &entry.key, &entry.uid);
+                    let happened =
+                        super::events::between(&written, &status, &entry.key, &entry.uid);
                     events.record(&entry.key, &entry.uid, happened);
-                    written = now;
-                    last = status.clone();
+                    written = status.clone();
+                    last = Some(status);
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => return,
                 Err(e) => {
@@ -304,7 +305,7 @@ async fn push_status(
         let still_ours = runtime
             .get(&entry.key)
             .is_ok_and(|e| Arc::ptr_eq(&e, &entry));
-        if !still_ours || (entry.is_done() && entry.status_json() == last) {
+        if !still_ours || (entry.is_done() && Some(entry.status()) == last) {
             return;
         }
         if changes.changed().await.is_err() {

@@ -20,7 +20,7 @@ use super::status::{reason, ContainerState, RestartPolicy, Termination};
 use super::supervisor::{self, Event, Supervised};
 use super::{cgroup, env, probe, users, volumes, Settings};
 use crate::logs::{now_ns, LogSlot, Stream};
-use crate::store::PodEntry;
+use crate::store::{Happening, PodEntry};
 
 /// How long output is still read after a container's process group is gone (a process that
 /// escaped the group may hold the pipe open; it does not keep the container alive).
@@ -526,7 +526,7 @@ async fn run(
                 post_start = None;
                 entry.update_container(idx, |c| c.post_start_pending = false);
                 if let Err(reason) = &result {
-                    entry.note(idx, true, "FailedPostStartHook", reason.clone());
+                    entry.note(idx, Happening::PostStartHookFailed(reason.clone()));
                 }
                 if let Err(reason) = result {
                     if kill_at.is_none() && pre_stop.is_none() && probe_failure.is_none() {
@@ -540,7 +540,7 @@ async fn run(
                 pre_stop = None;
                 if let Err(reason) = result {
                     tracing::info!(pod = %entry.key, container = idx, %reason, "preStop hook failed");
-                    entry.note(idx, true, "FailedPreStopHook", reason);
+                    entry.note(idx, Happening::PreStopHookFailed(reason));
                 }
                 // The kubelet gives at least 2 s after the hook.
                 process::signal_group(pgid, Signal::SIGTERM);

@@ -13,7 +13,7 @@ mod backoff;
 pub mod cgroup;
 mod container;
 pub mod env;
-mod probe;
+pub mod probe;
 pub mod process;
 pub mod safepath;
 pub mod shim;
@@ -421,8 +421,7 @@ impl Runtime {
     /// Stores and starts a pod. Idempotent: the same namespace/name/uid again is the same pod.
     /// A different uid under the same name replaces the old pod (stopped with its grace period
     /// first), as happens when a pod is deleted and re-created faster than the delete arrives.
-    pub async fn create(&self, body: &[u8]) -> Result<Created, RuntimeError> {
-        let mut new = NewPod::parse(body)?;
+    pub async fn create(&self, mut new: NewPod) -> Result<Created, RuntimeError> {
         let spec = new.pod.spec.as_ref().expect("validated");
         let n = spec.containers.len() + spec.init_containers.as_ref().map_or(0, Vec::len);
         if n > self.settings.max_containers_per_pod {
@@ -515,7 +514,7 @@ impl Runtime {
             self.settings.pod_ids.claim(Some(id), "");
         }
         for pod in loaded {
-            let new = match NewPod::parse(&pod.raw) {
+            let new = match NewPod::from_json(&pod.raw) {
                 Ok(new) => new,
                 Err(e) => {
                     problems.push(format!(
@@ -748,8 +747,7 @@ impl Runtime {
     /// resources are applied to the cgroups in place; downwardAPI volume files are rewritten.
     /// Other processes keep running. Adding, removing or renaming containers is refused (400),
     /// as the API server refuses it.
-    pub async fn update(&self, body: &[u8]) -> Result<Arc<PodEntry>, RuntimeError> {
-        let mut new = NewPod::parse(body)?;
+    pub async fn update(&self, mut new: NewPod) -> Result<Arc<PodEntry>, RuntimeError> {
         let entry = self.get(&new.key)?;
         if new.uid.is_empty() {
             // An update without a uid is one of the pod of that name.

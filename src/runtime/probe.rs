@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::process::{self, SpawnRequest};
-use crate::store::PodEntry;
+use crate::store::{Happening, PodEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -25,7 +25,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    /// As Kubernetes names it in messages: `Liveness`, `Readiness`, `Startup`.
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Startup => "Startup",
             Kind::Liveness => "Liveness",
@@ -580,12 +581,20 @@ async fn run_until(s: &Spec, entry: &PodEntry, idx: usize, ctx: &ExecContext) ->
                 failures += 1;
                 successes = 0;
                 // Each failure is an event, as the kubelet records it (repeats are counted).
-                let message = format!("{} probe failed: {e}", s.kind.name());
-                entry.note(idx, true, "Unhealthy", message);
+                entry.note(
+                    idx,
+                    Happening::ProbeFailed {
+                        probe: s.kind,
+                        message: e.to_string(),
+                    },
+                );
                 if failures >= s.failure_threshold {
                     match s.kind {
                         Kind::Readiness => entry.update_container(idx, |c| c.ready = false),
-                        _ => return Some(format!("{} probe failed: {e}", s.kind.name())),
+                        _ => {
+                            entry.note(idx, Happening::KilledByProbe { probe: s.kind });
+                            return Some(format!("{} probe failed: {e}", s.kind.name()));
+                        }
                     }
                 }
             }

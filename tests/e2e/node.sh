@@ -368,7 +368,7 @@ for kind in bad-token unreachable; do
   sleep 2
   kill -0 "$pid" || fail "procnode ($kind) exited instead of retrying"
   kill -TERM "$pid"; wait "$pid" || fail "procnode ($kind) exited non-zero on SIGTERM"
-  step "   $kind: $(grep -o "API server.*" "$STATE/$kind.log" | head -1 | cut -c1-140)"
+  step "   $kind: $(grep -oE "API server (unauthorised|unreachable).*" "$STATE/$kind.log" | head -1 | cut -c1-140)"
 done
 
 step "passed"
