@@ -465,6 +465,50 @@ async fn an_exit_on_a_full_disk_is_held_until_recorded() {
     b.terminate().await;
 }
 
+/// A create that replaces a pod with another uid, cut short by a crash after the new record
+/// was written and before the old one was removed, leaves two records of one name. The next
+/// procnode keeps the newer, removes the older (and stops its container): a later delete of
+/// the name leaves nothing to come back. (The chaos run found it.)
+#[tokio::test]
+async fn of_two_records_of_one_name_the_newer_is_kept_and_the_older_removed() {
+    let dir = support::StateDir::new();
+    let a = Procnode::start(dir.path(), &[]);
+    let old = pod("twice", &["sleep", "300"], "Always");
+    assert_eq!(a.post("/createPod", &old).await, 201);
+    let s = a
+        .wait_status("twice", "running", |s| phase(s) == "Running")
+        .await;
+    let old_pid = container_pid(&s, "main").unwrap();
+    a.kill9().await;
+    // The replacement's record, written just before the crash.
+    let records = dir.path().join("records");
+    let mut new = old.clone();
+    new["metadata"]["uid"] = json!("uid-twice-2");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(
+        records.join("default_twice_uid-twice-2.pod.json"),
+        new.to_string(),
+    )
+    .unwrap();
+    let b = Procnode::start(dir.path(), &[]);
+    let s = b
+        .wait_status("twice", "the newer running", |s| {
+            phase(s) == "Running" && container_pid(s, "main") != Some(old_pid)
+        })
+        .await;
+    assert!(container_pid(&s, "main").is_some());
+    wait_until("the older pod's container stopped", Duration::from_secs(15), || async {
+        (!pid_alive(old_pid)).then_some(())
+    })
+    .await;
+    assert!(!records.join("default_twice_uid-twice.pod.json").exists());
+    assert_eq!(b.delete(&new).await, 200);
+    b.kill9().await;
+    let c = Procnode::start(dir.path(), &[]);
+    assert!(c.status_of("twice").await.is_none(), "deleted stays deleted");
+    c.terminate().await;
+}
+
 /// A plain SIGTERM (`systemctl restart`, an upgrade) leaves the pods to their supervisors, as
 /// a kubelet restart leaves its containers; the next procnode re-adopts them unrestarted.
 #[tokio::test]

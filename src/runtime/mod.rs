@@ -505,10 +505,18 @@ impl Runtime {
     pub async fn restore(&self) -> Vec<String> {
         let records = self.settings.state_dir.join("records");
         let corrupt = self.settings.state_dir.join("corrupt");
-        let (loaded, mut problems) =
+        let (mut loaded, mut problems) =
             tokio::task::spawn_blocking(move || crate::persist::load_all(&records, &corrupt))
                 .await
                 .unwrap_or_default();
+        // Newest first: of two records of one name (a create that replaced a pod with another
+        // uid, cut short by a crash before the old record was removed), the newer one is kept.
+        let written = |l: &crate::persist::Loaded| {
+            std::fs::metadata(crate::persist::pod_file(&l.base))
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        loaded.sort_by_cached_key(|l| std::cmp::Reverse(written(l)));
         // Recorded pod uids first, so that a pod without one cannot take another's.
         for id in loaded.iter().filter_map(|p| p.status.as_ref()?.pod_id) {
             self.settings.pod_ids.claim(Some(id), "");
@@ -555,7 +563,29 @@ impl Runtime {
                 })
                 .await;
             }
-            if self.store.insert_new(entry.clone()).is_err() {
+            if let Err(newer) = self.store.insert_new(entry.clone()) {
+                // The replaced pod: its record goes now (its supervisors, which no loaded pod
+                // claims, are stopped below), or a delete of the name would leave it behind.
+                problems.push(format!(
+                    "pod {} (uid {}) was being replaced by uid {} when procnode stopped: its record is removed",
+                    entry.key, entry.uid, newer.uid
+                ));
+                if let Some(id) = entry.pod_id {
+                    self.settings.pod_ids.release(id);
+                }
+                if let Err(e) = crate::persist::remove(&pod.base) {
+                    problems.push(format!("cannot remove {}: {e}", pod.base.display()));
+                }
+                let dirs: Vec<PathBuf> = std::iter::once(self.settings.pod_dir(&entry))
+                    .chain(self.settings.pod_log_dir(&entry.key, &entry.uid))
+                    .collect();
+                let _ = tokio::task::spawn_blocking(move || {
+                    volumes::release(&dirs[0]);
+                    for d in dirs {
+                        let _ = std::fs::remove_dir_all(d);
+                    }
+                })
+                .await;
                 continue;
             }
             if admitted {
