@@ -2,7 +2,7 @@
 //! optional TOML file.
 //!
 //! Precedence is flag > environment variable > config file > built-in default. Every default is
-//! a named `DEFAULT_*` constant so that the README, `--help` and the code cannot drift apart.
+//! a named `DEFAULT_*` constant so that docs/configuration.md, `--help` and the code cannot drift apart.
 //! The file's keys are the flags' long names (`max-pods = 50`; `max_pods` is accepted too): a
 //! file setting is passed to clap as the flag it names, unless the same flag or its environment
 //! variable is set, so one parser validates every source alike.

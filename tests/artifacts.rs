@@ -278,17 +278,12 @@ fn the_dockerfile_builds_this_crate_with_a_supported_toolchain() {
     assert!(dockerfile.contains("ENTRYPOINT [\"procnode\"]"));
 }
 
-/// Every setting `procnode --help` lists has a row in the README's configuration table, with
+/// Every setting `procnode --help` lists has a row in docs/configuration.md's table, with
 /// its environment variable, and the table names no setting procnode does not have.
 #[test]
 fn the_readme_documents_every_setting_and_no_other() {
     use clap::CommandFactory;
-    let readme = read("README.md");
-    let section = readme
-        .split("## Configuration")
-        .nth(1)
-        .and_then(|s| s.split("\n## ").next())
-        .expect("a Configuration section");
+    let section = read("docs/configuration.md");
     let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `--")).collect();
     let command = procnode::Config::command();
     let mut settings = Vec::new();
@@ -320,7 +315,7 @@ fn the_readme_documents_every_setting_and_no_other() {
     }
     assert!(
         missing.is_empty(),
-        "no row in the README's table: {missing:?}"
+        "no row in docs/configuration.md's table: {missing:?}"
     );
     for row in rows {
         for flag in row.split('`').filter(|f| f.starts_with("--")) {
@@ -331,7 +326,7 @@ fn the_readme_documents_every_setting_and_no_other() {
                 .unwrap();
             assert!(
                 settings.iter().any(|s| s == name),
-                "the README documents --{name}, which procnode does not have"
+                "docs/configuration.md documents --{name}, which procnode does not have"
             );
         }
     }

@@ -497,15 +497,20 @@ async fn of_two_records_of_one_name_the_newer_is_kept_and_the_older_removed() {
         })
         .await;
     assert!(container_pid(&s, "main").is_some());
-    wait_until("the older pod's container stopped", Duration::from_secs(15), || async {
-        (!pid_alive(old_pid)).then_some(())
-    })
+    wait_until(
+        "the older pod's container stopped",
+        Duration::from_secs(15),
+        || async { (!pid_alive(old_pid)).then_some(()) },
+    )
     .await;
     assert!(!records.join("default_twice_uid-twice.pod.json").exists());
     assert_eq!(b.delete(&new).await, 200);
     b.kill9().await;
     let c = Procnode::start(dir.path(), &[]);
-    assert!(c.status_of("twice").await.is_none(), "deleted stays deleted");
+    assert!(
+        c.status_of("twice").await.is_none(),
+        "deleted stays deleted"
+    );
     c.terminate().await;
 }
 
