@@ -12,6 +12,10 @@
 //! - [`logs`]: bounded per-container output buffers.
 //! - [`node`]: capacity, conditions and addresses from live host metrics.
 //! - [`persist`]: pod records on disk; [`tls`]: the TLS listener.
+//! - [`cluster`]: `procnode node`, the second front end: Node, Lease, pod watch, status push,
+//!   events and the kubelet API over the same runtime.
+//! - [`batch`]: `procnode run FILE`, the third: one Pod or Job manifest, no HTTP.
+//! - [`metrics`], [`quantity`]: Prometheus counters; Kubernetes quantities.
 //!
 //! [`run`] takes its listener and shutdown signal from the caller, so tests drive the real
 //! server on port 0.

@@ -687,7 +687,6 @@ impl PodEntry {
             .position(|c| c.name == name)
     }
 
-    /// The status as the `v1.PodStatus` JSON sent over the wire.
     /// The pod's status as Kubernetes shows it.
     pub fn status(&self) -> k8s_openapi::api::core::v1::PodStatus {
         self.state.lock().expect("state lock").to_k8s()

@@ -140,3 +140,29 @@ async fn slow_clients_are_cut_off_and_the_connection_cap_answers_503() {
     assert!(figure("procnode_http_header_timeouts_total") >= 20);
     srv.stop().await;
 }
+
+/// A shutdown does not wait on a client: a log follow stream still open is cut after a few
+/// seconds, and the server returns.
+#[tokio::test]
+async fn an_open_follow_stream_does_not_hold_a_shutdown() {
+    let srv = Server::start(&[]).await;
+    let p = support::bare_pod("talker", "while :; do echo tick; sleep 0.2; done", "Always");
+    assert_eq!(srv.create(&p).await.status(), 201);
+    srv.wait_status("talker", "running", |s| support::phase(s) == "Running")
+        .await;
+    let mut follow = srv
+        .http
+        .get(srv.url(
+            "/getContainerLogs?namespace=default&podName=talker&containerName=main&follow=true",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        follow.chunk().await.unwrap().is_some(),
+        "the stream is open"
+    );
+    // (Server::stop fails the test if the server has not returned within 30 s.)
+    srv.stop().await;
+    drop(follow);
+}

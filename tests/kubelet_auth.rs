@@ -111,10 +111,14 @@ async fn the_kubelet_api_asks_the_api_server_who_may_do_what() {
     let (runtime, node) = procnode::build(&config);
     let state = procnode::api::AppState::new(runtime, node, &config).unwrap();
     let auth = procnode::cluster::auth::KubeletAuth::new(client, "node-1");
+    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(procnode::cluster::serve_kubelet_api(
         listener,
         state,
         Some(auth),
+        async {
+            let _ = stopping.await;
+        },
     ));
 
     let ca_pem = serving_ca.cert.pem();
@@ -193,5 +197,10 @@ async fn the_kubelet_api_asks_the_api_server_who_may_do_what() {
     let stranger = client_leaf(&stranger_ca, "kube-apiserver", &["system:masters"]);
     assert_eq!(get("/pods", Some(stranger), None).await, None);
 
-    server.abort();
+    // A shutdown lets the server finish and return.
+    let _ = stop.send(());
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("the kubelet API stops on shutdown")
+        .unwrap();
 }

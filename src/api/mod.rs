@@ -39,7 +39,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State with no token, the default follow cap and request timeout.
+    /// The state `config` describes: its token, follow cap, request timeout, callers, limits.
     pub fn new(
         runtime: Arc<Runtime>,
         node: Arc<Node>,

@@ -37,7 +37,7 @@ pub struct Limits {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets the open connections
-/// finish their requests and returns. `who` names the caller of each connection; handlers get
+/// finish their requests (for at most [`DRAIN`]) and returns. `who` names the caller of each connection; handlers get
 /// it as `ConnectInfo<C>`.
 pub async fn serve<L, C>(
     mut listener: L,
@@ -105,9 +105,24 @@ where
     }
     stop.send_replace(true);
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    // Requests being served get a few seconds to finish; a stream that would not end by
+    // itself (a log follow) is cut then, so that a shutdown never waits on a client.
+    let drained = tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            open = connections.len(),
+            "closing the connections still open"
+        );
+        connections.shutdown().await;
+    }
     Ok(())
 }
+
+/// How long a shutdown waits for open connections to finish their requests.
+const DRAIN: Duration = Duration::from_secs(5);
 
 const ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
 

@@ -151,7 +151,17 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     let auth = (config.kubelet_auth == KubeletAuthMode::Webhook)
         .then(|| auth::KubeletAuth::new(client.clone(), &node_name));
-    let kubelet_api = tokio::spawn(serve_kubelet_api(listener, state, auth));
+    // Every server stops on this, finishing the requests it is serving.
+    let (stop_servers, servers_stop) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let kubelet_api = tokio::spawn(serve_kubelet_api(
+        listener,
+        state,
+        auth,
+        stopped(servers_stop.clone()),
+    ));
 
     // The web API too, when asked for (`--listen`): both front ends then share this runtime.
     let web_api = match config.listen.clone() {
@@ -163,7 +173,8 @@ pub async fn run(
                 .map_err(|e| e.to_string())?;
             tracing::info!(addr = %addr, "serving the web API beside the node");
             Some(tokio::spawn(async move {
-                if let Err(e) = crate::api::serve(tcp, state, std::future::pending()).await {
+                let stop = stopped(servers_stop.clone());
+                if let Err(e) = crate::api::serve(tcp, state, stop).await {
                     tracing::error!(error = %e, "web API stopped");
                 }
             }))
@@ -195,9 +206,10 @@ pub async fn run(
     for t in &tasks {
         t.abort();
     }
-    kubelet_api.abort();
+    stop_servers.send_replace(true);
+    let _ = kubelet_api.await;
     if let Some(w) = web_api {
-        w.abort();
+        let _ = w.await;
     }
     crate::stop_pods_on_exit(&runtime, &config).await;
     refresher.abort();
@@ -205,11 +217,12 @@ pub async fn run(
 }
 
 /// Serves the kubelet API on `listener`, every route behind `auth` when there is one, until
-/// the task is aborted.
+/// `shutdown` completes and the requests being served are answered.
 pub async fn serve_kubelet_api(
     listener: crate::tls::TlsListener,
     state: crate::api::AppState,
     auth: Option<Arc<auth::KubeletAuth>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (limits, metrics) = (state.limits, state.runtime.settings().metrics.clone());
     let mut router = crate::api::kubelet_router(state);
@@ -222,7 +235,7 @@ pub async fn serve_kubelet_api(
         crate::tls::Peer::of,
         limits,
         metrics,
-        std::future::pending(),
+        shutdown,
     )
     .await;
     if let Err(e) = served {

@@ -321,7 +321,7 @@ async fn grpc_health(target: &str, service: &str) -> Result<u64, String> {
     });
     let _end_driver = AbortOnDrop(driver);
     let mut client = client.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
-    let request = axum::http::Request::post(format!("http://{target}/grpc.health.v1.Health/Check"))
+    let request = http::Request::post(format!("http://{target}/grpc.health.v1.Health/Check"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("user-agent", "kube-probe/procnode")
@@ -346,7 +346,7 @@ async fn grpc_health(target: &str, service: &str) -> Result<u64, String> {
     if answer.status() != 200 {
         return Err(format!("HTTP status {}", answer.status()));
     }
-    let grpc_error = |headers: &axum::http::HeaderMap| {
+    let grpc_error = |headers: &http::HeaderMap| {
         let code = headers.get("grpc-status")?.to_str().ok()?;
         (code != "0").then(|| {
             let message = headers
