@@ -76,6 +76,7 @@ where
 {
     let state_dir = config.state_dir();
     persist::prepare_state_dir(&state_dir)?;
+    let _lock = persist::lock_state_dir(&state_dir)?;
     let (runtime, node) = build(&config);
     let cgroups = runtime.settings().cgroups.clone();
     if cgroups.available() {

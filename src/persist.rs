@@ -50,7 +50,39 @@ pub fn remove(base: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `data` to `path` atomically: a temporary file beside it, fsync, rename.
+/// Holds the state directory for this procnode: an exclusive `flock` on `STATE_DIR/lock`,
+/// released when the returned file is dropped (or the process dies). A second procnode on
+/// the same directory would take over the same supervisors and records: it is refused.
+pub fn lock_state_dir(dir: &Path) -> io::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::Read;
+    let path = dir.join("lock");
+    if !path.exists() {
+        std::fs::write(&path, "")?;
+    }
+    // Held open read-only: a file open for writing would keep the state directory's file
+    // system from being remounted read-only.
+    let file = std::fs::File::open(&path)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => {
+            // (Best effort: it only names the holder in the error a second procnode gets.)
+            let _ = std::fs::write(&path, std::process::id().to_string());
+            Ok(held)
+        }
+        Err((mut file, _)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "the state directory {} is in use by another procnode (pid {}); give each procnode a state directory of its own (--state-dir)",
+                    dir.display(),
+                    holder.trim()
+                ),
+            ))
+        }
+    }
+}
+
 /// Creates the state directory with the modes procnode relies on: the directory itself and
 /// `pods/` traversable by everyone (0711: containers running as other users reach their pod's
 /// directory and volumes, but cannot list what is there), `records/`, `logs/`, `corrupt/` and

@@ -804,3 +804,29 @@ fn node_mode_warns_when_it_cannot_verify_the_api_servers_client_certificate() {
         "{text}"
     );
 }
+
+/// Two procnodes on one state directory would take over each other's supervisors and
+/// records: the second is refused, naming the first.
+#[tokio::test]
+async fn a_second_procnode_on_the_same_state_directory_is_refused() {
+    let dir = support::StateDir::new();
+    let (mut first, _) = start(dir.path(), &[]);
+    let second = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("PROCNODE_STATE_DIR", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains("in use by another procnode") && err.contains(&first.id().to_string()),
+        "{err}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_exit(&mut first, Duration::from_secs(30)).success());
+}

@@ -120,6 +120,7 @@ pub async fn run(
 
     let state_dir = config.state_dir();
     crate::persist::prepare_state_dir(&state_dir).map_err(|e| e.to_string())?;
+    let _lock = crate::persist::lock_state_dir(&state_dir).map_err(|e| e.to_string())?;
     let objects = Arc::new(objects::ApiObjects::new(client.clone()));
     let (runtime, node) = crate::build_with(&config, Some(objects.clone()));
     for problem in runtime.restore().await {
