@@ -444,7 +444,7 @@ async fn check(shared: &Shared, http: &reqwest::Client, base: &str, state: &Path
     }
     // Every container process belongs to a pod procnode reports (pods it knows of whose
     // fate the clients are unsure of included).
-    for (name, uid) in &present {
+    for name in present.keys() {
         if matches!(known.get(name), Some(Known::Unsure) | None) {
             if let Ok(r) = http
                 .get(format!("{base}/getPodStatus?namespace=default&name={name}"))
@@ -461,7 +461,6 @@ async fn check(shared: &Shared, http: &reqwest::Client, base: &str, state: &Path
                     }
                 }
             }
-            let _ = uid;
         }
     }
     let (_, containers, zombies) = ours(state);
