@@ -1,4 +1,4 @@
-//! The HTTP API: the web-provider contract (see CONTRACT.md) and a few extras.
+//! The HTTP API: the web-provider contract (docs/api.md lists it) and a few extras.
 //!
 //! The route table mirrors the contract table. Handlers only translate between HTTP and the
 //! runtime/node modules; every error leaves through [`ApiError`].
