@@ -528,6 +528,25 @@ fn setup_v2(parent: &str) -> io::Result<Layout> {
     setup_v2_in(&under(&root, &own), parent)
 }
 
+/// The controllers `dir` can hand down, as a `cgroup.subtree_control` line, and whether cpu is
+/// among them; an error unless it offers memory and pids.
+fn v2_controllers(dir: &Path) -> io::Result<(&'static str, bool)> {
+    let available = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
+    let has = |c: &str| available.split_whitespace().any(|x| x == c);
+    if !has("memory") || !has("pids") {
+        return Err(io::Error::other(format!(
+            "{} offers controllers [{}], not memory and pids",
+            dir.display(),
+            available.trim()
+        )));
+    }
+    Ok(if has("cpu") {
+        ("+memory +pids +cpu", true)
+    } else {
+        ("+memory +pids", false)
+    })
+}
+
 /// Prepares `pods` (an absolute parent, outside procnode's cgroup): its parent hands the
 /// controllers down (the hierarchy's root always may; another cgroup only if it holds no
 /// process), procnode's own cgroup is left as it is.
@@ -536,21 +555,7 @@ fn setup_v2_outside(pods: &Path) -> io::Result<Layout> {
         .parent()
         .ok_or_else(|| io::Error::other("the cgroup parent cannot be the root"))?;
     std::fs::create_dir_all(above)?;
-    let available = std::fs::read_to_string(above.join("cgroup.controllers"))?;
-    let has = |c: &str| available.split_whitespace().any(|x| x == c);
-    if !has("memory") || !has("pids") {
-        return Err(io::Error::other(format!(
-            "{} offers controllers [{}], not memory and pids",
-            above.display(),
-            available.trim()
-        )));
-    }
-    let cpu = has("cpu");
-    let controllers = if cpu {
-        "+memory +pids +cpu"
-    } else {
-        "+memory +pids"
-    };
+    let (controllers, cpu) = v2_controllers(above)?;
     write(&above.join("cgroup.subtree_control"), controllers)?;
     make_dir(pods)?;
     write(&pods.join("cgroup.subtree_control"), controllers)?;
@@ -562,16 +567,7 @@ fn setup_v2_outside(pods: &Path) -> io::Result<Layout> {
 
 /// Prepares `base` (procnode's cgroup in a v2 hierarchy) for pods under `base/parent`.
 fn setup_v2_in(base: &Path, parent: &str) -> io::Result<Layout> {
-    let available = std::fs::read_to_string(base.join("cgroup.controllers"))?;
-    let has = |c: &str| available.split_whitespace().any(|x| x == c);
-    if !has("memory") || !has("pids") {
-        return Err(io::Error::other(format!(
-            "{} offers controllers [{}], not memory and pids",
-            base.display(),
-            available.trim()
-        )));
-    }
-    let cpu = has("cpu");
+    let (controllers, cpu) = v2_controllers(base)?;
     // No processes may stay in a cgroup whose controllers are handed down: move procnode (and
     // whatever shares its cgroup) into BASE/procnode.
     let own_dir = base.join("procnode");
@@ -581,11 +577,6 @@ fn setup_v2_in(base: &Path, parent: &str) -> io::Result<Layout> {
         // A process that exits meanwhile is fine.
         let _ = std::fs::write(own_dir.join("cgroup.procs"), pid.trim());
     }
-    let controllers = if cpu {
-        "+memory +pids +cpu"
-    } else {
-        "+memory +pids"
-    };
     write(&base.join("cgroup.subtree_control"), controllers)?;
     let pods = base.join(parent);
     make_dir(&pods)?;
