@@ -637,7 +637,7 @@ async fn bench(scale: Scale) {
     let scratch = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
     for i in 0..200 {
         let t = Instant::now();
-        procnode::persist::write_atomic(
+        procnode::runtime::records::write_atomic(
             &scratch.path().join(format!("p{}", i % 20)),
             SLEEPER.as_bytes(),
         )

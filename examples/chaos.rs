@@ -335,7 +335,7 @@ fn processes() -> Vec<(i32, i32, char, Vec<String>)> {
 /// The supervisors of this state directory and their containers: (supervisor pids, container
 /// pids, zombies among them or their children).
 fn ours(state: &Path) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
-    let prefix = procnode::runtime::supervisor_prefix(state);
+    let prefix = procnode::runtime::StateLayout::new(state).supervisor_prefix();
     let procs = processes();
     let shims: Vec<i32> = procs
         .iter()

@@ -21,8 +21,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::logs::{follow, LogQuery};
 use crate::runtime::status::{ContainerState, Phase};
+use crate::runtime::PodEntry;
 use crate::runtime::Runtime;
-use crate::store::PodEntry;
 use crate::Config;
 
 /// What a manifest asks for: one pod, or a Job's pods.
@@ -136,7 +136,9 @@ pub async fn run(path: &Path, config: Config) -> Result<i32, String> {
         pod["metadata"]["namespace"] = json!("default");
     }
     let state_dir = config.state_dir();
-    crate::persist::prepare_state_dir(&state_dir).map_err(|e| e.to_string())?;
+    crate::runtime::StateLayout::new(&state_dir)
+        .prepare()
+        .map_err(|e| e.to_string())?;
     let (runtime, _node) = crate::build(&config);
     let code = match job {
         None => run_pod(&runtime, pod).await,
@@ -304,14 +306,14 @@ impl Running {
         // The manifest is this mode's wire: typed once here.
         let pod: k8s_openapi::api::core::v1::Pod =
             serde_json::from_value(pod.clone()).map_err(|e| format!("not a valid pod: {e}"))?;
-        let new = crate::store::NewPod::from_pod(pod).map_err(|e| e.to_string())?;
+        let new = crate::runtime::NewPod::from_pod(pod).map_err(|e| e.to_string())?;
         let created = runtime.create(new).await.map_err(|e| e.to_string())?;
         let entry = match created {
             crate::runtime::Created::New(e) | crate::runtime::Created::Existing(e) => e,
         };
         // Every container's output as it arrives: each run to its end, then the next run.
         let followers = entry
-            .logs
+            .logs()
             .iter()
             .cloned()
             .map(|slot| {
@@ -339,7 +341,7 @@ impl Running {
             })
             .collect();
         Ok(Running {
-            name: entry.key.name.clone(),
+            name: entry.key().name.clone(),
             entry,
             followers,
         })
@@ -347,34 +349,38 @@ impl Running {
 
     /// Container restarts so far (they count against a Job's backoffLimit).
     fn restarts(&self) -> u32 {
-        let st = self.entry.state.lock().expect("state lock");
-        st.init
-            .iter()
-            .chain(st.containers.iter())
-            .map(|c| c.restart_count.max(0) as u32)
-            .sum()
+        self.entry.read_state(|st| {
+            st.init
+                .iter()
+                .chain(st.containers.iter())
+                .map(|c| c.restart_count.max(0) as u32)
+                .sum()
+        })
     }
 
     /// Stops the pod if `stop` (with its grace period), lets the followers write what is left,
     /// removes the pod, and returns its result code.
     async fn finish(self, runtime: &Runtime, stop: bool) -> i32 {
         if stop && !self.entry.is_done() {
-            runtime.delete(&self.entry.key, None).await;
+            runtime.delete(self.entry.key(), None).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         for f in self.followers {
             f.abort();
         }
         let code = result(&self.entry);
-        runtime.delete(&self.entry.key, None).await;
+        runtime.delete(self.entry.key(), None).await;
         code
     }
 }
 
 /// 0 for a pod that Succeeded, else the exit code of the first container that failed (or 1),
 /// after saying on stderr why each failed container ended.
-fn result(entry: &crate::store::PodEntry) -> i32 {
-    let st = entry.state.lock().expect("state lock");
+fn result(entry: &crate::runtime::PodEntry) -> i32 {
+    entry.read_state(result_of)
+}
+
+fn result_of(st: &crate::runtime::status::PodState) -> i32 {
     if st.phase() == Phase::Succeeded {
         return 0;
     }

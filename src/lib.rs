@@ -27,10 +27,8 @@ pub mod config;
 pub mod logs;
 pub mod metrics;
 pub mod node;
-pub mod persist;
 pub mod quantity;
 pub mod runtime;
-pub mod store;
 pub mod tls;
 
 use std::future::Future;
@@ -74,9 +72,9 @@ where
     L::Addr: std::fmt::Debug,
     L::Io: api::peer::Identify,
 {
-    let state_dir = config.state_dir();
-    persist::prepare_state_dir(&state_dir)?;
-    let _lock = persist::lock_state_dir(&state_dir)?;
+    let layout = runtime::StateLayout::new(config.state_dir());
+    layout.prepare()?;
+    let _lock = layout.lock()?;
     let (runtime, node) = build(&config);
     let cgroups = runtime.settings().cgroups.clone();
     if cgroups.available() {
@@ -97,7 +95,7 @@ where
     let refresher = tokio::spawn(node.clone().refresh_every(config.host_refresh));
     let state = api::AppState::new(runtime.clone(), node, &config)?;
     let addr = listener.local_addr()?;
-    tracing::info!(addr = %format!("{addr:?}").trim_matches('"'), state_dir = %state_dir.display(), "procnode serving");
+    tracing::info!(addr = %format!("{addr:?}").trim_matches('"'), state_dir = %layout.root().display(), "procnode serving");
     // Under systemd (Type=notify): ready once the listener is bound and the pods are restored.
     notify_service_manager(&[sd_notify::NotifyState::Ready]);
     let watchdog = sd_notify::watchdog_enabled().map(|every| {

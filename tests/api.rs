@@ -28,7 +28,9 @@ fn app_with(args: &[&str]) -> App {
     ];
     all.extend_from_slice(args);
     let config = procnode::Config::parse_from_env_free(all);
-    procnode::persist::prepare_state_dir(dir.path()).unwrap();
+    procnode::runtime::StateLayout::new(dir.path())
+        .prepare()
+        .unwrap();
     let (runtime, node) = procnode::build(&config);
     let router =
         procnode::api::router(procnode::api::AppState::new(runtime, node, &config).unwrap());

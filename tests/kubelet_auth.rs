@@ -107,7 +107,9 @@ async fn the_kubelet_api_asks_the_api_server_who_may_do_what() {
         "--cgroups",
         "off",
     ]);
-    procnode::persist::prepare_state_dir(&state_dir).unwrap();
+    procnode::runtime::StateLayout::new(&state_dir)
+        .prepare()
+        .unwrap();
     let (runtime, node) = procnode::build(&config);
     let state = procnode::api::AppState::new(runtime, node, &config).unwrap();
     let auth = procnode::cluster::auth::KubeletAuth::new(client, "node-1");

@@ -537,15 +537,17 @@ async fn secret_values_are_resolved_at_start_and_never_stored_or_served() {
         "--cgroups",
         "off",
     ]);
-    procnode::persist::prepare_state_dir(dir.path()).unwrap();
+    procnode::runtime::StateLayout::new(dir.path())
+        .prepare()
+        .unwrap();
     let (runtime, _node) = procnode::build_with(&config, Some(std::sync::Arc::new(Objects)));
     let mut p = support::bare_pod("secretive", "echo $PASSWORD", "Never");
     p["spec"]["containers"][0]["env"] = json!([{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]);
     let created = runtime
-        .create(procnode::store::NewPod::from_json(p.to_string().as_bytes()).unwrap())
+        .create(procnode::runtime::NewPod::from_json(p.to_string().as_bytes()).unwrap())
         .await;
     assert!(created.is_ok());
-    let key = procnode::store::PodKey {
+    let key = procnode::runtime::PodKey {
         namespace: "default".into(),
         name: "secretive".into(),
     };
@@ -560,7 +562,10 @@ async fn secret_values_are_resolved_at_start_and_never_stored_or_served() {
         .unwrap_or_default();
     assert_eq!(logs, "s3cret-value\n");
     assert!(
-        !entry.pod_json().contains("s3cret"),
+        !entry.raw().contains("s3cret")
+            && !serde_json::to_string(&entry.status())
+                .unwrap()
+                .contains("s3cret"),
         "getPod serves no value"
     );
     for f in std::fs::read_dir(dir.path().join("records")).unwrap() {

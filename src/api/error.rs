@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::runtime::RuntimeError;
-use crate::store::{PodError, PodKey};
+use crate::runtime::{PodError, PodKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

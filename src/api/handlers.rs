@@ -9,10 +9,10 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::extract::{Body, Query};
-use super::{ApiError, AppState};
+use super::{wire, ApiError, AppState};
 use crate::logs::{LogQuery, Stream, StreamFilter};
 use crate::runtime::Created;
-use crate::store::PodKey;
+use crate::runtime::PodKey;
 
 fn json(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
     (
@@ -45,17 +45,17 @@ impl PodRef {
 }
 
 pub async fn create_pod(State(s): State<AppState>, Body(body): Body) -> Result<Response, ApiError> {
-    let new = crate::store::NewPod::from_json(&body)?;
+    let new = crate::runtime::NewPod::from_json(&body)?;
     Ok(match s.runtime.create(new).await? {
-        Created::New(entry) => json(StatusCode::CREATED, entry.pod_json()),
-        Created::Existing(entry) => json(StatusCode::OK, entry.pod_json()),
+        Created::New(entry) => json(StatusCode::CREATED, wire::pod_json(&entry)),
+        Created::Existing(entry) => json(StatusCode::OK, wire::pod_json(&entry)),
     })
 }
 
 pub async fn update_pod(State(s): State<AppState>, Body(body): Body) -> Result<Response, ApiError> {
-    let new = crate::store::NewPod::from_json(&body)?;
+    let new = crate::runtime::NewPod::from_json(&body)?;
     let entry = s.runtime.update(new).await?;
-    Ok(json(StatusCode::OK, entry.pod_json()))
+    Ok(json(StatusCode::OK, wire::pod_json(&entry)))
 }
 
 /// The part of a pod body that a delete needs.
@@ -100,7 +100,7 @@ pub async fn delete_pod(
         .deletion_grace_period_seconds
         .map(|s| Duration::from_secs(s.max(0) as u64));
     Ok(match s.runtime.delete(&key, grace).await {
-        Some(entry) => json(StatusCode::OK, entry.pod_json()),
+        Some(entry) => json(StatusCode::OK, wire::pod_json(&entry)),
         None => json(StatusCode::OK, "{}"),
     })
 }
@@ -110,7 +110,7 @@ pub async fn get_pod(
     Query(q): Query<PodRef>,
 ) -> Result<Response, ApiError> {
     let entry = s.runtime.get(&q.key()?)?;
-    Ok(json(StatusCode::OK, entry.pod_json()))
+    Ok(json(StatusCode::OK, wire::pod_json(&entry)))
 }
 
 pub async fn get_pod_status(
@@ -118,7 +118,7 @@ pub async fn get_pod_status(
     Query(q): Query<PodRef>,
 ) -> Result<Response, ApiError> {
     let entry = s.runtime.get(&q.key()?)?;
-    Ok(json(StatusCode::OK, entry.status_json()))
+    Ok(json(StatusCode::OK, wire::status_json(&entry)))
 }
 
 /// The broker (Virtual Kubelet v0.10) reads at most this many bytes of a GET response; a longer
@@ -144,22 +144,22 @@ pub async fn get_pods(
         BROKER_READ_LIMIT
     };
     let pods = s.runtime.list();
-    if let Some(full) = json_array(&pods, limit, |e| e.pod_json()) {
+    if let Some(full) = json_array(&pods, limit, wire::pod_json) {
         return Ok(json(StatusCode::OK, full));
     }
     tracing::warn!(
         pods = pods.len(),
         "getPods answer would exceed the broker's read limit; listing pods in short form"
     );
-    let short = json_array(&pods, usize::MAX, |e| e.summary_json()).expect("no limit");
+    let short = json_array(&pods, usize::MAX, wire::summary_json).expect("no limit");
     Ok(json(StatusCode::OK, short))
 }
 
 /// A JSON array of `one(pod)` for every pod, or `None` as soon as it grows past `limit` bytes.
 fn json_array(
-    pods: &[std::sync::Arc<crate::store::PodEntry>],
+    pods: &[std::sync::Arc<crate::runtime::PodEntry>],
     limit: usize,
-    one: impl Fn(&crate::store::PodEntry) -> String,
+    one: impl Fn(&crate::runtime::PodEntry) -> String,
 ) -> Option<String> {
     let mut out = String::with_capacity((pods.len() * 2048 + 2).min(limit.saturating_add(1)));
     out.push('[');
@@ -327,7 +327,7 @@ pub async fn kubelet_pods(State(s): State<AppState>) -> Response {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&entry.pod_json());
+        body.push_str(&wire::pod_json(entry));
     }
     body.push_str("]}");
     json(StatusCode::OK, body)
@@ -385,7 +385,7 @@ pub async fn stats_summary(State(s): State<AppState>) -> Result<Response, ApiErr
 /// The Summary, measured on a blocking thread (it reads `/proc` and cgroup files).
 async fn summary(s: &AppState) -> Result<serde_json::Value, ApiError> {
     let (runtime, node) = (s.runtime.clone(), s.node.clone());
-    tokio::task::spawn_blocking(move || node.stats_summary(&runtime.stat_refs()))
+    tokio::task::spawn_blocking(move || node.stats_summary(&crate::node::stats::pod_refs(&runtime)))
         .await
         .map_err(|e| ApiError::Internal(format!("stats task: {e}")))
 }
@@ -412,7 +412,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         ("Failed", 0),
     ];
     for entry in s.runtime.list() {
-        let phase = entry.state.lock().expect("state lock").phase().as_str();
+        let phase = entry.phase().as_str();
         if let Some(slot) = phases.iter_mut().find(|(p, _)| *p == phase) {
             slot.1 += 1;
         }

@@ -8,6 +8,7 @@ mod extract;
 mod handlers;
 pub mod peer;
 pub mod serve;
+mod wire;
 
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@
 //! Most are read off the difference between two pod statuses ([`between`]): the one last
 //! written to the API server and the new one, so a procnode that restarts and takes its pods
 //! back (whose status in the cluster already shows them running) records nothing twice. The
-//! rest come from [`PodEntry::take_notes`](crate::store::PodEntry::take_notes).
+//! rest come from [`PodEntry::take_notes`](crate::runtime::PodEntry::take_notes).
 //! Recording is best effort: an event that cannot be written is logged, never retried, and
 //! never holds up a status update; at most [`WRITERS`] batches are written at once.
 
@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Event, EventSource, ObjectRefe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
-use crate::store::PodKey;
+use crate::runtime::PodKey;
 
 /// One event about a container of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,9 +29,9 @@ pub struct PodEvent {
     pub field_path: String,
 }
 
-impl From<crate::store::Note> for PodEvent {
-    fn from(n: crate::store::Note) -> PodEvent {
-        use crate::store::Happening;
+impl From<crate::runtime::Note> for PodEvent {
+    fn from(n: crate::runtime::Note) -> PodEvent {
+        use crate::runtime::Happening;
         let (warning, reason, message) = match n.what {
             Happening::ProbeFailed { probe, message } => (
                 true,
@@ -67,7 +67,7 @@ fn containers(status: &PodStatus) -> Vec<(String, &ContainerStatus)> {
         (&status.container_statuses, false),
     ] {
         for c in list.iter().flatten() {
-            out.push((crate::store::field_path(init, &c.name), c));
+            out.push((crate::runtime::field_path(init, &c.name), c));
         }
     }
     out
@@ -477,7 +477,7 @@ mod tests {
     #[test]
     fn the_runtimes_notes_read_as_the_kubelets_events() {
         use crate::runtime::probe::Kind;
-        use crate::store::{Happening, Note};
+        use crate::runtime::{Happening, Note};
         let note = |what| Note {
             field_path: "spec.containers{main}".into(),
             container: "main".into(),

@@ -118,9 +118,9 @@ pub async fn run(
     let node_name = config.node_name();
     tracing::info!(api_server = %version, node = %node_name, "connected to the API server");
 
-    let state_dir = config.state_dir();
-    crate::persist::prepare_state_dir(&state_dir).map_err(|e| e.to_string())?;
-    let _lock = crate::persist::lock_state_dir(&state_dir).map_err(|e| e.to_string())?;
+    let layout = crate::runtime::StateLayout::new(config.state_dir());
+    layout.prepare().map_err(|e| e.to_string())?;
+    let _lock = layout.lock().map_err(|e| e.to_string())?;
     let objects = Arc::new(objects::ApiObjects::new(client.clone()));
     let (runtime, node) = crate::build_with(&config, Some(objects.clone()));
     for problem in runtime.restore().await {
@@ -136,13 +136,7 @@ pub async fn run(
             None => cluster_ca,
         }),
     };
-    let tls = kubelet_tls(
-        &config,
-        &node_name,
-        &node.facts().host_ip,
-        &state_dir,
-        clients,
-    )?;
+    let tls = kubelet_tls(&config, &node_name, &node.facts().host_ip, &layout, clients)?;
     let bind = std::net::SocketAddr::from(([0, 0, 0, 0], config.kubelet_port));
     let tcp = tokio::net::TcpListener::bind(bind)
         .await
@@ -250,21 +244,24 @@ fn kubelet_tls(
     config: &Config,
     node_name: &str,
     node_ip: &str,
-    state_dir: &std::path::Path,
+    layout: &crate::runtime::StateLayout,
     clients: ClientCerts,
 ) -> Result<rustls::ServerConfig, String> {
     let (cert, key) = match (&config.kubelet_tls_cert, &config.kubelet_tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => {
-            let (cert, key) = (state_dir.join("kubelet.crt"), state_dir.join("kubelet.key"));
+            let (cert, key) = layout.kubelet_cert();
             if !cert.exists() || !key.exists() {
                 let mut names = vec![node_name.to_string(), "localhost".to_string()];
                 names.push(node_ip.to_string());
                 let made = rcgen::generate_simple_self_signed(names)
                     .map_err(|e| format!("making the kubelet API certificate: {e}"))?;
-                crate::persist::write_atomic(&key, made.key_pair.serialize_pem().as_bytes())
-                    .map_err(|e| format!("{}: {e}", key.display()))?;
-                crate::persist::write_atomic(&cert, made.cert.pem().as_bytes())
+                crate::runtime::records::write_atomic(
+                    &key,
+                    made.key_pair.serialize_pem().as_bytes(),
+                )
+                .map_err(|e| format!("{}: {e}", key.display()))?;
+                crate::runtime::records::write_atomic(&cert, made.cert.pem().as_bytes())
                     .map_err(|e| format!("{}: {e}", cert.display()))?;
             }
             (cert, key)

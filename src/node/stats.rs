@@ -38,6 +38,51 @@ pub struct PodRef {
     pub containers: Vec<ContainerRef>,
 }
 
+/// Every pod the runtime holds with its running containers' process groups and cgroup
+/// figures, for the Summary. Blocking (reads cgroup files).
+pub fn pod_refs(runtime: &crate::runtime::Runtime) -> Vec<PodRef> {
+    use crate::runtime::status::ContainerState;
+    let settings = runtime.settings();
+    runtime
+        .list()
+        .iter()
+        .map(|entry| {
+            // What runs, under the lock; the cgroup files are read after it.
+            let (start_time, running) = entry.read_state(|state| {
+                let running: Vec<(String, Timestamp, i32)> = state
+                    .init
+                    .iter()
+                    .chain(state.containers.iter())
+                    .filter_map(|c| match (&c.state, c.pid) {
+                        (ContainerState::Running { started_at }, Some(pgid)) => {
+                            Some((c.name.clone(), *started_at, pgid))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                (state.start_time, running)
+            });
+            let pod_cgroup = settings.pod_cgroup(entry);
+            let containers = running
+                .into_iter()
+                .map(|(name, started_at, pgid)| ContainerRef {
+                    cgroup: settings.cgroups.usage(&pod_cgroup, &name),
+                    name,
+                    started_at,
+                    pgid,
+                })
+                .collect();
+            PodRef {
+                name: entry.key().name.clone(),
+                namespace: entry.key().namespace.clone(),
+                uid: entry.uid().to_string(),
+                start_time,
+                containers,
+            }
+        })
+        .collect()
+}
+
 /// Usage of one process group.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct GroupUsage {

@@ -15,12 +15,12 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
 use super::backoff::Backoff;
+use super::pod::{Happening, PodEntry};
 use super::process::{self, SpawnRequest};
 use super::status::{reason, ContainerState, RestartPolicy, Termination};
 use super::supervisor::{self, Event, Supervised};
 use super::{cgroup, env, probe, users, volumes, Settings};
 use crate::logs::{now_ns, LogSlot, Stream};
-use crate::store::{Happening, PodEntry};
 
 /// How long output is still read after a container's process group is gone (a process that
 /// escaped the group may hold the pipe open; it does not keep the container alive).
@@ -70,7 +70,7 @@ pub async fn supervise(
             return Outcome::Stopped;
         }
         if how == Begin::Restart {
-            entry.logs[idx].update(|l| l.rotate());
+            entry.log(idx).update(|l| l.rotate());
         }
         let started = Instant::now();
         let attempt = match how {
@@ -107,7 +107,7 @@ pub async fn supervise(
                     c.container_id = Some(container_id.clone());
                 });
                 tracing::info!(
-                    pod = %entry.key,
+                    pod = %entry.key(),
                     container = %spec.name,
                     pid = sup.pid,
                     "{}",
@@ -162,11 +162,11 @@ pub async fn supervise(
                 (termination, Some(sup))
             }
         };
-        entry.logs[idx].update(|l| l.finish());
+        entry.log(idx).update(|l| l.finish());
         settings.metrics.container_exited(&termination.reason);
         let code = termination.exit_code;
         tracing::info!(
-            pod = %entry.key,
+            pod = %entry.key(),
             container = %entry.container_spec(idx).name,
             exit_code = code,
             reason = %termination.reason,
@@ -205,9 +205,9 @@ pub async fn supervise(
                             "back-off {} restarting failed container={} pod={}_{}({})",
                             humantime::format_duration(delay),
                             c.name,
-                            entry.key.name,
-                            entry.key.namespace,
-                            entry.uid
+                            entry.key().name,
+                            entry.key().namespace,
+                            entry.uid()
                         )),
                     )
                 };
@@ -221,10 +221,10 @@ pub async fn supervise(
         // the pod asked for (delete, shutdown) is not fsync'd: its record goes away next, or
         // it is re-created on start.
         let release = if stopped || supervised.is_none() {
-            super::save_status(&entry, &settings, !stopped).await;
+            super::worker::save_status(&entry, &settings, !stopped).await;
             true
         } else {
-            super::record_exit(&entry, &settings, &entry.container_spec(idx).name).await
+            super::worker::record_exit(&entry, &settings, &entry.container_spec(idx).name).await
         };
         if let Some(sup) = supervised.filter(|_| release) {
             sup.release().await;
@@ -236,7 +236,7 @@ pub async fn supervise(
             return Outcome::Exited(code);
         }
         tracing::info!(
-            pod = %entry.key,
+            pod = %entry.key(),
             container = %entry.container_spec(idx).name,
             after = %humantime::format_duration(delay),
             "restarting container"
@@ -275,7 +275,7 @@ async fn termination_message(
         });
     // Read as the container would read it: with its identity, only a regular file, without
     // blocking, bounded (a FIFO, a device or someone else's file gives no message).
-    let reader = match users::resolve(&entry.pod(), &container, &settings.users, entry.pod_id) {
+    let reader = match users::resolve(&entry.pod(), &container, &settings.users, entry.pod_id()) {
         Ok(user) => Some(user.map(|u| (u.uid, u.gid, u.groups))),
         Err(_) => None,
     };
@@ -294,15 +294,17 @@ async fn termination_message(
     if from_file.is_some() || !fallback || exit_code == 0 {
         return from_file;
     }
-    let tail = entry.logs[idx]
-        .logs
-        .lock()
-        .expect("logs lock")
-        .current
-        .read(&crate::logs::LogQuery {
-            tail: Some(FALLBACK_LOG_LINES),
-            ..Default::default()
-        });
+    let tail =
+        entry
+            .log(idx)
+            .logs
+            .lock()
+            .expect("logs lock")
+            .current
+            .read(&crate::logs::LogQuery {
+                tail: Some(FALLBACK_LOG_LINES),
+                ..Default::default()
+            });
     let tail = &tail[tail.len().saturating_sub(FALLBACK_LOG_BYTES)..];
     (!tail.is_empty()).then(|| String::from_utf8_lossy(tail).into_owned())
 }
@@ -384,7 +386,7 @@ async fn start(
         c.supervisor = name;
         c.container_id = Some(format!("procnode://{}", sup.pid));
     });
-    super::save_status(entry, settings, false).await;
+    super::worker::save_status(entry, settings, false).await;
     Ok(sup)
 }
 
@@ -400,7 +402,7 @@ async fn resume_run(
         Some(name) => match supervisor::attach(name).await {
             Ok(sup) => Some(sup),
             Err(e) => {
-                tracing::warn!(pod = %entry.key, supervisor = name, error = %e, "cannot re-attach to the container's supervisor");
+                tracing::warn!(pod = %entry.key(), supervisor = name, error = %e, "cannot re-attach to the container's supervisor");
                 None
             }
         },
@@ -427,8 +429,9 @@ async fn resume_run(
     }
 }
 
-/// Pumps output until the container exits or its supervisor goes away; on a stop request,
-/// TERM to the container's process group, and KILL after the grace period.
+/// Pumps output until the container exits or its supervisor goes away; on a stop request, a
+/// failed liveness/startup probe or postStart hook, or a changed definition, stops the run
+/// ([`Stop`]).
 async fn run(
     sup: &mut Supervised,
     entry: &PodEntry,
@@ -438,7 +441,7 @@ async fn run(
     probes: Option<probe::ExecContext>,
     resumed: bool,
 ) -> (Event, Option<String>, bool) {
-    let grace = super::grace_period(entry, settings, None);
+    let grace = super::worker::grace_period(entry, settings, None);
     let container = entry.container_spec(idx);
     // An update that changes this container's definition restarts its process.
     let mut respec = entry.restart_requests(idx);
@@ -464,91 +467,59 @@ async fn run(
             grace.max(Duration::from_secs(30)),
         )
     });
-    // preStop runs first when the run is to stop; the grace period counts from the request.
-    let mut pre_stop: Option<probe::HookRun> = None;
-    let mut stop_deadline = tokio::time::Instant::now();
-    // Starts stopping the run: preStop first if there is one, else TERM at once; KILL at the
-    // end of the grace period.
-    let begin_stop = |grace: Duration,
-                      deadline: &mut tokio::time::Instant,
-                      pre_stop: &mut Option<probe::HookRun>,
-                      kill_at: &mut Option<tokio::time::Instant>| {
-        *deadline = tokio::time::Instant::now() + grace;
-        if grace.is_zero() {
-            // No grace at all (an eviction, a forced delete): SIGKILL at once, as a container
-            // runtime's stop with timeout 0; no preStop hook.
-            process::signal_group(sup_pid, Signal::SIGKILL);
-            *kill_at = Some(*deadline + Duration::from_secs(3600));
-            return;
-        }
-        *pre_stop = ctx
+    let mut stopping = Stop::Running;
+    // Starts stopping the run (the one terminate path): preStop first if there is one, then
+    // TERM, KILL at the end of the grace period.
+    let begin_stop = |grace: Duration| {
+        let hook = ctx
             .clone()
+            .filter(|_| !grace.is_zero())
             .and_then(|ctx| probe::hook(&container, probe::Hook::PreStop, ctx, grace));
-        if pre_stop.is_none() {
-            process::signal_group(sup_pid, Signal::SIGTERM);
-            *kill_at = Some(*deadline);
-        }
+        Stop::begin(sup_pid, grace, hook)
     };
-    let logs = &entry.logs[idx];
-    let pgid = sup.pid;
+    let logs = entry.log(idx);
     let pump = |pipe: &pipe::Receiver, stream| read_available(pipe, stream, logs);
     let (mut out_open, mut err_open) = (true, true);
-    let mut kill_at: Option<tokio::time::Instant> = None;
     let mut read_output = false;
     let event = loop {
-        let kill_timer = async {
-            match kill_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let running = stopping.is_running();
         tokio::select! {
             biased;
             event = sup.events.next() => break event,
-            requested = stop.wait_for(Option::is_some), if kill_at.is_none() && pre_stop.is_none() => {
+            requested = stop.wait_for(Option::is_some), if running => {
                 let requested = requested.ok().and_then(|g| *g).unwrap_or_default();
-                begin_stop(requested, &mut stop_deadline, &mut pre_stop, &mut kill_at);
+                stopping = begin_stop(requested);
             }
-            changed = respec.changed(), if kill_at.is_none() && pre_stop.is_none() && !redefined => {
+            changed = respec.changed(), if running && !redefined => {
                 if changed.is_ok() {
-                    tracing::info!(pod = %entry.key, container = idx, "container definition changed; restarting it");
+                    tracing::info!(pod = %entry.key(), container = idx, "container definition changed; restarting it");
                     redefined = true;
-                    begin_stop(grace, &mut stop_deadline, &mut pre_stop, &mut kill_at);
+                    stopping = begin_stop(grace);
                 }
             }
-            reason = &mut probing, if kill_at.is_none() && pre_stop.is_none() && probe_failure.is_none() => {
+            reason = &mut probing, if running && probe_failure.is_none() => {
                 // A failed liveness or startup probe: stop this run, as the kubelet does.
-                tracing::info!(pod = %entry.key, container = idx, %reason, "stopping container");
+                tracing::info!(pod = %entry.key(), container = idx, %reason, "stopping container");
                 probe_failure = Some(reason);
-                begin_stop(grace, &mut stop_deadline, &mut pre_stop, &mut kill_at);
+                stopping = begin_stop(grace);
             }
             result = async { post_start.as_mut().expect("guarded").await }, if post_start.is_some() => {
                 post_start = None;
                 entry.update_container(idx, |c| c.post_start_pending = false);
-                if let Err(reason) = &result {
-                    entry.note(idx, Happening::PostStartHookFailed(reason.clone()));
-                }
                 if let Err(reason) = result {
-                    if kill_at.is_none() && pre_stop.is_none() && probe_failure.is_none() {
-                        tracing::info!(pod = %entry.key, container = idx, %reason, "stopping container");
+                    entry.note(idx, Happening::PostStartHookFailed(reason.clone()));
+                    if stopping.is_running() && probe_failure.is_none() {
+                        tracing::info!(pod = %entry.key(), container = idx, %reason, "stopping container");
                         probe_failure = Some(reason);
-                        begin_stop(grace, &mut stop_deadline, &mut pre_stop, &mut kill_at);
+                        stopping = begin_stop(grace);
                     }
                 }
             }
-            result = async { pre_stop.as_mut().expect("guarded").await }, if pre_stop.is_some() => {
-                pre_stop = None;
-                if let Err(reason) = result {
-                    tracing::info!(pod = %entry.key, container = idx, %reason, "preStop hook failed");
+            hook = stopping.advance(), if !running => {
+                if let Some(Err(reason)) = hook {
+                    tracing::info!(pod = %entry.key(), container = idx, %reason, "preStop hook failed");
                     entry.note(idx, Happening::PreStopHookFailed(reason));
                 }
-                // The kubelet gives at least 2 s after the hook.
-                process::signal_group(pgid, Signal::SIGTERM);
-                kill_at = Some(stop_deadline.max(tokio::time::Instant::now() + Duration::from_secs(2)));
-            }
-            _ = kill_timer => {
-                process::signal_group(pgid, Signal::SIGKILL);
-                kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
             }
             r = sup.stdout.readable(), if out_open => {
                 out_open = r.is_ok() && pump(&sup.stdout, Stream::Stdout);
@@ -565,7 +536,7 @@ async fn run(
     };
     if event == Event::Gone {
         // Nobody supervises what may be left of the container: stop it.
-        process::signal_group(pgid, Signal::SIGKILL);
+        process::signal_group(sup_pid, Signal::SIGKILL);
     }
     if event == Event::Gone || !settings.supervise {
         // What left the process group but not the container's cgroup (a supervisor does this
@@ -589,6 +560,89 @@ async fn run(
     };
     let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, drain).await;
     (event, probe_failure, redefined)
+}
+
+/// How long the kubelet lets a container run after its preStop hook, at least.
+const AFTER_PRE_STOP: Duration = Duration::from_secs(2);
+
+/// Where the stop of one run is. Every stop takes the same path: [`Stop::begin`], then
+/// [`Stop::advance`] until the supervisor reports the exit (which the select loop waits for
+/// in every state, so a run that ends early ends the stop).
+enum Stop {
+    /// Nobody asked the run to stop.
+    Running,
+    /// The preStop hook runs; TERM follows when it ends, KILL no sooner than `deadline`.
+    Hook {
+        pgid: i32,
+        hook: probe::HookRun,
+        deadline: tokio::time::Instant,
+    },
+    /// TERM was sent to the process group; KILL at `kill_at`.
+    Terminating {
+        pgid: i32,
+        kill_at: tokio::time::Instant,
+    },
+    /// KILL was sent; only the exit is awaited.
+    Killed,
+}
+
+impl Stop {
+    /// Begins stopping the process group `pgid` within `grace`: its preStop `hook` first when
+    /// there is one, else TERM now. No grace at all (an eviction, a forced delete) is KILL at
+    /// once and no hook, as a container runtime's stop with timeout 0.
+    fn begin(pgid: i32, grace: Duration, hook: Option<probe::HookRun>) -> Stop {
+        let deadline = tokio::time::Instant::now() + grace;
+        if grace.is_zero() {
+            process::signal_group(pgid, Signal::SIGKILL);
+            return Stop::Killed;
+        }
+        match hook {
+            Some(hook) => Stop::Hook {
+                pgid,
+                hook,
+                deadline,
+            },
+            None => {
+                process::signal_group(pgid, Signal::SIGTERM);
+                Stop::Terminating {
+                    pgid,
+                    kill_at: deadline,
+                }
+            }
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(self, Stop::Running)
+    }
+
+    /// Waits for the next step and takes it: the hook's end (then TERM; its result is
+    /// returned), the grace period's end (then KILL). Never completes when running or killed.
+    async fn advance(&mut self) -> Option<Result<(), String>> {
+        match self {
+            Stop::Running | Stop::Killed => std::future::pending().await,
+            Stop::Hook {
+                pgid,
+                hook,
+                deadline,
+            } => {
+                let result = hook.await;
+                let (pgid, deadline) = (*pgid, *deadline);
+                process::signal_group(pgid, Signal::SIGTERM);
+                *self = Stop::Terminating {
+                    pgid,
+                    kill_at: deadline.max(tokio::time::Instant::now() + AFTER_PRE_STOP),
+                };
+                Some(result)
+            }
+            Stop::Terminating { pgid, kill_at } => {
+                tokio::time::sleep_until(*kill_at).await;
+                process::signal_group(*pgid, Signal::SIGKILL);
+                *self = Stop::Killed;
+                None
+            }
+        }
+    }
 }
 
 /// What exec probes and hooks of container `idx` run with; `None` when it has neither.
@@ -628,11 +682,11 @@ fn recipe(
     let env = env::environment(&pod, &c, &settings.node, settings.objects.as_deref())
         .map_err(|e| e.to_string())?;
     let user =
-        users::resolve(&pod, &c, &settings.users, entry.pod_id).map_err(|e| e.to_string())?;
+        users::resolve(&pod, &c, &settings.users, entry.pod_id()).map_err(|e| e.to_string())?;
     // What procnode makes for the container belongs to it (group: the pod's own).
     let owner = user
         .as_ref()
-        .map(|u| (u.uid, entry.pod_id.unwrap_or(u.gid)));
+        .map(|u| (u.uid, entry.pod_id().unwrap_or(u.gid)));
     let work =
         match c.working_dir.as_deref() {
             Some(dir) if !dir.is_empty() => None,
@@ -645,7 +699,7 @@ fn recipe(
         None => PathBuf::from(c.working_dir.as_deref().unwrap_or("/")),
     };
     let empty = volumes::PodVolumes::new();
-    let pod_volumes = entry.volumes.get().unwrap_or(&empty);
+    let pod_volumes = entry.volumes().unwrap_or(&empty);
     let (mounts, mut full_env) =
         volumes::for_container(&c, pod_volumes, work.as_ref(), &settings.volumes, owner)
             .map_err(|e| e.to_string())?;

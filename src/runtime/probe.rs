@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::pod::{Happening, PodEntry};
 use super::process::{self, SpawnRequest};
-use crate::store::{Happening, PodEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

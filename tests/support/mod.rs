@@ -472,7 +472,7 @@ pub fn kill_pods_of(state_dir: &std::path::Path) {
     let prefixes: Vec<String> = [Some(state_dir.to_path_buf()), state_dir.canonicalize().ok()]
         .into_iter()
         .flatten()
-        .map(|dir| procnode::runtime::supervisor_prefix(&dir))
+        .map(|dir| procnode::runtime::StateLayout::new(dir).supervisor_prefix())
         .collect();
     // A binary from start_binary names its cgroup parent, made from the state dir, on its
     // command line.

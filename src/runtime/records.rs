@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::status::{reason, ContainerState, ContainerStatus, Termination};
+use super::status::{reason, ContainerState, ContainerStatus, Termination};
 
 pub const POD_SUFFIX: &str = ".pod.json";
 pub const STATUS_SUFFIX: &str = ".status.json";

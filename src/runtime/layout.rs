@@ -1,0 +1,189 @@
+//! The state directory's layout: the one place that knows every path under it and every
+//! supervisor's name.
+//!
+//! ```text
+//! STATE_DIR/            0711, procnode's own (an existing one must not be writable by others)
+//!   lock                held (flock) by the running procnode
+//!   records/            0700: NAMESPACE_NAME_UID.pod.json / .status.json (records.rs)
+//!   corrupt/            0700: records that could not be read, set aside
+//!   logs/               0700: NAMESPACE_NAME_UID/CONTAINER/N.log (CRI format), when kept
+//!   sup/                0700: supervisor sockets, HASH-INDEX-RUN (HASH: of namespace/name/uid)
+//!   pods/               0711: NAMESPACE_NAME_UID/ (root, the pod's group, 0750)
+//!                              volumes/VOLUME/, work/ (the pod's own)
+//!   kubelet.crt, .key   node mode's self-signed kubelet API certificate
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::pod::PodKey;
+
+/// Paths under one state directory.
+#[derive(Debug, Clone)]
+pub struct StateLayout {
+    root: PathBuf,
+}
+
+impl StateLayout {
+    pub fn new(root: impl Into<PathBuf>) -> StateLayout {
+        StateLayout { root: root.into() }
+    }
+
+    /// The state directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the state directory and its subdirectories with the modes procnode relies on,
+    /// or refuses one that others could write (see [`super::records::prepare_state_dir`]).
+    pub fn prepare(&self) -> io::Result<()> {
+        super::records::prepare_state_dir(&self.root)
+    }
+
+    /// Holds the state directory for this procnode until the returned lock is dropped; a
+    /// second procnode on the same directory is refused, naming the first.
+    pub fn lock(&self) -> io::Result<nix::fcntl::Flock<std::fs::File>> {
+        super::records::lock_state_dir(&self.root)
+    }
+
+    /// `pods/`: every pod's directory (it may be a mount of its own).
+    pub fn pods(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+
+    /// The directory name of one pod (in `pods/`, `records/` and `logs/`).
+    pub fn pod_dir_name(key: &PodKey, uid: &str) -> String {
+        // Every pod gets a uid when it is created; only a record written by an older procnode
+        // can lack one.
+        let uid = if uid.is_empty() { "no-uid" } else { uid };
+        format!("{}_{}_{}", key.namespace, key.name, uid)
+    }
+
+    /// The pod's own directory: procnode's, not writable by the pod, entered only by the
+    /// pod's own group. It holds `volumes/` and `work/`.
+    pub fn pod_dir(&self, key: &PodKey, uid: &str) -> PathBuf {
+        self.pods().join(Self::pod_dir_name(key, uid))
+    }
+
+    /// The pod's working directory (its containers' unless `workingDir` says otherwise).
+    pub fn work_path(&self, key: &PodKey, uid: &str) -> PathBuf {
+        self.pod_dir(key, uid).join("work")
+    }
+
+    /// `records/`.
+    pub fn records(&self) -> PathBuf {
+        self.root.join("records")
+    }
+
+    /// `corrupt/`: where unreadable records are set aside.
+    pub fn corrupt(&self) -> PathBuf {
+        self.root.join("corrupt")
+    }
+
+    /// Where the pod's record files live (this path plus `.pod.json` / `.status.json`).
+    pub fn record_base(&self, key: &PodKey, uid: &str) -> PathBuf {
+        self.records().join(Self::pod_dir_name(key, uid))
+    }
+
+    /// Where the pod's log files go (one subdirectory per container), when they are kept.
+    pub fn pod_log_dir(&self, key: &PodKey, uid: &str) -> PathBuf {
+        self.root.join("logs").join(Self::pod_dir_name(key, uid))
+    }
+
+    /// `sup/`: the supervisors' sockets, in a directory only procnode's user may write, so no
+    /// other user can take a name first.
+    pub fn sup(&self) -> PathBuf {
+        self.root.join("sup")
+    }
+
+    /// What the names of every supervisor of this state directory begin with (their command
+    /// line is `procnode shim NAME`).
+    pub fn supervisor_prefix(&self) -> String {
+        format!("{}/", self.sup().display())
+    }
+
+    /// The part of a supervisor's name that says which pod it belongs to: a hash of the pod's
+    /// namespace, name and uid (socket paths are short).
+    pub fn supervisor_pod_part(key: &PodKey, uid: &str) -> String {
+        let id = format!("{}/{}/{}", key.namespace, key.name, uid);
+        format!("{:016x}", fnv1a(&id))
+    }
+
+    /// The name of the supervisor of run `run` of container `idx`: the path of its socket,
+    /// unique per pod, container and run.
+    pub fn supervisor_name(&self, key: &PodKey, uid: &str, idx: usize, run: u64) -> String {
+        format!(
+            "{}{}-{idx}-{run}",
+            self.supervisor_prefix(),
+            Self::supervisor_pod_part(key, uid)
+        )
+    }
+
+    /// The supervisor sockets of the pod whose name part is `pod_part`: container index, run
+    /// and path of each. Blocking.
+    pub fn supervisor_sockets(&self, pod_part: &str) -> Vec<(usize, u64, PathBuf)> {
+        std::fs::read_dir(self.sup())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (idx, run) = name
+                    .strip_prefix(pod_part)?
+                    .strip_prefix('-')?
+                    .split_once('-')?;
+                Some((idx.parse().ok()?, run.parse().ok()?, e.path()))
+            })
+            .collect()
+    }
+
+    /// Every supervisor socket's file name in `sup/`. Blocking.
+    pub fn supervisor_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.sup())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Node mode's kubelet API certificate and key, when it makes its own.
+    pub fn kubelet_cert(&self) -> (PathBuf, PathBuf) {
+        (self.root.join("kubelet.crt"), self.root.join("kubelet.key"))
+    }
+}
+
+/// 64-bit FNV-1a: short, stable names from long paths.
+pub(crate) fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supervisor_names_are_found_again_by_their_pod_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = StateLayout::new(dir.path());
+        std::fs::create_dir(layout.sup()).unwrap();
+        let key = PodKey {
+            namespace: "ns".into(),
+            name: "a.b".into(),
+        };
+        let name = layout.supervisor_name(&key, "u1", 2, 7);
+        assert!(name.starts_with(&layout.supervisor_prefix()));
+        std::fs::write(&name, "").unwrap();
+        let other = layout.supervisor_name(&key, "u2", 0, 0);
+        std::fs::write(&other, "").unwrap();
+        let part = StateLayout::supervisor_pod_part(&key, "u1");
+        let found = layout.supervisor_sockets(&part);
+        assert_eq!(found, vec![(2, 7, PathBuf::from(&name))]);
+        assert_eq!(
+            layout.record_base(&key, "").file_name().unwrap(),
+            "ns_a.b_no-uid"
+        );
+    }
+}

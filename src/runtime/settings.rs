@@ -1,0 +1,251 @@
+//! The runtime's settings, fixed at start ([`Settings`]), and what procnode's process and the
+//! host can hold ([`Budget`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::layout::StateLayout;
+use super::pod::{PodEntry, PodKey};
+use super::{cgroup, safepath, users, volumes, NodeFacts};
+use crate::config::Config;
+use crate::logs::{FileConfig, LogBudget, LogConfig};
+
+/// What procnode's process and the host can hold at most (see [`Budget::refusal`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// procnode's RLIMIT_NOFILE (raised to its hard limit at start-up).
+    pub open_files: u64,
+    /// `kernel.pid_max`.
+    pub pids: u64,
+}
+
+/// One resource admission counts per container: its name in the kubelet's refusal reason
+/// (`OutOf<resource>`) and message, what each running container takes of it, what is kept
+/// for everything else, and where the capacity comes from.
+struct Need {
+    resource: &'static str,
+    what: &'static str,
+    per_container: u64,
+    reserve: u64,
+    capacity: fn(&Budget) -> u64,
+    source: &'static str,
+}
+
+/// Descriptors: procnode holds per running container the supervisor's socket, the two output
+/// pipes, the log file, and one to spare; 256 are kept for listeners, connections, records
+/// and probes. Pids: a supervisor and a process per container; 1024 kept for the host.
+const NEEDS: [Need; 2] = [
+    Need {
+        resource: "nofile",
+        what: "open files",
+        per_container: 5,
+        reserve: 256,
+        capacity: |b| b.open_files,
+        source: "procnode's RLIMIT_NOFILE",
+    },
+    Need {
+        resource: "pids",
+        what: "pids",
+        per_container: 2,
+        reserve: 1024,
+        capacity: |b| b.pids,
+        source: "kernel.pid_max",
+    },
+];
+
+impl Budget {
+    /// Raises RLIMIT_NOFILE to the hard limit (each running container holds a few of
+    /// procnode's descriptors) and reads the host's pid space.
+    pub fn of_this_process() -> Budget {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let open_files = match getrlimit(Resource::RLIMIT_NOFILE) {
+            Ok((soft, hard)) if soft < hard => {
+                match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    Ok(()) => hard,
+                    Err(_) => soft,
+                }
+            }
+            Ok((soft, _)) => soft,
+            Err(_) => 1024,
+        };
+        let pids = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(32_768);
+        Budget { open_files, pids }
+    }
+
+    /// Whether `wanted` more containers fit beside `running` ones: `None`, or the kubelet's
+    /// reason and message of the refusal (`OutOfnofile`, `OutOfpids`).
+    pub fn refusal(&self, running: usize, wanted: usize) -> Option<(String, String)> {
+        NEEDS.iter().find_map(|need| {
+            let take = |n: usize| n as u64 * need.per_container;
+            let capacity = (need.capacity)(self);
+            (take(running + wanted) + need.reserve > capacity).then(|| {
+                (
+                    format!("OutOf{}", need.resource),
+                    format!(
+                        "Node didn't have enough resource: {}, requested: {}, used: {}, capacity: {capacity} ({})",
+                        need.what,
+                        take(wanted),
+                        take(running) + need.reserve,
+                        need.source
+                    ),
+                )
+            })
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Every path under the state directory.
+    pub layout: StateLayout,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Which users containers may run as.
+    pub users: users::UserPolicy,
+    /// The uids given to pods.
+    pub pod_ids: Arc<users::PodIds>,
+    /// Start each container under its own supervisor process (so it survives procnode).
+    pub supervise: bool,
+    /// The executable run as `EXE shim NAME` to supervise each container.
+    pub shim_exe: PathBuf,
+    pub logs: LogConfig,
+    pub max_grace: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_pods: u32,
+    pub node: NodeFacts,
+    /// Pod and container cgroups, or why there are none.
+    pub cgroups: Arc<cgroup::Cgroups>,
+    pub volumes: volumes::VolumePolicy,
+    pub volume_check_interval: Duration,
+    /// Secret and ConfigMap contents, for a front end with API access (none in web mode).
+    pub objects: Option<Arc<dyn volumes::ObjectSource>>,
+    /// How often volumes filled from `objects` are refreshed.
+    pub object_refresh_interval: Duration,
+    /// Descriptors and pids pods may use (admission).
+    pub budget: Budget,
+    /// Containers (init containers included) a pod may have.
+    pub max_containers_per_pod: usize,
+    /// Container exits held (with their supervisors) until the state directory takes them;
+    /// shared with the node, which reports DiskPressure meanwhile.
+    pub unrecorded_exits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Settings {
+    pub fn from_config(
+        config: &Config,
+        node: NodeFacts,
+        cgroups: Arc<cgroup::Cgroups>,
+    ) -> Settings {
+        Settings {
+            layout: StateLayout::new(config.state_dir()),
+            metrics: Arc::default(),
+            users: users::UserPolicy {
+                allowed: config.allowed_uids.clone(),
+                allowed_gids: config.allowed_gids.clone(),
+                default_user: config.default_uid,
+                pod_range: config.pod_uid_range,
+                own_uid: nix::unistd::geteuid().as_raw(),
+            },
+            pod_ids: Arc::new(users::PodIds::new(config.pod_uid_range)),
+            supervise: config.supervisor == crate::config::SupervisorMode::Shim,
+            shim_exe: config.shim_exe(),
+            logs: LogConfig {
+                per_container: config.log_buffer_bytes,
+                budget: Arc::new(LogBudget::new(config.log_total_bytes)),
+                files: config.log_files.then(|| FileConfig {
+                    max_size: config.log_file_max_size.to_bytes().unwrap_or(u64::MAX),
+                    max_files: config.log_file_max_files,
+                }),
+            },
+            max_grace: config.max_grace_period,
+            backoff_initial: config.backoff_initial,
+            backoff_max: config.backoff_max,
+            max_pods: config.max_pods,
+            node,
+            cgroups,
+            volumes: volumes::VolumePolicy {
+                host_path_prefixes: config.host_path_prefixes.clone(),
+                can_mount: nix::unistd::geteuid().is_root(),
+            },
+            volume_check_interval: config.volume_check_interval,
+            objects: None,
+            object_refresh_interval: config.object_refresh_interval,
+            unrecorded_exits: Default::default(),
+            budget: Budget::of_this_process(),
+            max_containers_per_pod: config.max_containers_per_pod as usize,
+        }
+    }
+
+    /// The name of the pod's cgroup (the kubelet's `pod<UID>`).
+    pub fn pod_cgroup(&self, entry: &PodEntry) -> String {
+        format!("pod{}", entry.uid())
+    }
+
+    /// Makes (if missing) and opens the pod directory, with its owner and mode set again (root,
+    /// the pod's group, 0750). Blocking.
+    pub fn open_pod_dir(&self, entry: &PodEntry) -> std::io::Result<safepath::Dir> {
+        use safepath::{Dir, Links, Owner};
+        // procnode's own directory (it may be a mount of its own: opened by path, not
+        // beneath the state directory).
+        let pods = match Dir::open_trusted(&self.layout.pods()) {
+            Ok(pods) => pods,
+            Err(_) => Dir::open_trusted(self.layout.root())?.make_dirs(
+                Path::new("pods"),
+                Owner::mode(0o711),
+                Links::None,
+            )?,
+        };
+        let owner = match entry.pod_id() {
+            Some(gid) => Owner {
+                mode: 0o750,
+                ids: Some((self.users.own_uid, gid)),
+            },
+            None => Owner::mode(0o755),
+        };
+        let name = StateLayout::pod_dir_name(entry.key(), entry.uid());
+        let dir = pods.make_dirs(Path::new(&name), owner, Links::None)?;
+        dir.set_owner(owner)?;
+        Ok(dir)
+    }
+
+    /// Makes (if missing) and opens the pod's working directory, owned by `owner` (the
+    /// container's uid and the pod's gid) and writable by the pod's group. Blocking.
+    pub fn work_dir(
+        &self,
+        entry: &PodEntry,
+        owner: Option<(u32, u32)>,
+    ) -> std::io::Result<safepath::Dir> {
+        use safepath::{Links, Owner};
+        let owner = Owner {
+            mode: 0o770,
+            ids: owner,
+        };
+        let work = self
+            .open_pod_dir(entry)?
+            .make_dirs(Path::new("work"), owner, Links::None)?;
+        work.set_owner(owner)?;
+        Ok(work)
+    }
+
+    /// The name of the supervisor of run `run` of container `idx` (see
+    /// [`StateLayout::supervisor_name`]).
+    pub fn supervisor_name(&self, entry: &PodEntry, idx: usize, run: u64) -> String {
+        self.layout
+            .supervisor_name(entry.key(), entry.uid(), idx, run)
+    }
+
+    /// The pod's working directory (its containers' unless `workingDir` says otherwise).
+    pub fn work_path(&self, entry: &PodEntry) -> PathBuf {
+        self.layout.work_path(entry.key(), entry.uid())
+    }
+
+    /// Where the pod's log files go (one subdirectory per container), when they are kept.
+    pub fn pod_log_dir(&self, key: &PodKey, uid: &str) -> Option<PathBuf> {
+        self.logs.files.map(|_| self.layout.pod_log_dir(key, uid))
+    }
+}

@@ -1,0 +1,341 @@
+//! The pod worker: one task per pod. It prepares the pod's volumes and cgroup, runs its init
+//! containers in order, then one container task per app container ([`container::supervise`]),
+//! and marks the pod done once every task has returned: no process of the pod is left. Also
+//! the writes of the pod's status record that the container tasks make.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use tokio::task::JoinSet;
+
+use super::container;
+use super::layout::StateLayout;
+use super::pod::PodEntry;
+use super::settings::Settings;
+use super::status::{self, reason, ContainerStatus, RestartPolicy};
+use super::{cgroup, shim, volumes, watchers};
+use crate::config::DEFAULT_GRACE;
+
+/// The grace period: the delete's own, else the pod's, else 30 s; never above the cap.
+pub(super) fn grace_period(
+    entry: &PodEntry,
+    settings: &Settings,
+    requested: Option<Duration>,
+) -> Duration {
+    let from_spec = entry
+        .pod()
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .map(|s| Duration::from_secs(s.max(0) as u64));
+    requested
+        .or(from_spec)
+        .unwrap_or(DEFAULT_GRACE)
+        .min(settings.max_grace)
+}
+
+/// Prepares the pod's volumes and cgroup before its first container starts (again after a
+/// restart of procnode: both are idempotent), and watches emptyDir size limits.
+async fn prepare_pod(
+    entry: &Arc<PodEntry>,
+    settings: &Arc<Settings>,
+) -> Result<(), volumes::VolumeError> {
+    let (e, s) = (entry.clone(), settings.clone());
+    let prepared = tokio::task::spawn_blocking(move || {
+        let pod = e.pod();
+        let spec = pod.spec.as_ref().expect("validated");
+        let limits: Vec<cgroup::Limits> = spec.containers.iter().map(container::limits).collect();
+        if let Err(err) = s.cgroups.create_pod(&s.pod_cgroup(&e), &limits) {
+            // Each container start then fails with the cause.
+            tracing::warn!(pod = %e.key(), error = %err, "cannot create the pod's cgroup");
+        }
+        prepare_volumes(&e, &s)
+    })
+    .await
+    .map_err(|err| volumes::VolumeError::Setup {
+        name: String::new(),
+        message: err.to_string(),
+    })??;
+    let watched: Vec<(String, PathBuf, u64, String)> = prepared
+        .iter()
+        .filter(|(_, v)| !v.tmpfs)
+        .filter_map(|(name, v)| {
+            let (bytes, text) = v.size_limit.clone()?;
+            Some((name.clone(), v.path.clone(), bytes, text))
+        })
+        .collect();
+    entry.set_volumes(prepared);
+    if !watched.is_empty() {
+        tokio::spawn(watchers::watch_volume_sizes(
+            entry.clone(),
+            settings.clone(),
+            watched,
+        ));
+    }
+    let from_objects = entry.pod().spec.as_ref().is_some_and(|s| {
+        s.volumes
+            .iter()
+            .flatten()
+            .any(|v| v.secret.is_some() || v.config_map.is_some() || v.projected.is_some())
+    });
+    if settings.objects.is_some() && from_objects {
+        tokio::spawn(watchers::refresh_object_volumes(
+            entry.clone(),
+            settings.clone(),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn has_deadline(entry: &PodEntry) -> bool {
+    entry
+        .pod()
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.active_deadline_seconds.is_some())
+}
+
+/// Writes the pod's observed state (atomically; `durable` also fsyncs it); whether it was
+/// written. Failures are logged: the supervisors still hold what a restart needs, and the next
+/// change retries.
+pub(super) async fn save_status(entry: &PodEntry, settings: &Settings, durable: bool) -> bool {
+    let _turn = entry.record_turn().await;
+    let saved = entry.saved_status();
+    let dir = settings.layout.record_base(entry.key(), entry.uid());
+    let result =
+        tokio::task::spawn_blocking(move || super::records::save_status(&dir, &saved, durable))
+            .await;
+    match result {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(pod = %entry.key(), error = %e, "could not record pod status");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Records a container's exit before its supervisor may let it go: retried (1 s apart at
+/// first, then every 5 s) until the state directory takes it, with the node reporting
+/// DiskPressure meanwhile. Whether the supervisor may be released: also for a pod being
+/// deleted (its record goes anyway); not when the pod is stopped (procnode exiting) before the
+/// exit could be recorded, so that the supervisor keeps it for the next procnode.
+pub(super) async fn record_exit(entry: &PodEntry, settings: &Settings, container: &str) -> bool {
+    if save_status(entry, settings, true).await {
+        return true;
+    }
+    let held = &settings.unrecorded_exits;
+    held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(pod = %entry.key(), container, "the exit cannot be recorded (is the state directory full?): its supervisor holds it until it can");
+    let mut delay = Duration::from_secs(1);
+    let release = loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+        if entry.is_being_removed() {
+            break true;
+        }
+        if save_status(entry, settings, true).await {
+            tracing::info!(pod = %entry.key(), container, "the held exit is recorded");
+            break true;
+        }
+        if entry.stop_requested() {
+            break false;
+        }
+    };
+    held.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    release
+}
+
+/// How a container's supervision begins, from its recorded state. A recorded exit that is
+/// restarted (a run stopped by procnode's own exit, or one that ended while it was down)
+/// becomes the container's lastState, as any restart's does.
+fn begin(c: &mut ContainerStatus, policy: RestartPolicy) -> Option<container::Begin> {
+    match (&c.state, &c.supervisor) {
+        (status::ContainerState::Running { .. }, Some(name)) => {
+            Some(container::Begin::Resume(name.clone()))
+        }
+        (status::ContainerState::Running { .. }, None) => Some(container::Begin::Lost),
+        (status::ContainerState::Terminated(t), _) if !policy.restarts(t.exit_code) => None,
+        (status::ContainerState::Terminated(t), _) => {
+            c.last_termination = Some(t.clone());
+            c.state = status::ContainerState::Waiting {
+                reason: status::reason::CONTAINER_CREATING,
+                message: None,
+            };
+            Some(container::Begin::Restart)
+        }
+        (status::ContainerState::Waiting { .. }, _) if c.last_termination.is_some() => {
+            Some(container::Begin::Restart)
+        }
+        (status::ContainerState::Waiting { .. }, _) => Some(container::Begin::Fresh),
+    }
+}
+
+/// The pod worker: init containers in order, then every app container concurrently. A pod
+/// restored after a procnode restart continues where its record says it was: finished init
+/// containers are not run again, running containers are re-attached. (The pod directory is
+/// created by the first container start that uses it, off the async threads.)
+pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, restored: bool) {
+    let (n_init, n_app, policy) = entry.update_state(|st| {
+        st.start_time.get_or_insert_with(Timestamp::now);
+        (st.init.len(), st.containers.len(), st.restart_policy)
+    });
+    if has_deadline(&entry) {
+        tokio::spawn(watchers::enforce_deadline(entry.clone(), settings.clone()));
+    }
+    if let Err(e) = prepare_pod(&entry, &settings).await {
+        tracing::warn!(pod = %entry.key(), error = %e, "the pod's volumes cannot be set up");
+        entry.fail(e.reason(), e.to_string(), false);
+        finish(&entry, &settings).await;
+        return;
+    }
+    // Init containers are retried on failure unless the pod never restarts anything.
+    let init_policy = match policy {
+        RestartPolicy::Never => RestartPolicy::Never,
+        _ => RestartPolicy::OnFailure,
+    };
+    for idx in 0..n_init {
+        let how = entry.update_container(idx, |c| begin(c, init_policy));
+        let how = match how {
+            Some(how) if restored => Some(adopt_unrecorded(&entry, idx, how, &settings)),
+            how => how,
+        };
+        let outcome = match how {
+            None => container::Outcome::Exited(entry.update_container(idx, |c| match &c.state {
+                status::ContainerState::Terminated(t) => t.exit_code,
+                _ => 1,
+            })),
+            Some(how) => {
+                container::supervise(entry.clone(), idx, init_policy, settings.clone(), how).await
+            }
+        };
+        if outcome != container::Outcome::Exited(0) {
+            finish(&entry, &settings).await;
+            return;
+        }
+    }
+    if n_init > 0 {
+        entry.update_state(|st| {
+            for c in st.containers.iter_mut() {
+                if c.state
+                    == (status::ContainerState::Waiting {
+                        reason: reason::POD_INITIALIZING,
+                        message: None,
+                    })
+                {
+                    c.state = status::ContainerState::Waiting {
+                        reason: reason::CONTAINER_CREATING,
+                        message: None,
+                    };
+                }
+            }
+        });
+    }
+    let mut tasks = JoinSet::new();
+    for idx in n_init..n_init + n_app {
+        if let Some(how) = entry.update_container(idx, |c| begin(c, policy)) {
+            let how = if restored {
+                adopt_unrecorded(&entry, idx, how, &settings)
+            } else {
+                how
+            };
+            tasks.spawn(container::supervise(
+                entry.clone(),
+                idx,
+                policy,
+                settings.clone(),
+                how,
+            ));
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    finish(&entry, &settings).await;
+}
+
+/// After a restart, a container about to be started may in fact be running already: its start
+/// was not yet on disk when procnode stopped. Its supervisor answers at the name that run would
+/// have; adopt it instead of starting a second copy.
+fn adopt_unrecorded(
+    entry: &PodEntry,
+    idx: usize,
+    how: container::Begin,
+    settings: &Settings,
+) -> container::Begin {
+    let restart = match how {
+        container::Begin::Fresh => false,
+        container::Begin::Restart => true,
+        other => return other,
+    };
+    if !settings.supervise {
+        return how;
+    }
+    let run = entry.update_container(idx, |c| c.restart_count.max(0) as u64 + u64::from(restart));
+    // That run's, or a later one's (a status record that was lost or set aside counted no
+    // restarts): the latest run whose supervisor answers.
+    let pod_part = StateLayout::supervisor_pod_part(entry.key(), entry.uid());
+    let mut runs: Vec<u64> = settings
+        .layout
+        .supervisor_sockets(&pod_part)
+        .into_iter()
+        .filter(|(i, r, _)| *i == idx && *r >= run)
+        .map(|(_, r, _)| r)
+        .collect();
+    runs.sort_unstable_by(|a, b| b.cmp(a));
+    let found = runs
+        .into_iter()
+        .map(|r| (r, settings.supervisor_name(entry, idx, r)))
+        .find(|(_, name)| {
+            shim::address(name)
+                .and_then(|addr| std::os::unix::net::UnixStream::connect_addr(&addr))
+                .is_ok()
+        });
+    tracing::debug!(pod = %entry.key(), container = idx, found = ?found, "looking for an unrecorded supervisor");
+    let Some((run, name)) = found else {
+        return how;
+    };
+    entry.update_container(idx, |c| {
+        c.restart_count = run as i32;
+        c.supervisor = Some(name.clone());
+    });
+    container::Begin::Resume(name)
+}
+
+/// The pod worker's last step: record the final state, then let a waiting delete proceed
+/// (which removes the record; saving after that would bring it back).
+pub(super) async fn finish(entry: &PodEntry, settings: &Settings) {
+    // Every exit was already recorded (durably) by its container task.
+    save_status(entry, settings, false).await;
+    entry.mark_done();
+}
+
+/// Writes the volumes of the spec `entry` runs into its pod directory. Blocking.
+fn prepare_volumes(
+    entry: &PodEntry,
+    settings: &Settings,
+) -> Result<volumes::PodVolumes, volumes::VolumeError> {
+    let (pod, objects) = (entry.pod(), settings.objects.as_deref());
+    let pod_dir = settings
+        .open_pod_dir(entry)
+        .map_err(|e| volumes::VolumeError::Setup {
+            name: String::new(),
+            message: format!("pod directory: {e}"),
+        })?;
+    volumes::prepare(
+        &pod,
+        &pod_dir,
+        &settings.volumes,
+        &settings.node,
+        objects,
+        entry.pod_id(),
+    )
+}
+
+/// [`prepare_volumes`] again for a running pod (changed labels, changed objects): a failure
+/// is logged, the pod keeps its files as they were. Blocking.
+pub(super) fn refresh_volumes(entry: &PodEntry, settings: &Settings) {
+    if let Err(err) = prepare_volumes(entry, settings) {
+        tracing::warn!(pod = %entry.key(), error = %err, "cannot refresh the pod's volumes");
+    }
+}
