@@ -21,7 +21,7 @@ mod events;
 mod lease;
 mod node_object;
 mod objects;
-mod pods;
+pub mod pods;
 
 use std::future::Future;
 use std::sync::Arc;

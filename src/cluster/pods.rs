@@ -13,7 +13,7 @@
 //!   the status differs from the last one written, recording the events the change stands for
 //!   ([`super::events`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use kube::runtime::WatchStreamExt;
 
 use super::events::Recorder;
 use crate::runtime::Runtime;
-use crate::store::{NewPod, PodEntry, PodKey};
+use crate::runtime::{NewPod, PodEntry, PodKey};
 
 /// What handling a pod needs.
 struct Context {
@@ -34,12 +34,53 @@ struct Context {
     events: Recorder,
 }
 
-/// What the watch loop knows of a pod it handed to the runtime.
-struct Tracked {
-    uid: String,
-    /// Spec, labels and annotations as last applied (status and resourceVersion excluded).
-    fingerprint: String,
-    deleting: bool,
+/// What to do with a pod the watch delivered ([`decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start it.
+    Create,
+    /// The runtime runs it, with another spec, labels or annotations: apply the update.
+    Update,
+    /// The runtime runs it as it is (also after a restart of procnode: take it over).
+    Keep,
+    /// Terminal in the cluster and unknown here (it ran before, elsewhere or earlier): leave it.
+    LeaveAlone,
+    /// It has a deletion timestamp: stop it within `grace` (the pod's own when `None`), then
+    /// remove its object.
+    Stop { grace: Option<Duration> },
+    /// Its stop is under way.
+    Stopping,
+}
+
+/// What to do with `pod`, given the pod of the same key and uid the runtime runs (if any) and
+/// whether its stop is under way. Pure: the watch loop carries it out.
+pub(crate) fn decide(pod: &Pod, running: Option<&Pod>, stopping: bool) -> Action {
+    if pod.metadata.deletion_timestamp.is_some() {
+        if stopping {
+            return Action::Stopping;
+        }
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .map(|s| Duration::from_secs(s.max(0) as u64));
+        return Action::Stop { grace };
+    }
+    match running {
+        // Compared with what the runtime runs, not with the last event seen: a change made
+        // while procnode was away is applied when it comes back.
+        Some(ours) if applied_differs(ours, pod) => Action::Update,
+        Some(_) => Action::Keep,
+        None if is_terminal(pod) => Action::LeaveAlone,
+        None => Action::Create,
+    }
+}
+
+/// Whether what the runtime applies of a pod (spec, labels, annotations; not its status or
+/// resourceVersion) differs between the two.
+fn applied_differs(a: &Pod, b: &Pod) -> bool {
+    a.spec != b.spec
+        || a.metadata.labels != b.metadata.labels
+        || a.metadata.annotations != b.metadata.annotations
 }
 
 fn key_of(pod: &Pod) -> Option<PodKey> {
@@ -53,11 +94,6 @@ fn key_of(pod: &Pod) -> Option<PodKey> {
     })
 }
 
-fn fingerprint(pod: &Pod) -> String {
-    serde_json::to_string(&(&pod.spec, &pod.metadata.labels, &pod.metadata.annotations))
-        .unwrap_or_default()
-}
-
 fn is_terminal(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -65,7 +101,8 @@ fn is_terminal(pod: &Pod) -> bool {
     )
 }
 
-/// Watches the node's pods until aborted.
+/// Watches the pods bound to `node` and runs them on `runtime` until aborted: the node
+/// mode's pod sync (see the module's description).
 pub async fn run(client: kube::Client, runtime: Arc<Runtime>, node: String) {
     let api: Api<Pod> = Api::all(client.clone());
     let cx = Context {
@@ -75,7 +112,8 @@ pub async fn run(client: kube::Client, runtime: Arc<Runtime>, node: String) {
     };
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
-    let mut tracked: HashMap<PodKey, Tracked> = HashMap::new();
+    // Pods whose stop is under way, and the pods (by key and uid) whose status is pushed.
+    let mut stopping: HashSet<PodKey> = HashSet::new();
     let mut listed: HashSet<PodKey> = HashSet::new();
     let mut pushers: HashSet<(PodKey, String)> = HashSet::new();
     loop {
@@ -92,27 +130,28 @@ pub async fn run(client: kube::Client, runtime: Arc<Runtime>, node: String) {
             Event::InitApply(pod) | Event::Apply(pod) => {
                 if let Some(key) = key_of(&pod) {
                     listed.insert(key.clone());
-                    apply(&cx, &mut tracked, &mut pushers, key, pod).await;
+                    apply(&cx, &mut stopping, &mut pushers, key, pod).await;
                 }
             }
             Event::InitDone => {
                 // The cluster's list is complete: what the runtime runs beyond it was deleted
                 // while procnode was away.
                 for entry in runtime.list() {
-                    if !listed.contains(&entry.key) {
-                        tracing::info!(pod = %entry.key, "gone from the cluster; stopping it");
-                        tracked.remove(&entry.key);
+                    if !listed.contains(entry.key()) {
+                        tracing::info!(pod = %entry.key(), "gone from the cluster; stopping it");
                         let runtime = runtime.clone();
-                        tokio::spawn(async move { runtime.delete(&entry.key, None).await });
+                        tokio::spawn(async move { runtime.delete(entry.key(), None).await });
                     }
                 }
             }
             Event::Delete(pod) => {
-                if let Some(key) = key_of(&pod) {
-                    if tracked.remove(&key).is_some() {
-                        let runtime = runtime.clone();
-                        tokio::spawn(async move { runtime.delete(&key, None).await });
-                    }
+                // Removed without a graceful delete (or its object removed after ours).
+                let Some(key) = key_of(&pod) else { continue };
+                stopping.remove(&key);
+                let uid = pod.metadata.uid.unwrap_or_default();
+                if runtime.get(&key).is_ok_and(|e| e.uid() == uid) {
+                    let runtime = runtime.clone();
+                    tokio::spawn(async move { runtime.delete(&key, None).await });
                 }
             }
         }
@@ -121,7 +160,7 @@ pub async fn run(client: kube::Client, runtime: Arc<Runtime>, node: String) {
 
 async fn apply(
     cx: &Context,
-    tracked: &mut HashMap<PodKey, Tracked>,
+    stopping: &mut HashSet<PodKey>,
     pushers: &mut HashSet<(PodKey, String)>,
     key: PodKey,
     pod: Pod,
@@ -129,74 +168,55 @@ async fn apply(
     let runtime = &cx.runtime;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(cx.client.clone(), &key.namespace);
-    let known = runtime.get(&key).ok().filter(|e| e.uid == uid);
-
-    if pod.metadata.deletion_timestamp.is_some() {
-        let t = tracked.entry(key.clone()).or_insert_with(|| Tracked {
-            uid: uid.clone(),
-            fingerprint: String::new(),
-            deleting: false,
-        });
-        if t.deleting {
-            return;
-        }
-        t.deleting = true;
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .map(|s| Duration::from_secs(s.max(0) as u64));
-        let runtime = runtime.clone();
-        let events = cx.events.clone();
-        tokio::spawn(async move {
-            if let Some(entry) = known {
-                events.record(&key, &uid, super::events::stopping(&entry.status()));
-                runtime.delete(&key, grace).await;
-            }
-            // The containers are gone: remove the object, as the kubelet does.
-            let params = DeleteParams {
-                grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions {
-                    uid: Some(uid),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match api.delete(&key.name, &params).await {
-                Ok(_) => tracing::info!(pod = %key, "stopped and removed"),
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => tracing::warn!(pod = %key, error = %e, "cannot remove the pod object"),
-            }
-        });
-        return;
-    }
-
-    let print = fingerprint(&pod);
-    match known {
-        Some(entry) => {
-            let changed = tracked
-                .get(&key)
-                .is_some_and(|t| t.uid == uid && t.fingerprint != print);
-            if changed {
-                let updated = match NewPod::from_pod(pod.clone()) {
-                    Ok(new) => runtime.update(new).await.map(|_| ()),
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = updated {
-                    tracing::warn!(pod = %key, error = %e, "cannot apply the pod's update");
+    let known = runtime.get(&key).ok().filter(|e| e.uid() == uid);
+    let running = known.as_ref().map(|e| e.pod());
+    let action = decide(&pod, running.as_deref(), stopping.contains(&key));
+    tracing::debug!(pod = %key, ?action, "pod event");
+    match action {
+        Action::Stopping | Action::LeaveAlone => {}
+        Action::Stop { grace } => {
+            stopping.insert(key.clone());
+            let runtime = runtime.clone();
+            let events = cx.events.clone();
+            tokio::spawn(async move {
+                if let Some(entry) = known {
+                    events.record(&key, &uid, super::events::stopping(&entry.status()));
+                    runtime.delete(&key, grace).await;
                 }
-            }
-            tracked.insert(
-                key.clone(),
-                Tracked {
-                    uid: uid.clone(),
-                    fingerprint: print,
-                    deleting: false,
-                },
-            );
+                // The containers are gone: remove the object, as the kubelet does.
+                let params = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&key.name, &params).await {
+                    Ok(_) => tracing::info!(pod = %key, "stopped and removed"),
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => {
+                        tracing::warn!(pod = %key, error = %e, "cannot remove the pod object")
+                    }
+                }
+            });
+        }
+        Action::Keep => {
+            let entry = known.expect("decided on a running pod");
             start_pusher(pushers, cx, api, entry, &pod);
         }
-        None if is_terminal(&pod) => {}
-        None => {
+        Action::Update => {
+            let entry = known.expect("decided on a running pod");
+            let updated = match NewPod::from_pod(pod.clone()) {
+                Ok(new) => runtime.update(new).await.map(|_| ()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = updated {
+                tracing::warn!(pod = %key, error = %e, "cannot apply the pod's update");
+            }
+            start_pusher(pushers, cx, api, entry, &pod);
+        }
+        Action::Create => {
             // As received: Secret and ConfigMap references are resolved by the runtime when
             // each container starts, so no value is stored or served with the pod.
             let created = match NewPod::from_pod(pod.clone()) {
@@ -207,23 +227,20 @@ async fn apply(
                 Ok(crate::runtime::Created::New(entry))
                 | Ok(crate::runtime::Created::Existing(entry)) => {
                     tracing::info!(pod = %key, "started");
-                    tracked.insert(
-                        key.clone(),
-                        Tracked {
-                            uid,
-                            fingerprint: print,
-                            deleting: false,
-                        },
-                    );
                     start_pusher(pushers, cx, api, entry, &pod);
                 }
                 Err(e) => {
                     tracing::warn!(pod = %key, error = %e, "cannot run the pod");
-                    let status = serde_json::json!({"status": {
-                        "phase": "Failed", "reason": "ProviderFailed", "message": e.to_string()
-                    }});
+                    let status = PodStatus {
+                        phase: Some("Failed".into()),
+                        reason: Some("ProviderFailed".into()),
+                        message: Some(e.to_string()),
+                        ..PodStatus::default()
+                    };
+                    // JSON is made here, for the API call only.
+                    let patch = StatusPatch { status: &status };
                     let _ = api
-                        .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&status))
+                        .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await;
                 }
             }
@@ -245,7 +262,7 @@ fn start_pusher(
     entry: Arc<PodEntry>,
     pod: &Pod,
 ) {
-    if pushers.insert((entry.key.clone(), entry.uid.clone())) {
+    if pushers.insert((entry.key().clone(), entry.uid().to_string())) {
         // The status the cluster has: what the first push compares with, for events.
         let cluster_status = pod.status.clone().unwrap_or_default();
         let (runtime, events) = (cx.runtime.clone(), cx.events.clone());
@@ -273,7 +290,7 @@ async fn push_status(
             let patch = StatusPatch { status: &status };
             match api
                 .patch_status(
-                    &entry.key.name,
+                    &entry.key().name,
                     &PatchParams::default(),
                     &Patch::Merge(&patch),
                 )
@@ -281,14 +298,14 @@ async fn push_status(
             {
                 Ok(_) => {
                     let happened =
-                        super::events::between(&written, &status, &entry.key, &entry.uid);
-                    events.record(&entry.key, &entry.uid, happened);
+                        super::events::between(&written, &status, entry.key(), entry.uid());
+                    events.record(entry.key(), entry.uid(), happened);
                     written = status.clone();
                     last = Some(status);
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => return,
                 Err(e) => {
-                    tracing::warn!(pod = %entry.key, error = %e, "cannot write the pod status; retrying");
+                    tracing::warn!(pod = %entry.key(), error = %e, "cannot write the pod status; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -300,10 +317,10 @@ async fn push_status(
             .into_iter()
             .map(super::events::PodEvent::from)
             .collect();
-        events.record(&entry.key, &entry.uid, notes);
+        events.record(entry.key(), entry.uid(), notes);
         // A finished pod's state does not change any more.
         let still_ours = runtime
-            .get(&entry.key)
+            .get(entry.key())
             .is_ok_and(|e| Arc::ptr_eq(&e, &entry));
         if !still_ours || (entry.is_done() && Some(entry.status()) == last) {
             return;
@@ -311,5 +328,77 @@ async fn push_status(
         if changes.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).expect("a Pod")
+    }
+
+    fn web(extra: serde_json::Value) -> Pod {
+        let mut v = json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1",
+                         "labels": {"app": "web"}, "resourceVersion": "1"},
+            "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "300"]}]},
+        });
+        json_merge(&mut v, extra);
+        pod(v)
+    }
+
+    fn json_merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    json_merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    #[test]
+    fn a_new_pod_is_created_and_a_finished_unknown_one_left_alone() {
+        assert_eq!(decide(&web(json!({})), None, false), Action::Create);
+        let done = web(json!({"status": {"phase": "Succeeded"}}));
+        assert_eq!(decide(&done, None, false), Action::LeaveAlone);
+    }
+
+    #[test]
+    fn a_running_pod_is_updated_only_when_what_it_runs_changes() {
+        let ours = web(json!({}));
+        // Status and resourceVersion are the cluster's: no update.
+        let seen =
+            web(json!({"metadata": {"resourceVersion": "7"}, "status": {"phase": "Running"}}));
+        assert_eq!(decide(&seen, Some(&ours), false), Action::Keep);
+        for changed in [
+            json!({"spec": {"activeDeadlineSeconds": 5}}),
+            json!({"metadata": {"labels": {"app": "other"}}}),
+            json!({"metadata": {"annotations": {"a": "b"}}}),
+        ] {
+            assert_eq!(
+                decide(&web(changed.clone()), Some(&ours), false),
+                Action::Update,
+                "{changed}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_deleted_pod_is_stopped_once_with_its_grace_period() {
+        let deleting = web(json!({"metadata": {
+            "deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": 7}}));
+        let ours = web(json!({}));
+        let stop = Action::Stop {
+            grace: Some(Duration::from_secs(7)),
+        };
+        assert_eq!(decide(&deleting, Some(&ours), false), stop);
+        // Unknown here (it never ran, or ran before a restart): its object is still removed.
+        assert_eq!(decide(&deleting, None, false), stop);
+        assert_eq!(decide(&deleting, Some(&ours), true), Action::Stopping);
     }
 }
