@@ -136,14 +136,16 @@ pub async fn run(path: &Path, config: Config) -> Result<i32, String> {
         pod["metadata"]["namespace"] = json!("default");
     }
     let state_dir = config.state_dir();
-    crate::runtime::StateLayout::new(&state_dir)
-        .prepare()
+    let started = crate::Started::start(&config, None)
+        .await
         .map_err(|e| e.to_string())?;
-    let (runtime, _node) = crate::build(&config);
+    let runtime = started.runtime.clone();
     let code = match job {
         None => run_pod(&runtime, pod).await,
         Some(job) => run_job(&runtime, &config, pod, &job).await,
     };
+    // Every pod was deleted as it ended (or at Ctrl-C): nothing is left to stop or keep.
+    started.stop(&config).await;
     let _ = std::fs::remove_dir_all(&state_dir);
     // The pods' cgroups went with them; the parent too if no other procnode uses it.
     let cgroups = runtime.settings().cgroups.clone();

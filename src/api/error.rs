@@ -4,23 +4,16 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::runtime::PodError;
 use crate::runtime::RuntimeError;
-use crate::runtime::{PodError, PodKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// What the runtime refused; its own error, mapped to a status below.
     #[error(transparent)]
-    InvalidPod(#[from] PodError),
-    #[error("pod {0} not found")]
-    PodNotFound(PodKey),
-    #[error("container {container:?} not found in pod {key}")]
-    ContainerNotFound { key: PodKey, container: String },
-    #[error("previous terminated container {container:?} in pod {key} not found")]
-    NoPreviousLogs { key: PodKey, container: String },
-    #[error("{0}")]
-    Storage(String),
+    Runtime(#[from] RuntimeError),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("no such endpoint: {0}")]
@@ -38,19 +31,9 @@ pub enum ApiError {
     Internal(String),
 }
 
-impl From<RuntimeError> for ApiError {
-    fn from(e: RuntimeError) -> ApiError {
-        match e {
-            RuntimeError::InvalidPod(e) => ApiError::InvalidPod(e),
-            RuntimeError::PodNotFound(key) => ApiError::PodNotFound(key),
-            RuntimeError::ContainerNotFound { key, container } => {
-                ApiError::ContainerNotFound { key, container }
-            }
-            RuntimeError::NoPreviousRun { key, container } => {
-                ApiError::NoPreviousLogs { key, container }
-            }
-            e @ RuntimeError::Storage { .. } => ApiError::Storage(e.to_string()),
-        }
+impl From<PodError> for ApiError {
+    fn from(e: PodError) -> ApiError {
+        ApiError::Runtime(RuntimeError::InvalidPod(e))
     }
 }
 
@@ -59,16 +42,16 @@ impl ApiError {
         match self {
             // As the API server answers `kubectl logs --previous` for a container that never
             // restarted.
-            ApiError::BadRequest(_) | ApiError::InvalidPod(_) | ApiError::NoPreviousLogs { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadRequest(_)
+            | ApiError::Runtime(RuntimeError::InvalidPod(_))
+            | ApiError::Runtime(RuntimeError::NoPreviousRun { .. }) => StatusCode::BAD_REQUEST,
             // The broker maps exactly "404 Not Found" to "pod does not exist".
-            ApiError::PodNotFound(_)
-            | ApiError::ContainerNotFound { .. }
+            ApiError::Runtime(RuntimeError::PodNotFound(_))
+            | ApiError::Runtime(RuntimeError::ContainerNotFound { .. })
             | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             // The state directory is full or read-only: nothing was stored.
-            ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Runtime(RuntimeError::Storage { .. }) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,

@@ -357,15 +357,15 @@ async fn logs_response(s: &AppState, params: LogParams) -> Result<Response, ApiE
 }
 
 pub async fn capacity(State(s): State<AppState>) -> Response {
-    json(StatusCode::OK, s.node.snapshot().capacity.to_string())
+    json(StatusCode::OK, wire::to_json(&s.node.snapshot().capacity))
 }
 
 pub async fn node_conditions(State(s): State<AppState>) -> Response {
-    json(StatusCode::OK, s.node.snapshot().conditions.to_string())
+    json(StatusCode::OK, wire::to_json(&s.node.snapshot().conditions))
 }
 
 pub async fn node_addresses(State(s): State<AppState>) -> Response {
-    json(StatusCode::OK, s.node.snapshot().addresses.to_string())
+    json(StatusCode::OK, wire::to_json(&s.node.snapshot().addresses))
 }
 
 /// The kubelet port Virtual Kubelet serves (`KUBELET_PORT`, default 10250).

@@ -1,12 +1,17 @@
-//! The web contract's JSON forms of a pod, made here at the edge from the runtime's typed
+//! The web contract's JSON forms of a pod and of the node's figures, made here at the edge from the runtime's typed
 //! values: the pod as received with the live status spliced in (getPod is byte-faithful to
 //! what the broker sent), the status alone, and the short form of listings.
 
 use crate::runtime::PodEntry;
 
+/// JSON of a typed value made inside procnode (node figures, statuses): it always serialises.
+pub fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("procnode's own values serialise")
+}
+
 /// The pod's status as the contract's getPodStatus answers it.
 pub fn status_json(entry: &PodEntry) -> String {
-    serde_json::to_string(&entry.status()).expect("PodStatus serialises")
+    to_json(&entry.status())
 }
 
 /// The pod as received, with procnode's live status in place of the one it came with. The

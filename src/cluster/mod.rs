@@ -118,15 +118,12 @@ pub async fn run(
     let node_name = config.node_name();
     tracing::info!(api_server = %version, node = %node_name, "connected to the API server");
 
-    let layout = crate::runtime::StateLayout::new(config.state_dir());
-    layout.prepare().map_err(|e| e.to_string())?;
-    let _lock = layout.lock().map_err(|e| e.to_string())?;
     let objects = Arc::new(objects::ApiObjects::new(client.clone()));
-    let (runtime, node) = crate::build_with(&config, Some(objects.clone()));
-    for problem in runtime.restore().await {
-        tracing::error!("{problem}");
-    }
-    let refresher = tokio::spawn(node.clone().refresh_every(config.host_refresh));
+    let mut started = crate::Started::start(&config, Some(objects))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (runtime, node) = (started.runtime.clone(), started.node.clone());
+    let layout = runtime.settings().layout.clone();
 
     // The kubelet API.
     let clients = match config.kubelet_auth {
@@ -194,10 +191,9 @@ pub async fn run(
         )),
     ];
     tracing::info!(node = %node_name, kubelet_port = config.kubelet_port, "procnode node running");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    started.ready();
 
     shutdown.await;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     for t in &tasks {
         t.abort();
     }
@@ -206,8 +202,7 @@ pub async fn run(
     if let Some(w) = web_api {
         let _ = w.await;
     }
-    crate::stop_pods_on_exit(&runtime, &config).await;
-    refresher.abort();
+    started.stop(&config).await;
     Ok(())
 }
 

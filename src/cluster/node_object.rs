@@ -122,15 +122,12 @@ fn node_info() -> Value {
 /// conditions, addresses, daemon endpoint, `info` (the host's facts, read once).
 fn status(node: &Node, kubelet_port: u16, info: &Value) -> Value {
     let snap = node.snapshot();
-    let capacity: Value = serde_json::from_str(&snap.capacity).unwrap_or_default();
-    let conditions: Value = serde_json::from_str(&snap.conditions).unwrap_or_default();
-    let addresses: Value = serde_json::from_str(&snap.addresses).unwrap_or_default();
     json!({
         "status": {
-            "capacity": capacity,
-            "allocatable": capacity,
-            "conditions": conditions,
-            "addresses": addresses,
+            "capacity": snap.capacity,
+            "allocatable": snap.capacity,
+            "conditions": snap.conditions,
+            "addresses": snap.addresses,
             "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             "nodeInfo": info,
         }
@@ -138,17 +135,21 @@ fn status(node: &Node, kubelet_port: u16, info: &Value) -> Value {
 }
 
 /// What decides whether the status must be written now: capacity and each condition's status.
-fn fingerprint(node: &Node) -> String {
+fn fingerprint(node: &Node) -> Fingerprint {
     let snap = node.snapshot();
-    let conditions: Value = serde_json::from_str(&snap.conditions).unwrap_or_default();
-    let statuses: Vec<String> = conditions
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| format!("{}={}", c["type"], c["status"]))
+    let statuses = snap
+        .conditions
+        .iter()
+        .map(|c| (c.type_.clone(), c.status.clone()))
         .collect();
-    format!("{}|{}", snap.capacity, statuses.join(","))
+    (snap.capacity.clone(), statuses)
 }
+
+/// Capacity, and each condition's type and status.
+type Fingerprint = (
+    std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    Vec<(String, String)>,
+);
 
 /// Creates the Node if it does not exist, else makes its labels and taint procnode's.
 async fn ensure(api: &Api<NodeObject>, s: &Settings) -> Result<(), kube::Error> {
@@ -197,7 +198,7 @@ pub async fn run(client: kube::Client, node: Arc<Node>, s: Settings) {
         delay = (delay * 2).min(Duration::from_secs(30));
     }
     let info = node_info();
-    let mut last_written: Option<(String, tokio::time::Instant)> = None;
+    let mut last_written: Option<(Fingerprint, tokio::time::Instant)> = None;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         check.tick().await;

@@ -1,17 +1,18 @@
 //! The node as the broker sees it: capacity, conditions and addresses, from live host metrics.
 //!
-//! A background task samples the host every `host_refresh` and publishes a [`Snapshot`] with the
-//! three answers already serialised, so the node endpoints never fail and answer in
-//! microseconds: they only clone an `Arc`.
+//! A background task samples the host every `host_refresh` and publishes a [`Snapshot`], so the
+//! node endpoints never fail and never wait for the host: they read the last one (an `Arc`).
 
 pub mod stats;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
@@ -19,12 +20,15 @@ use crate::config::Config;
 use crate::quantity::Quantity;
 use crate::runtime::NodeFacts;
 
-/// The answers of the node endpoints, serialised once per sample.
-#[derive(Debug, Clone)]
+/// What the node offers and how it is, as of the last sample: typed, made into JSON by the
+/// front end that sends it (the web API's capacity/conditions/addresses answers, node mode's
+/// Node status).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    pub capacity: Arc<str>,
-    pub conditions: Arc<str>,
-    pub addresses: Arc<str>,
+    /// Allocatable resources: cpu, memory, ephemeral-storage, pods.
+    pub capacity: BTreeMap<String, K8sQuantity>,
+    pub conditions: Vec<NodeCondition>,
+    pub addresses: Vec<NodeAddress>,
 }
 
 /// One sample of the host.
@@ -101,11 +105,7 @@ impl Node {
                 cpu,
                 memory,
             },
-            snapshot: RwLock::new(Arc::new(Snapshot {
-                capacity: Arc::from("{}"),
-                conditions: Arc::from("[]"),
-                addresses: Arc::from("[]"),
-            })),
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
             transitions: std::sync::Mutex::new(std::array::from_fn(|_| ConditionState {
                 status: false,
                 since: now,
@@ -150,12 +150,18 @@ impl Node {
     fn publish(&self, s: &HostSample, now: Timestamp) {
         let p = &self.policy;
         let (cpu, memory) = allocatable(p, s);
-        let capacity = serde_json::json!({
-            "cpu": cpu.format_cpu(),
-            "memory": memory.format_bytes(),
-            "ephemeral-storage": Quantity::from_units(s.disk_total as i128).format_bytes(),
-            "pods": p.max_pods.to_string(),
-        });
+        let capacity = [
+            ("cpu", cpu.format_cpu()),
+            ("memory", memory.format_bytes()),
+            (
+                "ephemeral-storage",
+                Quantity::from_units(s.disk_total as i128).format_bytes(),
+            ),
+            ("pods", p.max_pods.to_string()),
+        ]
+        .into_iter()
+        .map(|(name, q)| (name.to_string(), K8sQuantity(q)))
+        .collect();
 
         let memory_pressure = s.memory_available < p.memory_pressure_below;
         let disk_pressure = (s.disk_total > 0
@@ -254,11 +260,9 @@ impl Node {
             },
         ];
         let snapshot = Snapshot {
-            capacity: Arc::from(capacity.to_string()),
-            conditions: Arc::from(
-                serde_json::to_string(&conditions).expect("conditions serialise"),
-            ),
-            addresses: Arc::from(serde_json::to_string(&addresses).expect("addresses serialise")),
+            capacity,
+            conditions,
+            addresses,
         };
         *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
     }
@@ -384,7 +388,7 @@ mod tests {
             ..healthy
         };
         node.publish(&low, t3);
-        let conds: Vec<NodeCondition> = serde_json::from_str(&node.snapshot().conditions).unwrap();
+        let conds = node.snapshot().conditions.clone();
         let mem = conds.iter().find(|c| c.type_ == "MemoryPressure").unwrap();
         assert_eq!(mem.status, "True");
         assert_eq!(mem.last_transition_time.as_ref().unwrap().0, t3);
@@ -395,9 +399,9 @@ mod tests {
             t3,
             "Ready did not change"
         );
-        let cap: serde_json::Value = serde_json::from_str(&node.snapshot().capacity).unwrap();
-        assert_eq!(cap["cpu"], "2");
-        assert_eq!(cap["pods"], "110");
-        assert_eq!(cap["memory"], "8388608Ki");
+        let cap = node.snapshot().capacity.clone();
+        assert_eq!(cap["cpu"].0, "2");
+        assert_eq!(cap["pods"].0, "110");
+        assert_eq!(cap["memory"].0, "8388608Ki");
     }
 }

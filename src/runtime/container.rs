@@ -221,10 +221,10 @@ pub async fn supervise(
         // the pod asked for (delete, shutdown) is not fsync'd: its record goes away next, or
         // it is re-created on start.
         let release = if stopped || supervised.is_none() {
-            super::worker::save_status(&entry, &settings, !stopped).await;
+            super::records::save_status(&entry, &settings, !stopped).await;
             true
         } else {
-            super::worker::record_exit(&entry, &settings, &entry.container_spec(idx).name).await
+            super::records::record_exit(&entry, &settings, &entry.container_spec(idx).name).await
         };
         if let Some(sup) = supervised.filter(|_| release) {
             sup.release().await;
@@ -335,7 +335,7 @@ async fn start(
         tokio::task::spawn_blocking(move || recipe(&entry, idx, &settings, true))
             .await
             .map_err(|e| start_error(e.to_string()))?
-            .map_err(start_error)?
+            .map_err(|e| start_error(e.to_string()))?
     };
     let run_no = entry.update_container(idx, |c| c.restart_count as u64 + u64::from(restart));
     let (sup, name) = if settings.supervise {
@@ -386,7 +386,7 @@ async fn start(
         c.supervisor = name;
         c.container_id = Some(format!("procnode://{}", sup.pid));
     });
-    super::worker::save_status(entry, settings, false).await;
+    super::records::save_status(entry, settings, false).await;
     Ok(sup)
 }
 
@@ -441,7 +441,7 @@ async fn run(
     probes: Option<probe::ExecContext>,
     resumed: bool,
 ) -> (Event, Option<String>, bool) {
-    let grace = super::worker::grace_period(entry, settings, None);
+    let grace = settings.grace_period(entry, None);
     let container = entry.container_spec(idx);
     // An update that changes this container's definition restarts its process.
     let mut respec = entry.restart_requests(idx);
@@ -666,6 +666,22 @@ fn exec_context(entry: &PodEntry, idx: usize, settings: &Settings) -> Option<pro
     })
 }
 
+/// Why a container's process recipe cannot be made: the run fails to start
+/// (`StartError`, with this as its message).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RecipeError {
+    #[error(transparent)]
+    Env(#[from] env::ConfigError),
+    #[error(transparent)]
+    User(#[from] users::UserError),
+    #[error(transparent)]
+    WorkingDir(#[from] process::SpawnError),
+    #[error(transparent)]
+    Volumes(#[from] volumes::VolumeError),
+    #[error(transparent)]
+    Cgroup(std::io::Error),
+}
+
 /// The one recipe of container `idx`'s processes (its own, and its exec probes' and hooks'):
 /// argv, environment (volume paths first, so that `env` and `args` can refer to them as
 /// $(VAR)), working directory, user, cgroups (a fresh one for a new run when `new_run`, else
@@ -676,24 +692,23 @@ fn recipe(
     idx: usize,
     settings: &Settings,
     new_run: bool,
-) -> Result<SpawnRequest, String> {
+) -> Result<SpawnRequest, RecipeError> {
     let c = entry.container_spec(idx);
     let pod = entry.pod();
-    let env = env::environment(&pod, &c, &settings.node, settings.objects.as_deref())
-        .map_err(|e| e.to_string())?;
-    let user =
-        users::resolve(&pod, &c, &settings.users, entry.pod_id()).map_err(|e| e.to_string())?;
+    let env = env::environment(&pod, &c, &settings.node, settings.objects.as_deref())?;
+    let user = users::resolve(&pod, &c, &settings.users, entry.pod_id())?;
     // What procnode makes for the container belongs to it (group: the pod's own).
     let owner = user
         .as_ref()
         .map(|u| (u.uid, entry.pod_id().unwrap_or(u.gid)));
-    let work =
-        match c.working_dir.as_deref() {
-            Some(dir) if !dir.is_empty() => None,
-            _ => Some(settings.work_dir(entry, owner).map_err(|e| {
-                process::SpawnError::PodDir(settings.work_path(entry), e).to_string()
-            })?),
-        };
+    let work = match c.working_dir.as_deref() {
+        Some(dir) if !dir.is_empty() => None,
+        _ => Some(
+            settings
+                .work_dir(entry, owner)
+                .map_err(|e| process::SpawnError::PodDir(settings.work_path(entry), e))?,
+        ),
+    };
     let cwd = match &work {
         Some(w) => w.path().to_path_buf(),
         None => PathBuf::from(c.working_dir.as_deref().unwrap_or("/")),
@@ -701,14 +716,13 @@ fn recipe(
     let empty = volumes::PodVolumes::new();
     let pod_volumes = entry.volumes().unwrap_or(&empty);
     let (mounts, mut full_env) =
-        volumes::for_container(&c, pod_volumes, work.as_ref(), &settings.volumes, owner)
-            .map_err(|e| e.to_string())?;
+        volumes::for_container(&c, pod_volumes, work.as_ref(), &settings.volumes, owner)?;
     let pod_cgroup = settings.pod_cgroup(entry);
     let cgroups = if new_run {
         settings
             .cgroups
             .create_container(&pod_cgroup, &c.name, &limits(&c))
-            .map_err(|e| e.to_string())?
+            .map_err(RecipeError::Cgroup)?
     } else {
         settings.cgroups.container_dirs(&pod_cgroup, &c.name)
     };

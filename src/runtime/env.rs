@@ -6,6 +6,32 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, ResourceFieldSelector};
 
 use crate::quantity::Quantity;
 
+/// Contents of Secrets and ConfigMaps, for a front end that can read them from the API server.
+pub trait ObjectSource: Send + Sync + std::fmt::Debug {
+    /// The Secret's data, or `None` if it does not exist.
+    fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<std::collections::BTreeMap<String, Vec<u8>>>;
+    /// The ConfigMap's data (binaryData included), or `None` if it does not exist.
+    fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<std::collections::BTreeMap<String, Vec<u8>>>;
+    /// A token for the service account (the API server's TokenRequest), or `None`.
+    fn service_account_token(
+        &self,
+        _namespace: &str,
+        _service_account: &str,
+        _audience: Option<&str>,
+        _expiration_seconds: Option<i64>,
+    ) -> Option<String> {
+        None
+    }
+}
+
 /// Node facts the downward API can refer to.
 #[derive(Debug, Clone)]
 pub struct NodeFacts {
@@ -64,7 +90,7 @@ type ObjectData = std::collections::BTreeMap<String, Vec<u8>>;
 /// Secret and ConfigMap contents for env, each object read once per container start (keyed by
 /// whether it is a Secret, and its name).
 struct Lookup<'a> {
-    objects: Option<&'a dyn super::volumes::ObjectSource>,
+    objects: Option<&'a dyn ObjectSource>,
     namespace: String,
     read: std::collections::BTreeMap<(bool, String), Option<ObjectData>>,
 }
@@ -96,7 +122,7 @@ pub fn environment(
     pod: &Pod,
     container: &Container,
     node: &NodeFacts,
-    objects: Option<&dyn super::volumes::ObjectSource>,
+    objects: Option<&dyn ObjectSource>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let mut env: Vec<(String, String)> = vec![
         // A standard PATH, not procnode's: root's own (a version manager's shims, a user's

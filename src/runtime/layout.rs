@@ -16,7 +16,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::pod::PodKey;
+use super::validate::PodKey;
 
 /// Paths under one state directory.
 #[derive(Debug, Clone)]
@@ -35,15 +35,15 @@ impl StateLayout {
     }
 
     /// Creates the state directory and its subdirectories with the modes procnode relies on,
-    /// or refuses one that others could write (see [`super::records::prepare_state_dir`]).
+    /// or refuses one that others could write (see [`prepare_state_dir`]).
     pub fn prepare(&self) -> io::Result<()> {
-        super::records::prepare_state_dir(&self.root)
+        prepare_state_dir(&self.root)
     }
 
     /// Holds the state directory for this procnode until the returned lock is dropped; a
     /// second procnode on the same directory is refused, naming the first.
     pub fn lock(&self) -> io::Result<nix::fcntl::Flock<std::fs::File>> {
-        super::records::lock_state_dir(&self.root)
+        lock_state_dir(&self.root)
     }
 
     /// `pods/`: every pod's directory (it may be a mount of its own).
@@ -106,7 +106,7 @@ impl StateLayout {
     /// namespace, name and uid (socket paths are short).
     pub fn supervisor_pod_part(key: &PodKey, uid: &str) -> String {
         let id = format!("{}/{}/{}", key.namespace, key.name, uid);
-        format!("{:016x}", fnv1a(&id))
+        format!("{:016x}", super::hash::fnv1a(&id))
     }
 
     /// The name of the supervisor of run `run` of container `idx`: the path of its socket,
@@ -153,11 +153,102 @@ impl StateLayout {
     }
 }
 
-/// 64-bit FNV-1a: short, stable names from long paths.
-pub(crate) fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// Holds the state directory for this procnode: an exclusive `flock` on `STATE_DIR/lock`,
+/// released when the returned file is dropped (or the process dies). A second procnode on
+/// the same directory would take over the same supervisors and records: it is refused.
+fn lock_state_dir(dir: &Path) -> io::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::Read;
+    let path = dir.join("lock");
+    if !path.exists() {
+        std::fs::write(&path, "")?;
+    }
+    // Held open read-only: a file open for writing would keep the state directory's file
+    // system from being remounted read-only.
+    let file = std::fs::File::open(&path)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => {
+            // (Best effort: it only names the holder in the error a second procnode gets.)
+            let _ = std::fs::write(&path, std::process::id().to_string());
+            Ok(held)
+        }
+        Err((mut file, _)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "the state directory {} is in use by another procnode (pid {}); give each procnode a state directory of its own (--state-dir)",
+                    dir.display(),
+                    holder.trim()
+                ),
+            ))
+        }
+    }
+}
+
+/// Creates the state directory with the modes procnode relies on: the directory itself and
+/// `pods/` traversable by everyone (0711: containers running as other users reach their pod's
+/// directory and volumes, but cannot list what is there), `records/`, `logs/`, `corrupt/` and
+/// `sup/` (the supervisors' sockets) procnode's alone (0700: pod specs may hold secrets).
+///
+/// A state directory that already exists keeps its mode: procnode refuses one that it does not
+/// own or that others may write (a shared /tmp, say), since everything below it is trusted.
+fn prepare_state_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let problem = |what: String| io::Error::new(io::ErrorKind::PermissionDenied, what);
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            let me = nix::unistd::geteuid().as_raw();
+            if !meta.is_dir() {
+                return Err(problem(format!(
+                    "state dir {} is not a directory (a link or a file is not used)",
+                    dir.display()
+                )));
+            }
+            if meta.uid() != me || meta.mode() & 0o022 != 0 {
+                return Err(problem(format!(
+                    "state dir {} belongs to uid {} with mode {:o}: it must be procnode's own (uid {me}) \
+                     and writable by nobody else; choose another --state-dir, or fix it with \
+                     `chown {me} {0}; chmod go-w {0}`",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777,
+                )));
+            }
+            if me == 0 && meta.mode() & 0o001 == 0 {
+                tracing::warn!(
+                    state_dir = %dir.display(),
+                    "pods running as other users cannot reach their volumes by path through this state dir (mode {:o}); `chmod o+x` it",
+                    meta.mode() & 0o7777
+                );
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)))
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("state dir {}: {e}", dir.display()))
+                })?;
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("state dir {}: {e}", dir.display()),
+            ))
+        }
+    }
+    let with_mode = |d: &Path, mode: u32| -> io::Result<()> {
+        match std::fs::create_dir(d) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            _ => std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)),
+        }
+        .map_err(|e| io::Error::new(e.kind(), format!("state dir {}: {e}", d.display())))
+    };
+    with_mode(&dir.join("pods"), 0o711)?;
+    for private in ["records", "logs", "corrupt", "sup"] {
+        with_mode(&dir.join(private), 0o700)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod backoff;
 pub mod cgroup;
 mod container;
 pub mod env;
+mod hash;
 pub mod layout;
 mod pod;
 pub mod probe;
@@ -342,7 +343,7 @@ impl Runtime {
                     }
                 }
                 if labels_changed {
-                    worker::refresh_volumes(&e, &s);
+                    watchers::refresh_volumes(&e, &s);
                 }
             })
             .await;
@@ -406,7 +407,7 @@ impl Runtime {
     }
 
     fn grace_for(&self, entry: &PodEntry, requested: Option<Duration>) -> Duration {
-        worker::grace_period(entry, &self.settings, requested)
+        self.settings.grace_period(entry, requested)
     }
 
     /// The log slot of one container.

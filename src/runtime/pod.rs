@@ -5,7 +5,6 @@
 //! Locks are `std::sync` ones: every critical section is a few field updates, never an
 //! `.await`, so an async mutex would only add cost.
 
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,19 +13,8 @@ use tokio::sync::watch;
 
 use super::status::{ContainerStatus, PodState};
 use super::validate::NewPod;
+pub use super::validate::PodKey;
 use crate::logs::{ContainerLogs, LogConfig, LogSlot};
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PodKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for PodKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// One container's spec, holding the pod version it belongs to.
 pub struct ContainerSpec {
@@ -101,15 +89,34 @@ pub struct Note {
 pub enum Happening {
     /// One probe failed (`message`: why).
     ProbeFailed {
-        probe: super::probe::Kind,
+        probe: ProbeKind,
         message: String,
     },
     /// A liveness or startup probe failed often enough: the run is being stopped.
     KilledByProbe {
-        probe: super::probe::Kind,
+        probe: ProbeKind,
     },
     PostStartHookFailed(String),
     PreStopHookFailed(String),
+}
+
+/// A container's startup, liveness or readiness probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+impl ProbeKind {
+    /// As Kubernetes names it in messages: `Liveness`, `Readiness`, `Startup`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "Startup",
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+        }
+    }
 }
 
 /// How Kubernetes names a container inside its pod (an event's `fieldPath`):
@@ -364,23 +371,6 @@ impl PodEntry {
         self.state.lock().expect("state lock").to_k8s()
     }
 
-    /// The observed state, as recorded on disk.
-    pub fn saved_status(&self) -> super::records::SavedStatus {
-        use super::records::{SavedContainer, SavedStatus};
-        let st = self.state.lock().expect("state lock");
-        SavedStatus {
-            pod_id: self.pod_id,
-            start_time: st.start_time,
-            failure: st.failure.clone(),
-            init: st.init.iter().map(SavedContainer::from_status).collect(),
-            containers: st
-                .containers
-                .iter()
-                .map(SavedContainer::from_status)
-                .collect(),
-        }
-    }
-
     /// Asks the pod's worker to stop every container within `grace`. The first request wins.
     pub(super) fn request_stop(&self, grace: Duration) {
         self.stop.send_if_modified(|slot| {
@@ -480,7 +470,7 @@ mod tests {
         let entry = PodEntry::new(new, state, &logs, None, None);
         let changes = entry.status_changes();
         let failed = |m: String| Happening::ProbeFailed {
-            probe: crate::runtime::probe::Kind::Liveness,
+            probe: ProbeKind::Liveness,
             message: m,
         };
         entry.note(1, failed("dropped: nobody asked yet".into()));

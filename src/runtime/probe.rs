@@ -17,23 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::pod::{Happening, PodEntry};
 use super::process::{self, SpawnRequest};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Startup,
-    Liveness,
-    Readiness,
-}
-
-impl Kind {
-    /// As Kubernetes names it in messages: `Liveness`, `Readiness`, `Startup`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Startup => "Startup",
-            Kind::Liveness => "Liveness",
-            Kind::Readiness => "Readiness",
-        }
-    }
-}
+/// Which probe (defined with the pods' notes, which name it).
+pub use super::pod::ProbeKind as Kind;
 
 #[derive(Debug, Clone)]
 enum Handler {

@@ -14,10 +14,13 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::pod::PodEntry;
+use super::settings::Settings;
 use super::status::{reason, ContainerState, ContainerStatus, Termination};
 
 pub const POD_SUFFIX: &str = ".pod.json";
@@ -50,104 +53,8 @@ pub fn remove(base: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Holds the state directory for this procnode: an exclusive `flock` on `STATE_DIR/lock`,
-/// released when the returned file is dropped (or the process dies). A second procnode on
-/// the same directory would take over the same supervisors and records: it is refused.
-pub fn lock_state_dir(dir: &Path) -> io::Result<nix::fcntl::Flock<std::fs::File>> {
-    use std::io::Read;
-    let path = dir.join("lock");
-    if !path.exists() {
-        std::fs::write(&path, "")?;
-    }
-    // Held open read-only: a file open for writing would keep the state directory's file
-    // system from being remounted read-only.
-    let file = std::fs::File::open(&path)?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(held) => {
-            // (Best effort: it only names the holder in the error a second procnode gets.)
-            let _ = std::fs::write(&path, std::process::id().to_string());
-            Ok(held)
-        }
-        Err((mut file, _)) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!(
-                    "the state directory {} is in use by another procnode (pid {}); give each procnode a state directory of its own (--state-dir)",
-                    dir.display(),
-                    holder.trim()
-                ),
-            ))
-        }
-    }
-}
-
-/// Creates the state directory with the modes procnode relies on: the directory itself and
-/// `pods/` traversable by everyone (0711: containers running as other users reach their pod's
-/// directory and volumes, but cannot list what is there), `records/`, `logs/`, `corrupt/` and
-/// `sup/` (the supervisors' sockets) procnode's alone (0700: pod specs may hold secrets).
-///
-/// A state directory that already exists keeps its mode: procnode refuses one that it does not
-/// own or that others may write (a shared /tmp, say), since everything below it is trusted.
-pub fn prepare_state_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let problem = |what: String| io::Error::new(io::ErrorKind::PermissionDenied, what);
-    match std::fs::symlink_metadata(dir) {
-        Ok(meta) => {
-            let me = nix::unistd::geteuid().as_raw();
-            if !meta.is_dir() {
-                return Err(problem(format!(
-                    "state dir {} is not a directory (a link or a file is not used)",
-                    dir.display()
-                )));
-            }
-            if meta.uid() != me || meta.mode() & 0o022 != 0 {
-                return Err(problem(format!(
-                    "state dir {} belongs to uid {} with mode {:o}: it must be procnode's own (uid {me}) \
-                     and writable by nobody else; choose another --state-dir, or fix it with \
-                     `chown {me} {0}; chmod go-w {0}`",
-                    dir.display(),
-                    meta.uid(),
-                    meta.mode() & 0o7777,
-                )));
-            }
-            if me == 0 && meta.mode() & 0o001 == 0 {
-                tracing::warn!(
-                    state_dir = %dir.display(),
-                    "pods running as other users cannot reach their volumes by path through this state dir (mode {:o}); `chmod o+x` it",
-                    meta.mode() & 0o7777
-                );
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)
-                .and_then(|_| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)))
-                .map_err(|e| {
-                    io::Error::new(e.kind(), format!("state dir {}: {e}", dir.display()))
-                })?;
-        }
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("state dir {}: {e}", dir.display()),
-            ))
-        }
-    }
-    let with_mode = |d: &Path, mode: u32| -> io::Result<()> {
-        match std::fs::create_dir(d) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-            _ => std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)),
-        }
-        .map_err(|e| io::Error::new(e.kind(), format!("state dir {}: {e}", d.display())))
-    };
-    with_mode(&dir.join("pods"), 0o711)?;
-    for private in ["records", "logs", "corrupt", "sup"] {
-        with_mode(&dir.join(private), 0o700)?;
-    }
-    Ok(())
-}
-
+/// Writes `data` to `path` atomically and durably (a temporary file beside it, fsync'd,
+/// renamed over it).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     write_replacing(path, data, true)
 }
@@ -291,7 +198,7 @@ impl SavedContainer {
 /// Writes the observed state; `durable` (fsync) for what must not be lost: an exit about to be
 /// released by its supervisor. Other changes (a container started) can be re-discovered from
 /// the supervisors themselves after a crash.
-pub fn save_status(base: &Path, status: &SavedStatus, durable: bool) -> io::Result<()> {
+fn write_status(base: &Path, status: &SavedStatus, durable: bool) -> io::Result<()> {
     let data = serde_json::to_vec(status).map_err(io::Error::other)?;
     write_replacing(&status_file(base), &data, durable)
 }
@@ -384,6 +291,72 @@ pub fn load_all(records: &Path, corrupt: &Path) -> (Vec<Loaded>, Vec<String>) {
         }
     }
     (loaded, problems)
+}
+
+impl SavedStatus {
+    /// The observed state of `entry`, as recorded on disk.
+    pub fn of(entry: &PodEntry) -> SavedStatus {
+        entry.read_state(|st| SavedStatus {
+            pod_id: entry.pod_id(),
+            start_time: st.start_time,
+            failure: st.failure.clone(),
+            init: st.init.iter().map(SavedContainer::from_status).collect(),
+            containers: st
+                .containers
+                .iter()
+                .map(SavedContainer::from_status)
+                .collect(),
+        })
+    }
+}
+
+/// Writes the pod's observed state (atomically; `durable` also fsyncs it); whether it was
+/// written. Failures are logged: the supervisors still hold what a restart needs, and the next
+/// change retries.
+pub(crate) async fn save_status(entry: &PodEntry, settings: &Settings, durable: bool) -> bool {
+    let _turn = entry.record_turn().await;
+    let saved = SavedStatus::of(entry);
+    let dir = settings.layout.record_base(entry.key(), entry.uid());
+    let result = tokio::task::spawn_blocking(move || write_status(&dir, &saved, durable)).await;
+    match result {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(pod = %entry.key(), error = %e, "could not record pod status");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Records a container's exit before its supervisor may let it go: retried (1 s apart at
+/// first, then every 5 s) until the state directory takes it, with the node reporting
+/// DiskPressure meanwhile. Whether the supervisor may be released: also for a pod being
+/// deleted (its record goes anyway); not when the pod is stopped (procnode exiting) before the
+/// exit could be recorded, so that the supervisor keeps it for the next procnode.
+pub(crate) async fn record_exit(entry: &PodEntry, settings: &Settings, container: &str) -> bool {
+    if save_status(entry, settings, true).await {
+        return true;
+    }
+    let held = &settings.unrecorded_exits;
+    held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(pod = %entry.key(), container, "the exit cannot be recorded (is the state directory full?): its supervisor holds it until it can");
+    let mut delay = Duration::from_secs(1);
+    let release = loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+        if entry.is_being_removed() {
+            break true;
+        }
+        if save_status(entry, settings, true).await {
+            tracing::info!(pod = %entry.key(), container, "the held exit is recorded");
+            break true;
+        }
+        if entry.stop_requested() {
+            break false;
+        }
+    };
+    held.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    release
 }
 
 #[cfg(test)]

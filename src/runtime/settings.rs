@@ -181,6 +181,20 @@ impl Settings {
         }
     }
 
+    /// The grace period: the delete's own, else the pod's, else 30 s; never above the cap.
+    pub fn grace_period(&self, entry: &PodEntry, requested: Option<Duration>) -> Duration {
+        let from_spec = entry
+            .pod()
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .map(|s| Duration::from_secs(s.max(0) as u64));
+        requested
+            .or(from_spec)
+            .unwrap_or(crate::config::DEFAULT_GRACE)
+            .min(self.max_grace)
+    }
+
     /// The name of the pod's cgroup (the kubelet's `pod<UID>`).
     pub fn pod_cgroup(&self, entry: &PodEntry) -> String {
         format!("pod{}", entry.uid())

@@ -300,7 +300,7 @@ impl PodIds {
             return Some(r);
         }
         let size = u64::from(hi - lo) + 1;
-        let start = super::layout::fnv1a(seed) % size;
+        let start = super::hash::fnv1a(seed) % size;
         for i in 0..size.min(1 << 20) {
             let candidate = lo + ((start + i) % size) as u32;
             if used.contains(&candidate) {

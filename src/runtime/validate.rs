@@ -4,10 +4,24 @@
 //! front end builds it from its wire format (`from_json` for the web API, `from_pod` for node
 //! mode and `procnode run`).
 
+use std::fmt;
+
 use k8s_openapi::api::core::v1::Pod;
 
-use super::pod::PodKey;
 use super::status::RestartPolicy;
+
+/// A pod's identity on the node: namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
 
 /// Why a pod body was rejected. Nothing is stored when one of these is returned.
 #[derive(Debug, thiserror::Error)]

@@ -35,23 +35,7 @@ use crate::quantity::Quantity;
 /// Where the kubelet mounts the service-account token volume.
 pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-/// Contents of Secrets and ConfigMaps, for a front end that can read them from the API server.
-pub trait ObjectSource: Send + Sync + std::fmt::Debug {
-    /// The Secret's data, or `None` if it does not exist.
-    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
-    /// The ConfigMap's data (binaryData included), or `None` if it does not exist.
-    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
-    /// A token for the service account (the API server's TokenRequest), or `None`.
-    fn service_account_token(
-        &self,
-        _namespace: &str,
-        _service_account: &str,
-        _audience: Option<&str>,
-        _expiration_seconds: Option<i64>,
-    ) -> Option<String> {
-        None
-    }
-}
+pub use super::env::ObjectSource;
 
 /// What the operator allows.
 #[derive(Debug, Clone, Default)]

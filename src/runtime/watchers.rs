@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::pod::PodEntry;
 use super::settings::Settings;
-use super::{volumes, worker};
+use super::volumes;
 
 /// Rewrites the pod's Secret, ConfigMap and projected volumes every
 /// `object_refresh_interval` while the pod runs, so that a changed object reaches its files.
@@ -23,7 +23,7 @@ pub(super) async fn refresh_object_volumes(entry: Arc<PodEntry>, settings: Arc<S
             _ = tick.tick() => {}
         }
         let (e, s) = (entry.clone(), settings.clone());
-        let _ = tokio::task::spawn_blocking(move || worker::refresh_volumes(&e, &s)).await;
+        let _ = tokio::task::spawn_blocking(move || refresh_volumes(&e, &s)).await;
     }
 }
 
@@ -105,5 +105,35 @@ pub(super) async fn enforce_deadline(entry: Arc<PodEntry>, settings: Arc<Setting
         return;
     }
     tracing::info!(pod = %entry.key(), "active deadline exceeded; stopping the pod");
-    entry.request_stop(worker::grace_period(&entry, &settings, None));
+    entry.request_stop(settings.grace_period(&entry, None));
+}
+
+/// Writes the volumes of the spec `entry` runs into its pod directory. Blocking.
+pub(super) fn prepare_volumes(
+    entry: &PodEntry,
+    settings: &Settings,
+) -> Result<volumes::PodVolumes, volumes::VolumeError> {
+    let (pod, objects) = (entry.pod(), settings.objects.as_deref());
+    let pod_dir = settings
+        .open_pod_dir(entry)
+        .map_err(|e| volumes::VolumeError::Setup {
+            name: String::new(),
+            message: format!("pod directory: {e}"),
+        })?;
+    volumes::prepare(
+        &pod,
+        &pod_dir,
+        &settings.volumes,
+        &settings.node,
+        objects,
+        entry.pod_id(),
+    )
+}
+
+/// [`prepare_volumes`] again for a running pod (changed labels, changed objects): a failure
+/// is logged, the pod keeps its files as they were. Blocking.
+pub(super) fn refresh_volumes(entry: &PodEntry, settings: &Settings) {
+    if let Err(err) = prepare_volumes(entry, settings) {
+        tracing::warn!(pod = %entry.key(), error = %err, "cannot refresh the pod's volumes");
+    }
 }

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use tokio::task::JoinSet;
@@ -15,26 +14,7 @@ use super::layout::StateLayout;
 use super::pod::PodEntry;
 use super::settings::Settings;
 use super::status::{self, reason, ContainerStatus, RestartPolicy};
-use super::{cgroup, shim, volumes, watchers};
-use crate::config::DEFAULT_GRACE;
-
-/// The grace period: the delete's own, else the pod's, else 30 s; never above the cap.
-pub(super) fn grace_period(
-    entry: &PodEntry,
-    settings: &Settings,
-    requested: Option<Duration>,
-) -> Duration {
-    let from_spec = entry
-        .pod()
-        .spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
-        .map(|s| Duration::from_secs(s.max(0) as u64));
-    requested
-        .or(from_spec)
-        .unwrap_or(DEFAULT_GRACE)
-        .min(settings.max_grace)
-}
+use super::{cgroup, records, shim, volumes, watchers};
 
 /// Prepares the pod's volumes and cgroup before its first container starts (again after a
 /// restart of procnode: both are idempotent), and watches emptyDir size limits.
@@ -51,7 +31,7 @@ async fn prepare_pod(
             // Each container start then fails with the cause.
             tracing::warn!(pod = %e.key(), error = %err, "cannot create the pod's cgroup");
         }
-        prepare_volumes(&e, &s)
+        watchers::prepare_volumes(&e, &s)
     })
     .await
     .map_err(|err| volumes::VolumeError::Setup {
@@ -95,57 +75,6 @@ pub(super) fn has_deadline(entry: &PodEntry) -> bool {
         .spec
         .as_ref()
         .is_some_and(|s| s.active_deadline_seconds.is_some())
-}
-
-/// Writes the pod's observed state (atomically; `durable` also fsyncs it); whether it was
-/// written. Failures are logged: the supervisors still hold what a restart needs, and the next
-/// change retries.
-pub(super) async fn save_status(entry: &PodEntry, settings: &Settings, durable: bool) -> bool {
-    let _turn = entry.record_turn().await;
-    let saved = entry.saved_status();
-    let dir = settings.layout.record_base(entry.key(), entry.uid());
-    let result =
-        tokio::task::spawn_blocking(move || super::records::save_status(&dir, &saved, durable))
-            .await;
-    match result {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(pod = %entry.key(), error = %e, "could not record pod status");
-            false
-        }
-        Err(_) => false,
-    }
-}
-
-/// Records a container's exit before its supervisor may let it go: retried (1 s apart at
-/// first, then every 5 s) until the state directory takes it, with the node reporting
-/// DiskPressure meanwhile. Whether the supervisor may be released: also for a pod being
-/// deleted (its record goes anyway); not when the pod is stopped (procnode exiting) before the
-/// exit could be recorded, so that the supervisor keeps it for the next procnode.
-pub(super) async fn record_exit(entry: &PodEntry, settings: &Settings, container: &str) -> bool {
-    if save_status(entry, settings, true).await {
-        return true;
-    }
-    let held = &settings.unrecorded_exits;
-    held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!(pod = %entry.key(), container, "the exit cannot be recorded (is the state directory full?): its supervisor holds it until it can");
-    let mut delay = Duration::from_secs(1);
-    let release = loop {
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-        if entry.is_being_removed() {
-            break true;
-        }
-        if save_status(entry, settings, true).await {
-            tracing::info!(pod = %entry.key(), container, "the held exit is recorded");
-            break true;
-        }
-        if entry.stop_requested() {
-            break false;
-        }
-    };
-    held.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    release
 }
 
 /// How a container's supervision begins, from its recorded state. A recorded exit that is
@@ -306,36 +235,6 @@ fn adopt_unrecorded(
 /// (which removes the record; saving after that would bring it back).
 pub(super) async fn finish(entry: &PodEntry, settings: &Settings) {
     // Every exit was already recorded (durably) by its container task.
-    save_status(entry, settings, false).await;
+    records::save_status(entry, settings, false).await;
     entry.mark_done();
-}
-
-/// Writes the volumes of the spec `entry` runs into its pod directory. Blocking.
-fn prepare_volumes(
-    entry: &PodEntry,
-    settings: &Settings,
-) -> Result<volumes::PodVolumes, volumes::VolumeError> {
-    let (pod, objects) = (entry.pod(), settings.objects.as_deref());
-    let pod_dir = settings
-        .open_pod_dir(entry)
-        .map_err(|e| volumes::VolumeError::Setup {
-            name: String::new(),
-            message: format!("pod directory: {e}"),
-        })?;
-    volumes::prepare(
-        &pod,
-        &pod_dir,
-        &settings.volumes,
-        &settings.node,
-        objects,
-        entry.pod_id(),
-    )
-}
-
-/// [`prepare_volumes`] again for a running pod (changed labels, changed objects): a failure
-/// is logged, the pod keeps its files as they were. Blocking.
-pub(super) fn refresh_volumes(entry: &PodEntry, settings: &Settings) {
-    if let Err(err) = prepare_volumes(entry, settings) {
-        tracing::warn!(pod = %entry.key(), error = %err, "cannot refresh the pod's volumes");
-    }
 }
