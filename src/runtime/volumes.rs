@@ -340,36 +340,35 @@ fn missing_object(name: &str, kind: &str, message: String, no_api: bool) -> Volu
 
 /// The name of the volume type `v` uses, for messages.
 fn volume_kind(v: &Volume) -> &'static str {
-    let json = serde_json::to_value(v).unwrap_or_default();
-    let known = [
-        "awsElasticBlockStore",
-        "azureDisk",
-        "azureFile",
-        "cephfs",
-        "cinder",
-        "csi",
-        "ephemeral",
-        "fc",
-        "flexVolume",
-        "flocker",
-        "gcePersistentDisk",
-        "gitRepo",
-        "glusterfs",
-        "image",
-        "iscsi",
-        "nfs",
-        "persistentVolumeClaim",
-        "photonPersistentDisk",
-        "portworxVolume",
-        "quobyte",
-        "rbd",
-        "scaleIO",
-        "storageos",
-        "vsphereVolume",
+    let unsupported = [
+        ("awsElasticBlockStore", v.aws_elastic_block_store.is_some()),
+        ("azureDisk", v.azure_disk.is_some()),
+        ("azureFile", v.azure_file.is_some()),
+        ("cephfs", v.cephfs.is_some()),
+        ("cinder", v.cinder.is_some()),
+        ("csi", v.csi.is_some()),
+        ("ephemeral", v.ephemeral.is_some()),
+        ("fc", v.fc.is_some()),
+        ("flexVolume", v.flex_volume.is_some()),
+        ("flocker", v.flocker.is_some()),
+        ("gcePersistentDisk", v.gce_persistent_disk.is_some()),
+        ("gitRepo", v.git_repo.is_some()),
+        ("glusterfs", v.glusterfs.is_some()),
+        ("image", v.image.is_some()),
+        ("iscsi", v.iscsi.is_some()),
+        ("nfs", v.nfs.is_some()),
+        ("persistentVolumeClaim", v.persistent_volume_claim.is_some()),
+        ("photonPersistentDisk", v.photon_persistent_disk.is_some()),
+        ("portworxVolume", v.portworx_volume.is_some()),
+        ("quobyte", v.quobyte.is_some()),
+        ("rbd", v.rbd.is_some()),
+        ("scaleIO", v.scale_io.is_some()),
+        ("storageos", v.storageos.is_some()),
+        ("vsphereVolume", v.vsphere_volume.is_some()),
     ];
-    known
+    unsupported
         .into_iter()
-        .find(|k| json.get(*k).is_some())
+        .find_map(|(kind, used)| used.then_some(kind))
         .unwrap_or("this")
 }
 
