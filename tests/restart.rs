@@ -775,3 +775,67 @@ async fn a_corrupt_status_record_keeps_the_pod_and_its_running_container() {
     support::assert_groups_gone(&[pid]).await;
     b.terminate().await;
 }
+
+/// A supervisor whose connection is replaced while the old one still has something to read
+/// (a procnode that died, or a connection that only looked whether it answers) keeps serving
+/// the new one: it reports its container's exit there instead of blocking on a read of a
+/// connection it did not poll. (Both are made ready for one wake-up of the supervisor by
+/// stopping it while the first closes and the second connects.)
+#[tokio::test]
+async fn a_supervisor_reports_the_exit_on_a_connection_that_replaced_a_closed_one() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let dir = support::StateDir::new();
+    let a = Procnode::start(dir.path(), &[]);
+    let p = pod("handover", &["sleep", "300"], "Never");
+    assert_eq!(a.post("/createPod", &p).await, 201);
+    let s = a
+        .wait_status("handover", "running", |s| phase(s) == "Running")
+        .await;
+    let pid = container_pid(&s, "main").unwrap();
+    let supervisor = parent_of(pid);
+    a.kill9().await;
+    let socket = std::fs::read_dir(dir.path().join("sup"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("the supervisor's socket");
+    let connect = || {
+        let c = UnixStream::connect(&socket).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    };
+    let first = connect();
+    let mut hello = String::new();
+    BufReader::new(&first).read_line(&mut hello).unwrap();
+    assert!(hello.contains("hello"), "{hello}");
+    kill(Pid::from_raw(supervisor), Signal::SIGSTOP).unwrap();
+    drop(first);
+    let second = connect();
+    kill(Pid::from_raw(supervisor), Signal::SIGCONT).unwrap();
+    let mut lines = BufReader::new(second.try_clone().unwrap()).lines();
+    let hello = lines.next().unwrap().unwrap();
+    assert!(hello.contains("hello"), "{hello}");
+    // The container ends: its supervisor says so on the connection it has now.
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let exited = lines.next().map(|l| l.map_err(|e| e.to_string()));
+    let released = match &exited {
+        Some(Ok(line)) if line.contains("exited") => {
+            (&second).write_all(b"release\n").unwrap();
+            true
+        }
+        _ => false,
+    };
+    // (A supervisor stuck in a read is ended here, so that nothing outlives the test.)
+    if !released {
+        let _ = kill(Pid::from_raw(supervisor), Signal::SIGKILL);
+    }
+    wait_until("the supervisor gone", Duration::from_secs(10), || async {
+        (!pid_alive(supervisor)).then_some(())
+    })
+    .await;
+    assert!(
+        released,
+        "no exit reported on the new connection: {exited:?}"
+    );
+}

@@ -19,7 +19,7 @@
 //! Plain blocking code: poll on a signalfd, the listening socket and the current connection; no
 //! async runtime, no threads, no files.
 
-use std::io::{self, BufRead, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -203,6 +203,26 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
                 }
             }
         }
+        // The connection that was polled is read before a new one may replace it, and without
+        // blocking: reading a replacement that has nothing to say would block this loop, and
+        // with it the container's exit, forever.
+        if conn_ready {
+            let mut buf = [0u8; 64];
+            let read = conn
+                .as_ref()
+                .map(|c| nix::sys::socket::recv(c.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT));
+            match read {
+                Some(Ok(n)) if n > 0 => {
+                    if exited.is_some() && buf[..n].windows(7).any(|w| w == b"release") {
+                        while reap_any() {}
+                        remove_socket(name);
+                        return Ok(());
+                    }
+                }
+                Some(Err(nix::errno::Errno::EAGAIN)) | Some(Err(nix::errno::Errno::EINTR)) => {}
+                _ => conn = None,
+            }
+        }
         if accept_ready {
             if let Ok((c, _)) = listener.accept() {
                 // Only a process of our own user may take the pipes or release us.
@@ -212,19 +232,6 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
                     // A newer procnode replaces an older connection.
                     conn = greet(c, &hello, &pipes, exited).or(conn);
                 }
-            }
-        }
-        if conn_ready {
-            let mut buf = [0u8; 64];
-            match conn.as_mut().map(|c| c.read(&mut buf)) {
-                Some(Ok(n)) if n > 0 => {
-                    if exited.is_some() && buf[..n].windows(7).any(|w| w == b"release") {
-                        while reap_any() {}
-                        remove_socket(name);
-                        return Ok(());
-                    }
-                }
-                _ => conn = None,
             }
         }
     }
