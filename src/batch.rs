@@ -351,9 +351,11 @@ impl Running {
 
     /// Container restarts so far (they count against a Job's backoffLimit).
     fn restarts(&self) -> u32 {
+        // (A sidecar's restarts are not the pod's failures.)
         self.entry.read_state(|st| {
             st.init
                 .iter()
+                .filter(|c| !c.sidecar)
                 .chain(st.containers.iter())
                 .map(|c| c.restart_count.max(0) as u32)
                 .sum()
@@ -386,7 +388,14 @@ fn result_of(st: &crate::runtime::status::PodState) -> i32 {
     if st.phase() == Phase::Succeeded {
         return 0;
     }
-    for c in st.init.iter().chain(st.containers.iter()) {
+    // Sidecars are stopped when the rest ends: their exit says nothing of the pod's result.
+    let containers = || {
+        st.init
+            .iter()
+            .filter(|c| !c.sidecar)
+            .chain(st.containers.iter())
+    };
+    for c in containers() {
         if let ContainerState::Terminated(t) = &c.state {
             if t.exit_code != 0 {
                 let message = t
@@ -403,7 +412,6 @@ fn result_of(st: &crate::runtime::status::PodState) -> i32 {
     }
     // The failed run's code; for a container stopped while it waited to be restarted, the code
     // of the run before.
-    let containers = || st.init.iter().chain(st.containers.iter());
     containers()
         .find_map(|c| match &c.state {
             ContainerState::Terminated(t) if t.exit_code != 0 => Some(t.exit_code),

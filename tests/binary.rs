@@ -830,3 +830,21 @@ async fn a_second_procnode_on_the_same_state_directory_is_refused() {
     .unwrap();
     assert!(wait_exit(&mut first, Duration::from_secs(30)).success());
 }
+
+/// `procnode run` treats a sidecar (an init container with `restartPolicy: Always`) as the
+/// kubelet does: it runs beside the Job's container, does not hold the pod from completing,
+/// and is stopped once the Job's container is done; the result is the Job container's.
+#[test]
+fn run_completes_a_job_whose_pod_has_a_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: with-sidecar}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      terminationGracePeriodSeconds: 5\n      initContainers:\n      - name: logger\n        restartPolicy: Always\n        command: [sh, -c, 'echo sidecar up; trap \"echo sidecar stopping; exit 0\" TERM; while true; do sleep 0.1; done']\n      containers:\n      - name: main\n        command: [sh, -c, 'sleep 0.5; echo job done']\n";
+    let (code, stdout, stderr) = run_manifest(dir.path(), yaml);
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("sidecar up"), "{stdout}");
+    assert!(stdout.contains("job done"), "{stdout}");
+    // Stopped with TERM once the Job's container was done.
+    assert!(stdout.contains("sidecar stopping"), "{stdout}");
+    let failing = yaml.replace("echo job done", "echo job failed; exit 4");
+    let (code, stdout, _) = run_manifest(dir.path(), &failing);
+    assert_eq!(code, Some(4), "the Job container's code: {stdout}");
+}

@@ -53,14 +53,17 @@ pub enum Begin {
 }
 
 /// Runs container `idx` of `entry` until it finishes for good or the pod is stopped.
+/// `stop` carries the stop request this container obeys: the pod's
+/// ([`PodEntry::stop_receiver`]), or for a sidecar, one its pod worker sends once the app
+/// containers are done.
 pub async fn supervise(
     entry: Arc<PodEntry>,
     idx: usize,
     policy: RestartPolicy,
     settings: Arc<Settings>,
     begin: Begin,
+    mut stop: watch::Receiver<Option<Duration>>,
 ) -> Outcome {
-    let mut stop = entry.stop_receiver();
     let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
     let mut next = Some(begin);
     loop {

@@ -228,11 +228,13 @@ impl Runtime {
             .iter()
             .flatten()
             .map(|c| {
-                ContainerStatus::new(
+                let mut status = ContainerStatus::new(
                     &c.name,
                     c.image.as_deref().unwrap_or_default(),
                     reason::POD_INITIALIZING,
-                )
+                );
+                status.sidecar = validate::is_sidecar(c);
+                status
             })
             .collect();
         let app_reason = if init.is_empty() {

@@ -47,6 +47,8 @@ pub struct PodEntry {
     /// Logs of init containers, then app containers, in spec order.
     logs: Box<[Arc<LogSlot>]>,
     stop: watch::Sender<Option<Duration>>,
+    /// When the first stop request's grace period ends.
+    stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
     done: watch::Sender<bool>,
     /// Where a delete is: stays in the store until its record and directories are gone.
     removal: watch::Sender<Removal>,
@@ -157,6 +159,7 @@ impl PodEntry {
             state: Mutex::new(state),
             logs: slots,
             stop: watch::channel(None).0,
+            stop_deadline: std::sync::OnceLock::new(),
             done: watch::channel(false).0,
             removal: watch::channel(Removal::None).0,
             save_lock: tokio::sync::Mutex::new(()),
@@ -376,11 +379,17 @@ impl PodEntry {
         self.stop.send_if_modified(|slot| {
             if slot.is_none() {
                 *slot = Some(grace);
+                let _ = self.stop_deadline.set(tokio::time::Instant::now() + grace);
                 true
             } else {
                 false
             }
         });
+    }
+
+    /// When the grace period of a stop request ends, once one was made.
+    pub(super) fn stop_deadline(&self) -> Option<tokio::time::Instant> {
+        self.stop_deadline.get().copied()
     }
 
     pub fn stop_receiver(&self) -> watch::Receiver<Option<Duration>> {

@@ -169,6 +169,9 @@ pub struct ContainerStatus {
     /// The run's postStart hook has not finished yet: the kubelet reports such a container as
     /// waiting (ContainerCreating) and its pod as Pending.
     pub post_start_pending: bool,
+    /// A sidecar: an init container with `restartPolicy: Always`, which keeps running beside
+    /// the app containers (set from the spec, never recorded).
+    pub sidecar: bool,
 }
 
 impl ContainerStatus {
@@ -188,7 +191,25 @@ impl ContainerStatus {
             container_id: None,
             supervisor: None,
             post_start_pending: false,
+            sidecar: false,
         }
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(self.state, ContainerState::Running { .. })
+    }
+
+    /// A sidecar that runs and has passed its startup probe (if any): the next init container
+    /// may start, and the pod counts as initialized.
+    pub fn sidecar_started(&self) -> bool {
+        self.sidecar && self.is_running() && self.started && !self.post_start_pending
+    }
+
+    /// An app container that ran, or runs: the pod has initialized.
+    fn has_run(&self) -> bool {
+        self.is_running()
+            || self.last_termination.is_some()
+            || matches!(self.state, ContainerState::Terminated(_))
     }
 
     fn to_k8s(&self) -> k8s::ContainerStatus {
@@ -340,10 +361,17 @@ impl PodState {
         self.phase
     }
 
+    /// Every regular init container succeeded and every sidecar started (or the app
+    /// containers already ran: a restarting sidecar does not take a pod back to initializing).
     pub fn initialized(&self) -> bool {
-        self.init
-            .iter()
-            .all(|c| matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0))
+        let app_ran = self.containers.iter().any(ContainerStatus::has_run);
+        self.init.iter().all(|c| {
+            if c.sidecar {
+                app_ran || c.sidecar_started()
+            } else {
+                matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0)
+            }
+        })
     }
 
     /// Recomputes phase and conditions after a change; condition times move only on transitions.
@@ -355,12 +383,21 @@ impl PodState {
         let pending_init: Vec<&str> = self
             .init
             .iter()
-            .filter(|c| !matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0))
+            .filter(|c| {
+                if c.sidecar {
+                    !c.sidecar_started()
+                } else {
+                    !matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0)
+                }
+            })
             .map(|c| c.name.as_str())
             .collect();
+        // Sidecars count for readiness as app containers do.
         let unready: Vec<&str> = self
-            .containers
+            .init
             .iter()
+            .filter(|c| c.sidecar)
+            .chain(self.containers.iter())
             .filter(|c| !c.ready)
             .map(|c| c.name.as_str())
             .collect();
@@ -416,7 +453,7 @@ impl PodState {
         }
         let mut pending_init = 0;
         let mut failed_init = 0;
-        for c in &self.init {
+        for c in self.init.iter().filter(|c| !c.sidecar) {
             match &c.state {
                 ContainerState::Terminated(t) if t.exit_code == 0 => {}
                 ContainerState::Terminated(_) => failed_init += 1,
@@ -438,6 +475,30 @@ impl PodState {
         }
 
         let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+        // Sidecars, as the kubelet counts them: a running one counts as running (not yet
+        // started: the pod is still initializing); an ended one does not count at all, so a
+        // Job's pod whose sidecars were stopped after its app containers is Succeeded.
+        let mut pending_sidecars = 0;
+        for c in self.init.iter().filter(|c| c.sidecar) {
+            match &c.state {
+                ContainerState::Running { .. } => {
+                    running += 1;
+                    if !c.sidecar_started() {
+                        pending_sidecars += 1;
+                    }
+                }
+                ContainerState::Terminated(_) => {}
+                ContainerState::Waiting { .. } if c.last_termination.is_some() => {}
+                ContainerState::Waiting { .. } => {
+                    pending_sidecars += 1;
+                    waiting += 1;
+                }
+            }
+        }
+        let app_ran = self.containers.iter().any(ContainerStatus::has_run);
+        if pending_sidecars > 0 && !app_ran {
+            return Phase::Pending;
+        }
         for c in &self.containers {
             match &c.state {
                 ContainerState::Running { .. } if c.post_start_pending => {
@@ -618,6 +679,63 @@ mod tests {
         p.refresh(Timestamp::now());
         assert_eq!(p.phase(), Phase::Running);
         assert!(p.containers[0].to_k8s().state.unwrap().running.is_some());
+    }
+
+    /// A Job's pod (restartPolicy Never) with one sidecar in `sidecar` and one app container
+    /// in `app`.
+    fn with_sidecar(sidecar: ContainerState, started: bool, app: ContainerState) -> PodState {
+        let mut p = pod(RestartPolicy::Never, vec![app]);
+        let mut s = ContainerStatus::new("log", "img", reason::POD_INITIALIZING);
+        s.sidecar = true;
+        s.started = started;
+        s.ready = started;
+        s.state = sidecar;
+        p.init.push(s);
+        p.refresh(Timestamp::now());
+        p
+    }
+
+    #[test]
+    fn sidecars_count_as_the_kubelet_counts_them() {
+        use ContainerState::Terminated as T;
+        let creating = || ContainerState::Waiting {
+            reason: reason::POD_INITIALIZING,
+            message: None,
+        };
+        // Not started yet (its startup probe pending): the pod is initializing.
+        let p = with_sidecar(running(), false, creating());
+        assert_eq!(p.phase(), Phase::Pending);
+        assert!(!p.initialized());
+        // Started: initialized, and Running with its app container.
+        let p = with_sidecar(running(), true, running());
+        assert!(p.initialized());
+        assert_eq!(p.phase(), Phase::Running);
+        // The app container succeeded while the sidecar still runs: Running until it is stopped.
+        assert_eq!(
+            with_sidecar(running(), true, T(t(0))).phase(),
+            Phase::Running
+        );
+        // Stopped (TERM: 143) after the app container succeeded: the Job's pod Succeeded.
+        let done = with_sidecar(T(t(143)), false, T(t(0)));
+        assert_eq!(done.phase(), Phase::Succeeded);
+        assert_eq!(
+            with_sidecar(T(t(143)), false, T(t(1))).phase(),
+            Phase::Failed
+        );
+        // A sidecar restarting after the app containers ran does not make the pod Pending.
+        let mut restarting = with_sidecar(creating(), false, running());
+        restarting.init[0].last_termination = Some(t(1));
+        restarting.refresh(Timestamp::now());
+        assert_eq!(restarting.phase(), Phase::Running);
+        assert!(restarting.initialized());
+        // An unready sidecar makes the pod unready.
+        let mut unready = with_sidecar(running(), true, running());
+        unready.init[0].ready = false;
+        unready.refresh(Timestamp::now());
+        let ready = unready.to_k8s().conditions.unwrap();
+        let ready = ready.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "False");
+        assert!(ready.message.as_deref().unwrap_or("").contains("log"));
     }
 
     #[test]

@@ -171,6 +171,7 @@ impl NewPod {
                 return Err(PodError::NothingToRun(c.name.clone()));
             }
         }
+        validate_restart_policies(spec)?;
         validate_volumes(spec)?;
         validate_quantities(spec)?;
         let restart_policy =
@@ -368,6 +369,38 @@ fn validate_volumes(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<(), Po
         }
     }
     Ok(())
+}
+
+/// A container's own `restartPolicy`, as the API server allows it: `Always` on an init
+/// container (a sidecar), nothing on an app container.
+fn validate_restart_policies(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<(), PodError> {
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        match c.restart_policy.as_deref() {
+            None | Some("Always") => {}
+            Some(other) => {
+                return Err(PodError::Invalid {
+                    field: format!("spec.initContainers[{i}].restartPolicy"),
+                    message: format!(
+                        "{other:?} is not supported: an init container's may only be \"Always\" (a sidecar)"
+                    ),
+                })
+            }
+        }
+    }
+    for (i, c) in spec.containers.iter().enumerate() {
+        if c.restart_policy.is_some() {
+            return Err(PodError::Invalid {
+                field: format!("spec.containers[{i}].restartPolicy"),
+                message: "may not be set on an app container (only on init containers)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether an init container is a sidecar (`restartPolicy: Always`).
+pub fn is_sidecar(c: &k8s_openapi::api::core::v1::Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
 }
 
 /// Resource requests and limits, and emptyDir size limits, are valid non-negative quantities

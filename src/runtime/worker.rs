@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use tokio::task::JoinSet;
@@ -106,6 +107,12 @@ fn begin(c: &mut ContainerStatus, policy: RestartPolicy) -> Option<container::Be
 /// restored after a procnode restart continues where its record says it was: finished init
 /// containers are not run again, running containers are re-attached. (The pod directory is
 /// created by the first container start that uses it, off the async threads.)
+///
+/// Sidecars (init containers with `restartPolicy: Always`) start in their place among the init
+/// containers, and the next one waits until the sidecar has started (running, past its startup
+/// probe). They are restarted whatever the pod's policy, and stopped only once the app
+/// containers are done (or the pod failed to initialize), in reverse order, within what is
+/// left of the grace period.
 pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, restored: bool) {
     let (n_init, n_app, policy) = entry.update_state(|st| {
         st.start_time.get_or_insert_with(Timestamp::now);
@@ -120,12 +127,32 @@ pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, resto
         finish(&entry, &settings).await;
         return;
     }
+    // A pod that had ended before a restart of procnode does not start its sidecars again.
+    let ended = restored && entry.phase().is_terminal();
+    let mut sidecars = Sidecars::default();
     // Init containers are retried on failure unless the pod never restarts anything.
     let init_policy = match policy {
         RestartPolicy::Never => RestartPolicy::Never,
         _ => RestartPolicy::OnFailure,
     };
     for idx in 0..n_init {
+        let sidecar = entry.read_state(|st| st.init[idx].sidecar);
+        if sidecar {
+            if ended {
+                continue;
+            }
+            let how = entry.update_container(idx, |c| begin(c, RestartPolicy::Always));
+            let how = match how {
+                Some(how) if restored => adopt_unrecorded(&entry, idx, how, &settings),
+                Some(how) => how,
+                None => continue,
+            };
+            sidecars.start(&entry, idx, &settings, how);
+            if !sidecars.wait_started(&entry, idx).await {
+                break;
+            }
+            continue;
+        }
         let how = entry.update_container(idx, |c| begin(c, init_policy));
         let how = match how {
             Some(how) if restored => Some(adopt_unrecorded(&entry, idx, how, &settings)),
@@ -137,13 +164,27 @@ pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, resto
                 _ => 1,
             })),
             Some(how) => {
-                container::supervise(entry.clone(), idx, init_policy, settings.clone(), how).await
+                container::supervise(
+                    entry.clone(),
+                    idx,
+                    init_policy,
+                    settings.clone(),
+                    how,
+                    entry.stop_receiver(),
+                )
+                .await
             }
         };
         if outcome != container::Outcome::Exited(0) {
+            sidecars.stop_all(&entry, &settings).await;
             finish(&entry, &settings).await;
             return;
         }
+    }
+    if entry.stop_requested() {
+        sidecars.stop_all(&entry, &settings).await;
+        finish(&entry, &settings).await;
+        return;
     }
     if n_init > 0 {
         entry.update_state(|st| {
@@ -176,11 +217,80 @@ pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, resto
                 policy,
                 settings.clone(),
                 how,
+                entry.stop_receiver(),
             ));
         }
     }
     while tasks.join_next().await.is_some() {}
+    sidecars.stop_all(&entry, &settings).await;
     finish(&entry, &settings).await;
+}
+
+/// The pod's running sidecars, in start order: each with the stop request only the pod worker
+/// sends it, and its task.
+#[derive(Default)]
+struct Sidecars {
+    running: Vec<(
+        usize,
+        tokio::sync::watch::Sender<Option<Duration>>,
+        tokio::task::JoinHandle<container::Outcome>,
+    )>,
+}
+
+impl Sidecars {
+    fn start(
+        &mut self,
+        entry: &Arc<PodEntry>,
+        idx: usize,
+        settings: &Arc<Settings>,
+        how: container::Begin,
+    ) {
+        let (stop, stopped) = tokio::sync::watch::channel(None);
+        let task = tokio::spawn(container::supervise(
+            entry.clone(),
+            idx,
+            RestartPolicy::Always,
+            settings.clone(),
+            how,
+            stopped,
+        ));
+        self.running.push((idx, stop, task));
+    }
+
+    /// Waits until sidecar `idx` has started; false if the pod is stopped first.
+    async fn wait_started(&self, entry: &PodEntry, idx: usize) -> bool {
+        let mut changes = entry.status_changes();
+        let mut stop = entry.stop_receiver();
+        loop {
+            if entry.read_state(|st| st.init[idx].sidecar_started()) {
+                return true;
+            }
+            if stop.borrow_and_update().is_some() {
+                return false;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return false },
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Stops every sidecar, the last started first, each waited for, within what is left of
+    /// the pod's grace period (counted from now unless the pod was asked to stop).
+    async fn stop_all(&mut self, entry: &PodEntry, settings: &Settings) {
+        if self.running.is_empty() {
+            return;
+        }
+        let deadline = entry
+            .stop_deadline()
+            .unwrap_or_else(|| tokio::time::Instant::now() + settings.grace_period(entry, None));
+        while let Some((idx, stop, task)) = self.running.pop() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tracing::info!(pod = %entry.key(), container = idx, grace = ?left, "stopping sidecar");
+            stop.send_replace(Some(left));
+            let _ = task.await;
+        }
+    }
 }
 
 /// After a restart, a container about to be started may in fact be running already: its start
