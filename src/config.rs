@@ -261,6 +261,14 @@ pub struct Config {
     #[arg(long, env = "PROCNODE_SUPERVISOR", value_enum, default_value_t = SupervisorMode::Shim)]
     pub supervisor: SupervisorMode,
 
+    /// What a container sees as its root: `host` is the host's own file system (a volume is
+    /// mounted at its mountPath only where that path exists on the host); `overlay` gives each
+    /// container run a root of its own (procnode as root): the host's file system below a
+    /// writable layer of the run's own, so any mountPath works and nothing the container
+    /// writes outside its volumes reaches the host.
+    #[arg(long, env = "PROCNODE_POD_ROOT", value_enum, default_value_t = PodRoot::Host)]
+    pub pod_root: PodRoot,
+
     /// On SIGTERM/SIGINT, stop every pod (preStop, SIGTERM, grace period, SIGKILL) before
     /// exiting. Default: leave them to their supervisors, as a kubelet restart leaves its
     /// containers; the next procnode re-adopts them. (`procnode run`, and `--supervisor none`,
@@ -429,6 +437,13 @@ impl std::fmt::Display for ListenAddr {
 pub enum SupervisorMode {
     Shim,
     None,
+}
+
+/// What a container sees as its root (`--pod-root`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodRoot {
+    Host,
+    Overlay,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

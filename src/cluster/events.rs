@@ -49,6 +49,14 @@ impl From<crate::runtime::Note> for PodEvent {
             ),
             Happening::PostStartHookFailed(m) => (true, "FailedPostStartHook", m),
             Happening::PreStopHookFailed(m) => (true, "FailedPreStopHook", m),
+            Happening::VolumesNotMounted(paths) => (
+                true,
+                "VolumesNotMounted",
+                format!(
+                    "not mounted where the host has no such path: {} (--pod-root overlay mounts at any path; here they are linked under the working directory)",
+                    paths.join(", ")
+                ),
+            ),
         };
         PodEvent {
             warning,

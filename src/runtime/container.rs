@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,6 +166,12 @@ pub async fn supervise(
             }
         };
         entry.log(idx).update(|l| l.finish());
+        // The run's own root (its writable layer) goes with it, once its termination message
+        // was read.
+        let run = current_run(&entry, idx);
+        if let Some(layer) = settings.run_layer(&entry, idx, run) {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(layer)).await;
+        }
         settings.metrics.container_exited(&termination.reason);
         let code = termination.exit_code;
         tracing::info!(
@@ -251,6 +257,17 @@ pub async fn supervise(
     }
 }
 
+/// The number of container `idx`'s current (or last) run: its restart count.
+fn current_run(entry: &PodEntry, idx: usize) -> u64 {
+    entry.read_state(|st| {
+        st.init
+            .iter()
+            .chain(st.containers.iter())
+            .nth(idx)
+            .map_or(0, |c| c.restart_count.max(0) as u64)
+    })
+}
+
 /// Default of `terminationMessagePath`. On a host it would name the host's own file, shared by
 /// every container, so it is not read; a container that sets another path gets it read.
 const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
@@ -281,6 +298,21 @@ async fn termination_message(
     let reader = match users::resolve(&entry.pod(), &container, &settings.users, entry.pod_id()) {
         Ok(user) => Some(user.map(|u| (u.uid, u.gid, u.groups))),
         Err(_) => None,
+    };
+    // In a root of its own, a file the run wrote is in its writable layer.
+    let run = current_run(entry, idx);
+    let path = match (path, settings.run_layer(entry, idx, run)) {
+        (Some(path), Some(layer)) => {
+            let written = layer
+                .join("upper")
+                .join(path.strip_prefix("/").unwrap_or(&path));
+            Some(if std::fs::symlink_metadata(&written).is_ok() {
+                written
+            } else {
+                path
+            })
+        }
+        (path, _) => path,
     };
     let from_file = match (path, reader) {
         (Some(path), Some(reader)) => tokio::task::spawn_blocking(move || {
@@ -333,14 +365,26 @@ async fn start(
 ) -> Result<Supervised, Termination> {
     let began = Instant::now();
     let container = entry.container_spec(idx);
+    let run_no = entry.update_container(idx, |c| c.restart_count as u64 + u64::from(restart));
     let req = {
         let (entry, settings) = (entry.clone(), settings.clone());
-        tokio::task::spawn_blocking(move || recipe(&entry, idx, &settings, true))
+        tokio::task::spawn_blocking(move || recipe(&entry, idx, &settings, For::Run(run_no)))
             .await
             .map_err(|e| start_error(e.to_string()))?
             .map_err(|e| start_error(e.to_string()))?
     };
-    let run_no = entry.update_container(idx, |c| c.restart_count as u64 + u64::from(restart));
+    // Said once per run, not silently: volumes the host has no mount point for.
+    let unmounted: Vec<String> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.clone())
+        .filter(|p| !req.mounts.iter().any(|b| b.target == Path::new(p)))
+        .collect();
+    if !unmounted.is_empty() {
+        tracing::warn!(pod = %entry.key(), container = %container.name, paths = ?unmounted, "volumes not mounted: the host has no such path (--pod-root overlay mounts at any path); linked under the working directory");
+        entry.note(idx, Happening::VolumesNotMounted(unmounted));
+    }
     let (sup, name) = if settings.supervise {
         let name = settings.supervisor_name(entry, idx, run_no);
         let (sup, _shim_exit) = supervisor::launch(
@@ -662,7 +706,7 @@ fn exec_context(entry: &PodEntry, idx: usize, settings: &Settings) -> Option<pro
     {
         return None;
     }
-    let recipe = recipe(entry, idx, settings, false).ok()?;
+    let recipe = recipe(entry, idx, settings, For::Exec).ok()?;
     Some(probe::ExecContext {
         recipe,
         helper: settings.shim_exe.clone(),
@@ -690,12 +734,23 @@ pub(super) enum RecipeError {
 /// $(VAR)), working directory, user, cgroups (a fresh one for a new run when `new_run`, else
 /// the current run's) and volume mounts. Makes the working directory when the container runs in
 /// its pod's, and the links and subPaths of its mounts. Blocking.
+/// Which process a recipe is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum For {
+    /// Run `N` of the container itself: a fresh cgroup, and its own root when runs get one.
+    Run(u64),
+    /// An exec probe or hook of the current run: its cgroup, and its root (by joining the
+    /// running container's mount namespace) when it has one of its own.
+    Exec,
+}
+
 fn recipe(
     entry: &PodEntry,
     idx: usize,
     settings: &Settings,
-    new_run: bool,
+    what: For,
 ) -> Result<SpawnRequest, RecipeError> {
+    let new_run = matches!(what, For::Run(_));
     let c = entry.container_spec(idx);
     let pod = entry.pod();
     let env = env::environment(&pod, &c, &settings.node, settings.objects.as_deref())?;
@@ -740,6 +795,38 @@ fn recipe(
         .and_then(|s| s.allow_privilege_escalation)
         == Some(true);
     let no_new_privs = !escalate || !mounts.is_empty();
+    let read_only_root = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.read_only_root_filesystem)
+        == Some(true);
+    // A root of the run's own: the layer is made fresh (a leftover of a start that failed
+    // goes), root's, in procnode's own directory; the pod's directory is bound in.
+    let (root, join_mounts_of, mounts) = match what {
+        For::Run(run) => match settings.run_layer(entry, idx, run) {
+            Some(layer) => {
+                let _ = std::fs::remove_dir_all(&layer);
+                std::fs::create_dir_all(&layer).map_err(|e| {
+                    RecipeError::WorkingDir(process::SpawnError::PodDir(layer.clone(), e))
+                })?;
+                let binds = vec![settings.layout.pod_dir(entry.key(), entry.uid())];
+                (Some(process::RootSpec { layer, binds }), None, mounts)
+            }
+            None => (None, None, mounts),
+        },
+        // The running container's namespace has its root and mounts already.
+        For::Exec if settings.volumes.overlay_root => {
+            let pid = entry.read_state(|st| {
+                st.init
+                    .iter()
+                    .chain(st.containers.iter())
+                    .nth(idx)
+                    .and_then(|c| c.pid)
+            });
+            (None, pid, Vec::new())
+        }
+        For::Exec => (None, None, mounts),
+    };
     Ok(SpawnRequest {
         argv,
         env: full_env,
@@ -748,6 +835,9 @@ fn recipe(
         cgroups,
         mounts,
         no_new_privs,
+        root,
+        read_only_root: read_only_root && join_mounts_of.is_none(),
+        join_mounts_of,
     })
 }
 

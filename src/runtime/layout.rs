@@ -8,6 +8,8 @@
 //!   corrupt/            0700: records that could not be read, set aside
 //!   logs/               0700: NAMESPACE_NAME_UID/CONTAINER/N.log (CRI format), when kept
 //!   sup/                0700: supervisor sockets, HASH-INDEX-RUN (HASH: of namespace/name/uid)
+//!   layers/             0700: NAMESPACE_NAME_UID/INDEX-RUN/{upper,work,root}: a run's own
+//!                             root (--pod-root overlay), removed with the run
 //!   pods/               0711: NAMESPACE_NAME_UID/ (root, the pod's group, 0750)
 //!                              volumes/VOLUME/, work/ (the pod's own)
 //!   kubelet.crt, .key   node mode's self-signed kubelet API certificate
@@ -88,6 +90,12 @@ impl StateLayout {
     /// Where the pod's log files go (one subdirectory per container), when they are kept.
     pub fn pod_log_dir(&self, key: &PodKey, uid: &str) -> PathBuf {
         self.root.join("logs").join(Self::pod_dir_name(key, uid))
+    }
+
+    /// The writable layers of a pod's container runs (`--pod-root overlay`), one directory per
+    /// run: `layers/NAMESPACE_NAME_UID/INDEX-RUN`.
+    pub fn pod_layers(&self, key: &PodKey, uid: &str) -> PathBuf {
+        self.root.join("layers").join(Self::pod_dir_name(key, uid))
     }
 
     /// `sup/`: the supervisors' sockets, in a directory only procnode's user may write, so no
@@ -245,7 +253,7 @@ fn prepare_state_dir(dir: &Path) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("state dir {}: {e}", d.display())))
     };
     with_mode(&dir.join("pods"), 0o711)?;
-    for private in ["records", "logs", "corrupt", "sup"] {
+    for private in ["records", "logs", "corrupt", "sup", "layers"] {
         with_mode(&dir.join(private), 0o700)?;
     }
     Ok(())

@@ -20,6 +20,7 @@ pub mod probe;
 pub mod process;
 pub mod records;
 mod restore;
+mod rootfs;
 pub mod safepath;
 mod settings;
 pub mod shim;
@@ -372,6 +373,7 @@ impl Runtime {
         let pod_dir = layout.pod_dir(entry.key(), entry.uid());
         let dirs: Vec<PathBuf> = std::iter::once(pod_dir.clone())
             .chain(self.settings.pod_log_dir(entry.key(), entry.uid()))
+            .chain(std::iter::once(layout.pod_layers(entry.key(), entry.uid())))
             .collect();
         let key = entry.key().clone();
         let cgroups = self.settings.cgroups.clone();

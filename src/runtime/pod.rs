@@ -100,6 +100,10 @@ pub enum Happening {
     },
     PostStartHookFailed(String),
     PreStopHookFailed(String),
+    /// With `--pod-root host`, these volume mounts have no mount point on the host: the
+    /// container finds them only through the links in its working directory and the
+    /// `PROCNODE_VOLUME_*` variables.
+    VolumesNotMounted(Vec<String>),
 }
 
 /// A container's startup, liveness or readiness probe.

@@ -78,6 +78,30 @@ pub struct SpawnRequest {
     /// process may do.
     #[serde(default)]
     pub no_new_privs: bool,
+    /// A root of the process's own (`--pod-root overlay`); `None`: the host's.
+    #[serde(default)]
+    pub root: Option<RootSpec>,
+    /// `securityContext.readOnlyRootFilesystem`: the root is mounted read-only for the process
+    /// (volumes keep their own modes).
+    #[serde(default)]
+    pub read_only_root: bool,
+    /// Run in the mount namespace (and so the root and mounts) of this running process: exec
+    /// probes and hooks of a container that has a root of its own.
+    #[serde(default)]
+    pub join_mounts_of: Option<i32>,
+}
+
+/// A container run's own root: an overlay whose lower layer is the host's root and whose
+/// upper layer is the run's own, with the host's submounts (/proc, /sys, /dev, /run, ...)
+/// bound in, and `binds` at their own paths; volume mount targets are then paths inside it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RootSpec {
+    /// The run's directory (root's): `upper/` and `work/` of the overlay, `root/` its mount
+    /// point. Made by procnode; removed when the run ends.
+    pub layer: PathBuf,
+    /// Host directories bound at their own path (the pod's directory: its working directory
+    /// and volumes are the host's, not the layer's).
+    pub binds: Vec<PathBuf>,
 }
 
 /// A volume made visible at a path, for one process (its own mount namespace). The source is
@@ -122,7 +146,11 @@ pub enum SpawnError {
 /// directory checked, the environment replaced, stdin from /dev/null, a new process group.
 pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Command, SpawnError> {
     let first = req.argv.first().ok_or(SpawnError::NoCommand)?;
+    // In a root of its own the working directory is the container's (made there if missing,
+    // below); on the host it must exist.
+    let own_root = req.root.is_some() || req.join_mounts_of.is_some();
     match std::fs::metadata(&req.cwd) {
+        _ if own_root => {}
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
             return Err(SpawnError::WorkingDir(
@@ -166,7 +194,21 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
             c_path(&file).map_err(|e| SpawnError::Cgroup(dir.clone(), e))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if !req.mounts.is_empty() {
+    // A running container's namespace to join (its exec probes and hooks), opened now.
+    let join = req
+        .join_mounts_of
+        .map(|pid| {
+            nix::fcntl::open(
+                format!("/proc/{pid}/ns/mnt").as_str(),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| {
+                SpawnError::Mount(PathBuf::from("/"), format!("the container's mounts: {e}"))
+            })
+        })
+        .transpose()?;
+    if !req.mounts.is_empty() || req.root.is_some() || req.read_only_root {
         // The mounts are made in a mount namespace of this process's own, made here before the
         // sources are opened: a bind mount's source must be in the namespace it is mounted
         // in. Only a process of the container's own gets here (its supervisor, or the
@@ -184,6 +226,18 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
             })
             .map_err(|e| SpawnError::Mount(PathBuf::from("/"), format!("mount namespace: {e}")))?;
     }
+    let new_root = match &req.root {
+        Some(root) => {
+            let made = super::rootfs::build(root)?;
+            let rel = req.cwd.strip_prefix("/").unwrap_or(&req.cwd);
+            if !rel.as_os_str().is_empty() {
+                super::safepath::mount_point_in_root(made.dir(), rel, false)
+                    .map_err(|e| SpawnError::WorkingDir(req.cwd.clone(), e))?;
+            }
+            Some(made)
+        }
+        None => None,
+    };
     let mounts = req
         .mounts
         .iter()
@@ -196,22 +250,48 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
             let source = nix::sys::stat::fstat(&fd)
                 .map_err(|e| problem(format!("source {}: {e}", source_path.display())))?;
             let source_is_dir = source.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
-            let target =
-                std::fs::metadata(&m.target).map_err(|e| problem(format!("mount point: {e}")))?;
-            if source_is_dir != target.is_dir() {
-                return Err(problem(format!(
-                    "{} is a {} but the mount point is not",
-                    source_path.display(),
-                    if source_is_dir { "directory" } else { "file" }
-                )));
-            }
             let as_c = |p: &Path| c_path(p).map_err(|e| problem(e.to_string()));
             let from = as_c(&super::safepath::proc_fd_path(&fd))?;
-            // The descriptor lives in the closure, so it is open in the child until exec
+            // In a root of its own, the mount point is made there (in the run's layer) as the
+            // container would resolve it; on the host, it must exist with the source's type.
+            let target = match &new_root {
+                Some(root) => {
+                    // Mounted now, in this namespace (the source's; the child's own copy of
+                    // it keeps the mount), on a mount point made in the run's layer.
+                    let rel = m.target.strip_prefix("/").unwrap_or(&m.target);
+                    super::rootfs::mount_volume(root, &fd, source_is_dir, rel, m.read_only)
+                        .map_err(|e| problem(e.to_string()))?;
+                    return Ok(None);
+                }
+                None => {
+                    let target = std::fs::metadata(&m.target)
+                        .map_err(|e| problem(format!("mount point: {e}")))?;
+                    if source_is_dir != target.is_dir() {
+                        return Err(problem(format!(
+                            "{} is a {} but the mount point is not",
+                            source_path.display(),
+                            if source_is_dir { "directory" } else { "file" }
+                        )));
+                    }
+                    as_c(&m.target)?
+                }
+            };
+            // The descriptors live in the closure, so they are open in the child until exec
             // (close-on-exec) and closed with the command.
-            Ok((fd, from, as_c(&m.target)?, m.read_only))
+            Ok(Some((fd, from, target, m.read_only)))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
+    let read_only_root = req.read_only_root;
+    let pivot = new_root
+        .as_ref()
+        .map(|r| {
+            c_path(r.path()).map_err(|e| SpawnError::Mount(r.path().to_path_buf(), e.to_string()))
+        })
+        .transpose()?;
+    let cwd_c = c_path(&req.cwd).map_err(|e| SpawnError::WorkingDir(req.cwd.clone(), e))?;
     let user = req.user.clone().map(|user| {
         let groups: Vec<nix::unistd::Gid> = user
             .groups
@@ -225,7 +305,14 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
         )
     });
     let no_new_privs = req.no_new_privs;
-    if !cgroup_files.is_empty() || !mounts.is_empty() || user.is_some() || no_new_privs {
+    if !cgroup_files.is_empty()
+        || !mounts.is_empty()
+        || user.is_some()
+        || no_new_privs
+        || pivot.is_some()
+        || join.is_some()
+        || read_only_root
+    {
         // SAFETY: runs in the forked child before exec; it only makes system calls (open,
         // write, unshare, mount, setgroups, setgid, setuid) on data prepared before the fork.
         unsafe {
@@ -238,6 +325,15 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
                         nix::sys::stat::Mode::empty(),
                     )?;
                     nix::unistd::write(&fd, b"0")?;
+                }
+                if let Some(root) = &pivot {
+                    // The new root becomes this process's alone: a namespace of its own (the
+                    // supervisor keeps the host's root), then pivot_root into it and detach
+                    // the old one (the volumes are mounted in it already).
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+                    nix::unistd::chdir(root.as_c_str())?;
+                    nix::unistd::pivot_root(c".", c".")?;
+                    nix::mount::umount2(c".", nix::mount::MntFlags::MNT_DETACH)?;
                 }
                 if !mounts.is_empty() {
                     for (_fd, source, target, read_only) in &mounts {
@@ -258,6 +354,25 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
                             )?;
                         }
                     }
+                }
+                if read_only_root {
+                    // The root's own mount, once the volumes are mounted (a bind mount takes
+                    // the read-only flag of the mount its source is on).
+                    mount(
+                        None::<&std::ffi::CStr>,
+                        c"/",
+                        None::<&std::ffi::CStr>,
+                        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                        None::<&std::ffi::CStr>,
+                    )?;
+                }
+                if pivot.is_some() || !mounts.is_empty() {
+                    // Into the working directory as it is now (a volume may be mounted on it).
+                    nix::unistd::chdir(cwd_c.as_c_str())?;
+                }
+                if let Some(ns) = &join {
+                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
+                    nix::unistd::chdir(cwd_c.as_c_str())?;
                 }
                 if let Some((groups, gid, uid)) = &user {
                     nix::unistd::setgroups(groups)?;
@@ -361,7 +476,14 @@ pub fn spawn_shim(exe: &Path, name: &str) -> Result<SpawnedShim, SpawnError> {
 /// `HELPER exec-as SPEC` (see [`exec_as_main`]): posix_spawn'd without a switch, the helper,
 /// single-threaded, switches user and replaces itself with the command.
 fn via_helper(req: &SpawnRequest, helper: &Path) -> SpawnRequest {
-    if req.user.is_none() && req.cgroups.is_empty() && req.mounts.is_empty() && !req.no_new_privs {
+    if req.user.is_none()
+        && req.cgroups.is_empty()
+        && req.mounts.is_empty()
+        && !req.no_new_privs
+        && req.root.is_none()
+        && !req.read_only_root
+        && req.join_mounts_of.is_none()
+    {
         return req.clone();
     }
     let spec = serde_json::to_string(req).expect("spawn request serialises");
@@ -373,6 +495,9 @@ fn via_helper(req: &SpawnRequest, helper: &Path) -> SpawnRequest {
         cgroups: Vec::new(),
         mounts: Vec::new(),
         no_new_privs: false,
+        root: None,
+        read_only_root: false,
+        join_mounts_of: None,
     }
 }
 

@@ -350,6 +350,74 @@ pub fn read_as(path: &Path, reader: Option<(u32, u32, Vec<u32>)>, max: usize) ->
     .flatten()
 }
 
+/// Makes (if missing) and opens with `O_PATH` the mount point `rel` in a container's own root
+/// `root`, resolving every component as the container would: a symbolic link is followed
+/// inside `root` (`RESOLVE_IN_ROOT`), never out of it. A missing last component is made a
+/// directory, or an empty file when `file`; missing parents are made directories (root's,
+/// 0755). Used only on a run's fresh root, whose writable layer takes what is made. Blocking.
+pub fn mount_point_in_root(root: &Dir, rel: &Path, file: bool) -> io::Result<OwnedFd> {
+    let in_root = |p: &Path| {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        openat2(root.fd.as_fd(), p, how)
+    };
+    let parts: Vec<&OsStr> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(name) => Ok(name),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: must be a relative path without '..'", rel.display()),
+            )),
+        })
+        .collect::<io::Result<_>>()?;
+    let mut prefix = PathBuf::new();
+    for (i, name) in parts.iter().enumerate() {
+        let parent = if prefix.as_os_str().is_empty() {
+            in_root(Path::new("."))
+        } else {
+            in_root(&prefix)
+        }
+        .map_err(|e| explain(&root.path.join(&prefix), e))?;
+        prefix.push(name);
+        match in_root(&prefix) {
+            Ok(_) => continue,
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(explain(&root.path.join(&prefix), e)),
+        }
+        // The parent was opened O_PATH: make the entry through a real directory handle.
+        let parent_dir = nix::fcntl::openat(
+            parent.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| explain(&root.path.join(&prefix), e))?;
+        let last = i + 1 == parts.len();
+        let made = if last && file {
+            nix::fcntl::openat(
+                parent_dir.as_fd(),
+                *name,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .map(drop)
+        } else {
+            mkdirat(parent_dir.as_fd(), *name, Mode::from_bits_truncate(0o755))
+        };
+        match made {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(explain(&root.path.join(&prefix), e)),
+        }
+    }
+    in_root(&prefix).map_err(|e| explain(&root.path.join(&prefix), e))
+}
+
 /// The path through which a bind mount uses `fd` as its source.
 pub fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -358,6 +426,35 @@ pub fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_in_a_root_follow_its_links_inside_it_never_out() {
+        let host = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("run")).unwrap();
+        // An absolute link as a host root has them (/var/run -> /run), and one aimed at a real
+        // directory outside: both resolve inside the root.
+        std::fs::create_dir(root.path().join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", root.path().join("var/run")).unwrap();
+        std::os::unix::fs::symlink(host.path(), root.path().join("escape")).unwrap();
+        let dir = Dir::open_trusted(root.path()).unwrap();
+        mount_point_in_root(&dir, Path::new("var/run/app/sock.d"), false).unwrap();
+        assert!(root.path().join("run/app/sock.d").is_dir());
+        // Where the link leads inside the root does not exist: refused, nothing made.
+        assert!(mount_point_in_root(&dir, Path::new("escape/conf"), true).is_err());
+        let inside = root.path().join(host.path().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        mount_point_in_root(&dir, Path::new("escape/conf"), true).unwrap();
+        assert!(
+            std::fs::read_dir(host.path()).unwrap().next().is_none(),
+            "nothing made outside the root"
+        );
+        assert!(
+            inside.join("conf").is_file(),
+            "made where the link leads inside the root"
+        );
+        assert!(mount_point_in_root(&dir, Path::new("../x"), false).is_err());
+    }
 
     #[test]
     fn relative_paths_cannot_climb() {

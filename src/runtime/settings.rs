@@ -171,6 +171,8 @@ impl Settings {
             volumes: volumes::VolumePolicy {
                 host_path_prefixes: config.host_path_prefixes.clone(),
                 can_mount: nix::unistd::geteuid().is_root(),
+                overlay_root: config.pod_root == crate::config::PodRoot::Overlay
+                    && nix::unistd::geteuid().is_root(),
             },
             volume_check_interval: config.volume_check_interval,
             objects: None,
@@ -256,6 +258,15 @@ impl Settings {
     /// The pod's working directory (its containers' unless `workingDir` says otherwise).
     pub fn work_path(&self, entry: &PodEntry) -> PathBuf {
         self.layout.work_path(entry.key(), entry.uid())
+    }
+
+    /// The directory of run `run` of container `idx`'s own root, when runs get one.
+    pub fn run_layer(&self, entry: &PodEntry, idx: usize, run: u64) -> Option<PathBuf> {
+        self.volumes.overlay_root.then(|| {
+            self.layout
+                .pod_layers(entry.key(), entry.uid())
+                .join(format!("{idx}-{run}"))
+        })
     }
 
     /// Where the pod's log files go (one subdirectory per container), when they are kept.

@@ -45,6 +45,9 @@ pub struct VolumePolicy {
     /// Bind mounts in a private mount namespace (procnode is root) and tmpfs for
     /// `emptyDir.medium: Memory`.
     pub can_mount: bool,
+    /// Each container run has a root of its own (`--pod-root overlay`): a mount point is made
+    /// there, so every mountPath is mounted.
+    pub overlay_root: bool,
 }
 
 /// Why a pod's volumes cannot be set up: the pod fails with [`VolumeError::reason`].
@@ -660,7 +663,8 @@ pub fn for_container(
         let source_is_dir =
             root.kind(&rel, volume.links).ok().flatten() == Some(nix::sys::stat::SFlag::S_IFDIR);
         let bindable = policy.can_mount
-            && std::fs::metadata(target).is_ok_and(|t| t.is_dir() == source_is_dir);
+            && (policy.overlay_root
+                || std::fs::metadata(target).is_ok_and(|t| t.is_dir() == source_is_dir));
         if bindable {
             mounts.push(BindMount {
                 root: volume.root.clone(),
@@ -754,6 +758,7 @@ mod tests {
         let policy = VolumePolicy {
             host_path_prefixes: vec![allowed.clone()],
             can_mount: false,
+            overlay_root: false,
         };
         let p = |s: &Path| s.display().to_string();
         assert!(host_path("v", &p(&allowed), "Directory", &policy).is_ok());
