@@ -225,3 +225,40 @@ async fn on_the_hosts_root_read_only_is_the_containers_alone() {
     srv.delete(&p).await;
     srv.stop().await;
 }
+
+/// With the host's root, a volume whose mountPath the host does not have is not mounted (the
+/// host is not changed for it), and the pod's status says so instead of failing silently; the
+/// container still reaches it through its working directory.
+#[tokio::test]
+async fn on_the_hosts_root_a_mount_without_a_mount_point_is_said() {
+    if !support::is_root() {
+        return;
+    }
+    let srv = Server::start(&[]).await;
+    let missing = "/procnode-test-missing";
+    let p = pod_with(
+        "unmounted",
+        json!({
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{"name": "main",
+                "command": sh("echo via-link > procnode-test-missing/f && cat procnode-test-missing/f; sleep 300"),
+                "volumeMounts": [{"name": "data", "mountPath": missing}]}],
+        }),
+    );
+    assert_eq!(srv.create(&p).await.status(), 201);
+    let s = srv
+        .wait_status("unmounted", "running", |s| phase(s) == "Running")
+        .await;
+    let message = s["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(missing) && message.contains("--pod-root overlay"),
+        "{s}"
+    );
+    wait_until("the output", LIMIT, || async {
+        (logs_of(&srv, "unmounted", "main").await == "via-link\n").then_some(())
+    })
+    .await;
+    assert!(!Path::new(missing).exists());
+    srv.delete(&p).await;
+    srv.stop().await;
+}

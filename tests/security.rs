@@ -136,11 +136,22 @@ async fn mount_paths_and_sub_paths_with_backsteps_are_refused() {
 /// through the link.
 #[tokio::test]
 async fn a_sub_path_never_follows_a_link_the_pod_made() {
+    sub_path_through_a_link(&[]).await;
+}
+
+/// The same inside a root of the container's own: sources are resolved on the host as before;
+/// only the mount point moves into the run's layer.
+#[tokio::test]
+async fn a_sub_path_never_follows_a_link_the_pod_made_in_its_own_root() {
+    sub_path_through_a_link(&["--pod-root", "overlay"]).await;
+}
+
+async fn sub_path_through_a_link(args: &[&str]) {
     if !support::is_root() {
         return;
     }
     let canary = Canary::new();
-    let srv = Server::start(&[]).await;
+    let srv = Server::start(args).await;
     let mut p = support::bare_pod("subpath", "echo ran", "Never");
     p["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
     p["spec"]["initContainers"] = json!([{

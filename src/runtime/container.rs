@@ -383,6 +383,12 @@ async fn start(
         .collect();
     if !unmounted.is_empty() {
         tracing::warn!(pod = %entry.key(), container = %container.name, paths = ?unmounted, "volumes not mounted: the host has no such path (--pod-root overlay mounts at any path); linked under the working directory");
+        let notice = format!(
+            "container {}: volumes not mounted at {} (the host has no such path; --pod-root overlay mounts at any path): linked under the working directory and named by PROCNODE_VOLUME_* instead",
+            container.name,
+            unmounted.join(", ")
+        );
+        entry.update_state(|st| st.notice = Some(notice));
         entry.note(idx, Happening::VolumesNotMounted(unmounted));
     }
     let (sup, name) = if settings.supervise {

@@ -311,6 +311,10 @@ pub struct PodState {
     pub qos_class: &'static str,
     /// Pod-level failure that overrides the derived phase (reason, message).
     pub failure: Option<(String, String)>,
+    /// Something the pod's user should know that no other field shows (`status.message`
+    /// unless the pod failed): volumes procnode could not mount where asked. Not recorded; said
+    /// again at the next start.
+    pub notice: Option<String>,
     phase: Phase,
     conditions: [Condition; 4],
 }
@@ -344,6 +348,7 @@ impl PodState {
             host_ip,
             qos_class,
             failure: None,
+            notice: None,
             phase: Phase::Pending,
             conditions: [
                 cond("PodScheduled"),
@@ -583,7 +588,11 @@ impl PodState {
             start_time: self.start_time.map(time),
             qos_class: Some(self.qos_class.to_string()),
             reason: self.failure.as_ref().map(|(r, _)| r.clone()),
-            message: self.failure.as_ref().map(|(_, m)| m.clone()),
+            message: self
+                .failure
+                .as_ref()
+                .map(|(_, m)| m.clone())
+                .or_else(|| self.notice.clone()),
             ..Default::default()
         }
     }
