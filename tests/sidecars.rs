@@ -162,3 +162,39 @@ async fn a_restart_policy_the_api_server_refuses_is_refused_naming_the_field() {
     assert!(srv.status("bad-policy").await.is_none(), "nothing stored");
     srv.stop().await;
 }
+
+/// Sidecars are stopped after the app containers, the last started first, each waited for.
+#[tokio::test]
+async fn sidecars_stop_in_reverse_order_after_the_app_containers() {
+    let srv = Server::start(&[]).await;
+    let marks = tempfile::tempdir().unwrap();
+    let order = marks.path().join("order");
+    let order = order.to_str().unwrap();
+    let sidecar = |name: &str| {
+        // Slow to stop, so that one not waited for would be overtaken.
+        json!({"name": name, "restartPolicy": "Always",
+               "command": sh(&format!("trap 'sleep 0.3; echo {name} >> {order}; exit 0' TERM; while true; do sleep 0.1; done"))})
+    };
+    let p = json!({
+        "metadata": {"name": "ordered", "namespace": "default", "uid": "uid-ordered"},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 10,
+            "initContainers": [sidecar("first"), sidecar("second")],
+            "containers": [{"name": "main", "command": sh(&format!("echo main >> {order}"))}],
+        },
+    });
+    assert_eq!(srv.create(&p).await.status(), 201);
+    wait_until("the pod Succeeded", Duration::from_secs(30), || async {
+        srv.status("ordered")
+            .await
+            .filter(|s| phase(s) == "Succeeded")
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(order).unwrap(),
+        "main\nsecond\nfirst\n"
+    );
+    srv.delete(&p).await;
+    srv.stop().await;
+}
