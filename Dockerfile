@@ -7,14 +7,14 @@ FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked --bin procnode \
- && strip target/release/procnode
+RUN cargo build --release --locked --bins \
+ && strip target/release/procnode target/release/procnode-shim
 
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates procps \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/procnode /usr/local/bin/procnode
+COPY --from=build /src/target/release/procnode /src/target/release/procnode-shim /usr/local/bin/
 ENV PROCNODE_STATE_DIR=/var/lib/procnode
 VOLUME /var/lib/procnode
 EXPOSE 3000

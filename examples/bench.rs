@@ -116,6 +116,42 @@ impl Server {
         kb * 1024
     }
 
+    /// Proportional set size (shared pages split among their users) of procnode and of
+    /// every supervisor it started: what the pods cost in memory all told.
+    fn pss_bytes(&self) -> (u64, u64, usize) {
+        let pss = |pid: &str| -> Option<u64> {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+            let kb: u64 = text
+                .lines()
+                .find(|l| l.starts_with("Pss:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some(kb * 1024)
+        };
+        let own = pss(&self.pid.to_string()).unwrap_or(0);
+        let prefix = format!("{}/sup/", self._state_dir.path().display());
+        let (mut supervisors, mut count) = (0, 0);
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_supervisor =
+                args.len() >= 3 && args[1] == b"shim" && args[2].starts_with(prefix.as_bytes());
+            if is_supervisor {
+                supervisors += pss(&pid).unwrap_or(0);
+                count += 1;
+            }
+        }
+        (own, supervisors, count)
+    }
+
     fn stop(self) {
         drop(self);
     }
@@ -478,6 +514,7 @@ async fn bench(scale: Scale) {
     client.wait_running("idle", &names).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_full = server.rss_bytes();
+    let (pss_own, pss_sups, sups) = server.pss_bytes();
     let per_pod = (rss_full.saturating_sub(rss0)) / scale.idle as u64;
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
     rows.push(row("7. RSS, 0 pods", mib(rss0), "-".into(), "-".into(), ""));
@@ -494,6 +531,22 @@ async fn bench(scale: Scale) {
         "-".into(),
         format!("{per_pod} B/pod"),
         "≤ 64 MiB at 1000",
+    ));
+    // Everything the pods cost: procnode's share and every supervisor's.
+    let kb = |b: u64| format!("{:.0} KB", b as f64 / 1024.0);
+    rows.push(row(
+        &format!(
+            "7. PSS, {} idle pods: procnode + {sups} supervisors",
+            scale.idle
+        ),
+        format!("{} + {}", mib(pss_own), mib(pss_sups)),
+        "-".into(),
+        format!(
+            "{} / supervisor, {} / pod all told",
+            kb(pss_sups / sups.max(1) as u64),
+            kb((pss_own + pss_sups) / scale.idle as u64)
+        ),
+        "≤ 150 KB / supervisor, ≤ 250 KB / pod",
     ));
 
     // 4. Read paths with the idle pods present.

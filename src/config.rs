@@ -282,8 +282,8 @@ pub struct Config {
           default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub keep_pods_on_exit: bool,
 
-    /// The executable started as `EXE shim NAME` to supervise each container (this procnode
-    /// binary by default).
+    /// The executable started as `EXE shim NAME` to supervise each container: by default
+    /// `procnode-shim` beside this binary, else this binary itself.
     #[arg(long, env = "PROCNODE_SHIM_PATH")]
     pub shim_path: Option<PathBuf>,
 
@@ -661,12 +661,24 @@ impl Config {
             .map(|home| PathBuf::from(home).join(".local/state/procnode"))
     }
 
-    /// The supervisor executable, resolved to this binary when not configured.
+    /// The supervisor executable when not configured: `procnode-shim` installed beside this
+    /// binary (the supervisor alone, a fraction of procnode's size: one runs per container),
+    /// else this binary itself (`procnode shim NAME` works as well).
     pub fn shim_exe(&self) -> PathBuf {
-        self.shim_path
-            .clone()
-            .or_else(|| std::env::current_exe().ok())
-            .unwrap_or_else(|| PathBuf::from("procnode"))
+        if let Some(path) = &self.shim_path {
+            return path.clone();
+        }
+        let own = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("procnode"));
+        let beside = own.with_file_name("procnode-shim");
+        let executable = std::fs::metadata(&beside).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.is_file() && m.permissions().mode() & 0o111 != 0
+        });
+        if executable {
+            beside
+        } else {
+            own
+        }
     }
 
     /// The node name, resolved to the host name when not configured.

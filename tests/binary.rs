@@ -848,3 +848,57 @@ fn run_completes_a_job_whose_pod_has_a_sidecar() {
     let (code, stdout, _) = run_manifest(dir.path(), &failing);
     assert_eq!(code, Some(4), "the Job container's code: {stdout}");
 }
+
+/// procnode starts `procnode-shim` (the supervisor alone) beside itself for each container,
+/// and the supervisor does its job: the pod runs, is deleted, and nothing is left.
+#[tokio::test]
+async fn the_supervisor_installed_beside_procnode_is_the_one_started() {
+    let dir = support::StateDir::new();
+    let (mut child, addr) = start(dir.path(), &[]);
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let p = support::bare_pod("small-sup", "exec sleep 300", "Always");
+    let created = http
+        .post(format!("{base}/createPod"))
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let s: Value = support::wait_until("running", Duration::from_secs(20), || async {
+        let s: Value = http
+            .get(format!(
+                "{base}/getPodStatus?namespace=default&name=small-sup"
+            ))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (support::phase(&s) == "Running").then_some(s)
+    })
+    .await;
+    let pid = support::container_pid(&s, "main").unwrap();
+    let supervisor = support::parent_of(pid);
+    let exe = std::fs::read_link(format!("/proc/{supervisor}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        std::path::Path::new(BIN).with_file_name("procnode-shim"),
+        "the small supervisor"
+    );
+    let deleted = http
+        .delete(format!("{base}/deletePod"))
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert!(!support::pid_alive(pid) && !support::pid_alive(supervisor));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+}
