@@ -9,7 +9,6 @@
 //! calls `procnode::run` exactly as the real binary does) on an ephemeral port and drives it
 //! over real HTTP with keep-alive connections.
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,38 +68,19 @@ struct Server {
 impl Server {
     fn start() -> Server {
         let state_dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--serve",
-                "--max-pods",
-                "5000",
-                "--stop-pods-on-exit",
-                "--state-dir",
-            ])
-            .arg(state_dir.path())
-            // Extra procnode flags for a run, e.g. BENCH_SERVER_ARGS=--log-files=false
-            .args(
-                std::env::var("BENCH_SERVER_ARGS")
-                    .unwrap_or_default()
-                    .split_whitespace(),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("LISTEN ")
-            .expect("LISTEN line")
-            .to_string();
+        // Extra procnode flags for a run, e.g. BENCH_SERVER_ARGS=--log-files=false
+        let extra = std::env::var("BENCH_SERVER_ARGS").unwrap_or_default();
+        let mut args: Vec<&std::ffi::OsStr> =
+            ["--max-pods", "5000", "--stop-pods-on-exit", "--state-dir"]
+                .map(std::ffi::OsStr::new)
+                .to_vec();
+        args.push(state_dir.path().as_os_str());
+        args.extend(extra.split_whitespace().map(std::ffi::OsStr::new));
+        let (child, base) = common::spawn_serving(&args, &[]);
         let pid = child.id();
         Server {
             child,
-            base: format!("http://{addr}"),
+            base,
             pid,
             _state_dir: state_dir,
         }

@@ -18,9 +18,7 @@
 //! any check failed. Like the benchmark, it re-runs its own executable as procnode.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,41 +131,30 @@ struct Procnode {
 
 impl Procnode {
     fn start(state: &Path) -> (Procnode, String) {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--serve", "--state-dir"])
-            .arg(state)
-            .args(["--backoff-initial", "50ms", "--backoff-max", "500ms"])
-            .args([
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--state-dir".as_ref(), state.as_os_str()];
+        args.extend(
+            [
+                "--backoff-initial",
+                "50ms",
+                "--backoff-max",
+                "500ms",
                 "--default-uid",
                 "0",
                 "--allowed-uids",
                 "any",
                 "--allowed-gids",
                 "any",
-            ])
-            .args([
                 "--cgroups",
                 "off",
                 "--max-pods",
                 "1000",
                 "--header-read-timeout",
                 "2s",
-            ])
-            .env("PROCNODE_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("LISTEN ")
-            .expect("LISTEN")
-            .to_string();
-        (Procnode { child }, format!("http://{addr}"))
+            ]
+            .map(std::ffi::OsStr::new),
+        );
+        let (child, base) = common::spawn_serving(&args, &[("PROCNODE_LOG", "error")]);
+        (Procnode { child }, base)
     }
 
     fn kill9(mut self) {

@@ -40,3 +40,30 @@ fn serve(args: &[String]) {
             procnode::run(listener, config, shutdown).await.unwrap();
         });
 }
+
+/// Starts this executable as procnode (`--serve ARGS`, stdout piped, stderr dropped) and reads
+/// the address it listens on: the child and `http://ADDR`.
+pub fn spawn_serving(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("LISTEN ")
+        .expect("LISTEN line")
+        .to_string();
+    (child, format!("http://{addr}"))
+}
