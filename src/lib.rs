@@ -83,6 +83,11 @@ impl Started {
         layout.prepare()?;
         let lock = layout.lock()?;
         let (runtime, node) = build_with(config, objects);
+        if config.pod_root == config::PodRoot::Overlay && !runtime.settings().volumes.overlay_root {
+            tracing::warn!(
+                "--pod-root overlay needs procnode to run as root: containers see the host's root"
+            );
+        }
         let cgroups = runtime.settings().cgroups.clone();
         if cgroups.available() {
             tracing::info!(cgroups = %cgroups.status(), "pods get cgroups");
