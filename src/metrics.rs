@@ -93,8 +93,26 @@ pub struct Metrics {
     pub container_restarts: AtomicU64,
     exits: [AtomicU64; EXIT_REASONS.len()],
     pub spawn_latency: Histogram,
+    /// Each step of a pod's start, by [`StartStep`].
+    start_steps: [Histogram; START_STEPS.len()],
     requests: [Histogram; ROUTES.len()],
 }
+
+/// The steps of a pod's start, timed apart (`procnode_start_step_seconds{step}`), so that
+/// what a start waits for can be read off one run instead of compared across noisy ones.
+#[derive(Debug, Clone, Copy)]
+pub enum StartStep {
+    /// The pod record written and fsync'd, before createPod is answered.
+    Record,
+    /// The pod's cgroup and volumes, before its first container.
+    Prepare,
+    /// A container's process recipe: environment, user, working directory, mounts, cgroup.
+    Recipe,
+    /// Its supervisor launched until the container runs.
+    Supervisor,
+}
+
+const START_STEPS: [&str; 4] = ["record", "prepare", "recipe", "supervisor"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,6 +125,10 @@ impl Metrics {
         if let Some(i) = EXIT_REASONS.iter().position(|r| *r == reason) {
             self.exits[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn start_step(&self, step: StartStep, d: Duration) {
+        self.start_steps[step as usize].observe(d);
     }
 
     pub fn request(&self, path: &str, d: Duration) {
@@ -188,6 +210,14 @@ impl Metrics {
         let _ = writeln!(out, "# HELP procnode_spawn_seconds Time from the decision to start a container to its process running.\n# TYPE procnode_spawn_seconds histogram");
         self.spawn_latency
             .render(&mut out, "procnode_spawn_seconds", "");
+        let _ = writeln!(out, "# HELP procnode_start_step_seconds Time of each step of a pod's start.\n# TYPE procnode_start_step_seconds histogram");
+        for (i, step) in START_STEPS.iter().enumerate() {
+            self.start_steps[i].render(
+                &mut out,
+                "procnode_start_step_seconds",
+                &format!("step=\"{step}\""),
+            );
+        }
         let _ = writeln!(out, "# HELP procnode_http_request_seconds Time procnode spent on a request, by route.\n# TYPE procnode_http_request_seconds histogram");
         for (i, route) in ROUTES.iter().enumerate() {
             if self.requests[i].count.load(Ordering::Relaxed) > 0 {
@@ -214,7 +244,13 @@ mod tests {
         m.request("/getPod", Duration::from_micros(50));
         m.request("/nope", Duration::from_micros(50));
         m.container_exited("Error");
+        m.start_step(StartStep::Supervisor, Duration::from_millis(2));
         let text = m.render(&[("Running", 2)], 10, 1, 5);
+        assert!(
+            text.contains("procnode_start_step_seconds_count{step=\"supervisor\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("procnode_start_step_seconds_count{step=\"record\"} 0"));
         assert!(
             text.contains("procnode_spawn_seconds_bucket{le=\"0.0005\"} 1"),
             "{text}"

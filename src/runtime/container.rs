@@ -373,6 +373,9 @@ async fn start(
             .map_err(|e| start_error(e.to_string()))?
             .map_err(|e| start_error(e.to_string()))?
     };
+    let metrics = &settings.metrics;
+    metrics.start_step(crate::metrics::StartStep::Recipe, began.elapsed());
+    let launched = Instant::now();
     // Said once per run, not silently: volumes the host has no mount point for.
     let unmounted: Vec<String> = container
         .volume_mounts
@@ -412,7 +415,7 @@ async fn start(
     };
     let started_at =
         Timestamp::from_nanosecond(sup.started_ns as i128).unwrap_or_else(|_| Timestamp::now());
-    let metrics = &settings.metrics;
+    metrics.start_step(crate::metrics::StartStep::Supervisor, launched.elapsed());
     metrics.spawn_latency.observe(began.elapsed());
     metrics
         .container_starts

@@ -167,17 +167,21 @@ impl Runtime {
     async fn save_pod(&self, key: &PodKey, uid: &str, raw: &str) -> Result<(), RuntimeError> {
         let dir = self.settings.layout.record_base(key, uid);
         let raw = raw.to_string();
-        tokio::task::spawn_blocking(move || records::save_pod(&dir, &raw))
+        let began = std::time::Instant::now();
+        let saved = tokio::task::spawn_blocking(move || records::save_pod(&dir, &raw))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r)
             .map_err(|source| RuntimeError::Storage {
                 key: key.clone(),
                 source,
-            })
+            });
+        self.settings
+            .metrics
+            .start_step(crate::metrics::StartStep::Record, began.elapsed());
+        saved
     }
 
-    /// Brings back every pod recorded in the state directory: their JSON, their observed state,
     /// The pod's own uid on the host: as recorded, or a free one (procnode as root only).
     fn claim_pod_id(&self, recorded: Option<u32>, new: &NewPod) -> Option<u32> {
         if self.settings.users.own_uid != 0 {

@@ -121,7 +121,12 @@ pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, resto
     if has_deadline(&entry) {
         tokio::spawn(watchers::enforce_deadline(entry.clone(), settings.clone()));
     }
-    if let Err(e) = prepare_pod(&entry, &settings).await {
+    let began = std::time::Instant::now();
+    let prepared = prepare_pod(&entry, &settings).await;
+    settings
+        .metrics
+        .start_step(crate::metrics::StartStep::Prepare, began.elapsed());
+    if let Err(e) = prepared {
         tracing::warn!(pod = %entry.key(), error = %e, "the pod's volumes cannot be set up");
         entry.fail(e.reason(), e.to_string(), false);
         finish(&entry, &settings).await;
