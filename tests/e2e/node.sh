@@ -11,7 +11,8 @@
 # procnode runs as the ServiceAccount of examples/node-rbac.yaml under RBAC, so every step also
 # checks that role. Along the way: Secrets/ConfigMaps, `kubectl logs -f`, stats through the node proxy, the
 # kubelet port's authentication (the API server shows its client certificate; others need a
-# token the API server knows), the web API beside.
+# token the API server knows), the web API beside, and (procnode runs with --pod-root overlay)
+# a pod whose init container fills a volume at a path the host does not have.
 # Bounded in time (E2E_TIMEOUT, default 900 s); every process it started is stopped at the end.
 #
 #   bash tests/e2e/node.sh            # after `cargo build`
@@ -72,7 +73,7 @@ start_procnode() {
   "$BIN" node --kubeconfig "$NODE_KUBECONFIG" --node-name "$NODE" --node-ip 127.0.0.1 --state-dir "$STATE/state" \
     --cgroup-parent procnode-e2e --backoff-initial 1s --object-refresh-interval 2s \
     --disk-pressure-percent 0 --kubelet-client-ca "$(bash "$CP" ca)" \
-    --listen 127.0.0.1:13000 >>"$LOG" 2>&1 &
+    --pod-root overlay --listen 127.0.0.1:13000 >>"$LOG" 2>&1 &
   PROCNODE_PID=$!
 }
 
@@ -234,6 +235,35 @@ cluster=$(kubectl get pods --field-selector spec.nodeName=$NODE -o jsonpath='{.i
 [ "$web" = "$cluster" ] || fail "getPods [$web] vs the cluster [$cluster]"
 step "   getPods: $web"
 kubectl delete pod watcher configured --wait=false >/dev/null
+
+step "2e. a volume at a path the host does not have (--pod-root overlay)"
+[ ! -e /e2e-shared ] || fail "/e2e-shared exists on the host before the test"
+cat <<'EOF' | kubectl apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: shared}
+spec:
+  restartPolicy: Never
+  nodeSelector: {type: virtual-kubelet}
+  tolerations: [{key: virtual-kubelet.io/provider, operator: Exists}]
+  volumes: [{name: data, emptyDir: {}}]
+  initContainers:
+  - name: write
+    image: busybox
+    command: [sh, -c, 'echo hello from init > /e2e-shared/msg']
+    volumeMounts: [{name: data, mountPath: /e2e-shared}]
+  containers:
+  - name: read
+    image: busybox
+    command: [cat, /e2e-shared/msg]
+    volumeMounts: [{name: data, mountPath: /e2e-shared}]
+EOF
+wait_for "pod/shared to succeed" 60 bash -c '[ "$(kubectl get pod shared -o jsonpath={.status.phase})" = Succeeded ]'
+out=$(kubectl logs shared -c read)
+[ "$out" = "hello from init" ] || fail "the shared pod printed: $out"
+[ ! -e /e2e-shared ] || fail "/e2e-shared was made on the host"
+step "   the main container read what its init container wrote; the host has no /e2e-shared"
+kubectl delete pod shared --wait=false >/dev/null
 
 step "3. a Deployment scaled 1 -> 5 -> 0"
 # examples/deployment.yaml, each replica's shell marked for counting.
