@@ -12,15 +12,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::{container, container_pid, phase, pid_alive, sh, wait_until, Server};
 
-fn init_status<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["initContainerStatuses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == name)
-        .unwrap_or(&Value::Null)
-}
-
 #[tokio::test]
 async fn a_jobs_pod_with_a_logging_sidecar_completes_and_the_sidecar_is_stopped() {
     let srv = Server::start(&[]).await;
@@ -49,12 +40,12 @@ async fn a_jobs_pod_with_a_logging_sidecar_completes_and_the_sidecar_is_stopped(
             container(s, "main")["state"]["running"].is_object()
         })
         .await;
-    let logger = init_status(&s, "logger");
+    let logger = container(&s, "logger");
     assert!(logger["state"]["running"].is_object(), "{s}");
     assert_eq!(logger["started"], true, "{s}");
     assert_eq!(logger["ready"], true, "{s}");
     assert_eq!(
-        init_status(&s, "setup")["state"]["terminated"]["exitCode"],
+        container(&s, "setup")["state"]["terminated"]["exitCode"],
         0,
         "the next init container ran once the sidecar had started: {s}"
     );
@@ -66,7 +57,7 @@ async fn a_jobs_pod_with_a_logging_sidecar_completes_and_the_sidecar_is_stopped(
             .filter(|s| phase(s) == "Succeeded")
     })
     .await;
-    let logger = init_status(&s, "logger");
+    let logger = container(&s, "logger");
     assert!(logger["state"]["terminated"].is_object(), "{s}");
     assert!(!pid_alive(sidecar_pid), "the sidecar was stopped");
     let (code, logs) = srv.logs("job-sidecar", "logger", "").await;
@@ -103,7 +94,7 @@ async fn a_crashing_sidecar_is_restarted_while_the_app_container_keeps_running()
         Duration::from_secs(30),
         || async {
             srv.status("crashy").await.filter(|s| {
-                init_status(s, "helper")["restartCount"]
+                container(s, "helper")["restartCount"]
                     .as_i64()
                     .is_some_and(|n| n >= 2)
             })
@@ -118,7 +109,7 @@ async fn a_crashing_sidecar_is_restarted_while_the_app_container_keeps_running()
     );
     assert_eq!(container(&s, "main")["restartCount"], 0);
     assert_eq!(
-        init_status(&s, "helper")["lastState"]["terminated"]["exitCode"],
+        container(&s, "helper")["lastState"]["terminated"]["exitCode"],
         3,
         "{s}"
     );

@@ -33,7 +33,6 @@ pub mod volumes;
 mod watchers;
 mod worker;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -374,11 +373,7 @@ impl Runtime {
         entry.wait_done().await;
         let layout = &self.settings.layout;
         let record = layout.record_base(entry.key(), entry.uid());
-        let pod_dir = layout.pod_dir(entry.key(), entry.uid());
-        let dirs: Vec<PathBuf> = std::iter::once(pod_dir.clone())
-            .chain(self.settings.pod_log_dir(entry.key(), entry.uid()))
-            .chain(std::iter::once(layout.pod_layers(entry.key(), entry.uid())))
-            .collect();
+        let dirs = self.settings.pod_dirs(entry);
         let key = entry.key().clone();
         let cgroups = self.settings.cgroups.clone();
         let pod_cgroup = self.settings.pod_cgroup(entry);
@@ -388,7 +383,7 @@ impl Runtime {
             if let Err(e) = cgroups.remove_pod(&pod_cgroup) {
                 tracing::warn!(pod = %key, error = %e, "could not remove the pod's cgroup");
             }
-            volumes::release(&pod_dir);
+            volumes::release(&dirs[0]);
             // Sockets of supervisors that were killed rather than released.
             for (_, _, socket) in layout.supervisor_sockets(&sup_part) {
                 let _ = std::fs::remove_file(socket);

@@ -186,16 +186,8 @@ impl PodEntry {
             };
             let (field_path, container) = {
                 let st = self.state.lock().expect("state lock");
-                match idx.checked_sub(st.init.len()) {
-                    None => (
-                        field_path(true, &st.init[idx].name),
-                        st.init[idx].name.clone(),
-                    ),
-                    Some(i) => (
-                        field_path(false, &st.containers[i].name),
-                        st.containers[i].name.clone(),
-                    ),
-                }
+                let name = st.container(idx).name.clone();
+                (field_path(idx < st.init.len(), &name), name)
             };
             if notes.len() >= NOTES_KEPT {
                 notes.pop_front();
@@ -330,15 +322,7 @@ impl PodEntry {
         idx: usize,
         f: impl FnOnce(&mut ContainerStatus) -> R,
     ) -> R {
-        self.update_state(|st| {
-            let n_init = st.init.len();
-            let c = if idx < n_init {
-                &mut st.init[idx]
-            } else {
-                &mut st.containers[idx - n_init]
-            };
-            f(c)
-        })
+        self.update_state(|st| f(st.container_mut(idx)))
     }
 
     /// Fails the pod with `reason` and `message` (the kubelet's pod-level failures: a deadline,

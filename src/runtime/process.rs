@@ -247,35 +247,45 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
             let fd = super::safepath::Dir::open_trusted(&m.root)
                 .and_then(|root| root.open_path(&m.sub, m.links))
                 .map_err(|e| problem(format!("source: {e}")))?;
-            let source = nix::sys::stat::fstat(&fd)
+            let is_dir = |fd: &OwnedFd| {
+                nix::sys::stat::fstat(fd)
+                    .map(|s| s.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR)
+            };
+            let source_is_dir = is_dir(&fd)
                 .map_err(|e| problem(format!("source {}: {e}", source_path.display())))?;
-            let source_is_dir = source.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
-            let as_c = |p: &Path| c_path(p).map_err(|e| problem(e.to_string()));
-            let from = as_c(&super::safepath::proc_fd_path(&fd))?;
             // In a root of its own, the mount point is made there (in the run's layer) as the
-            // container would resolve it; on the host, it must exist with the source's type.
-            let target = match &new_root {
+            // container would resolve it; on the host, it must exist.
+            let rel = m.target.strip_prefix("/").unwrap_or(&m.target);
+            let (mount_point, target_is_dir) = match &new_root {
                 Some(root) => {
-                    // Mounted now, in this namespace (the source's; the child's own copy of
-                    // it keeps the mount), on a mount point made in the run's layer.
-                    let rel = m.target.strip_prefix("/").unwrap_or(&m.target);
-                    super::rootfs::mount_volume(root, &fd, source_is_dir, rel, m.read_only)
-                        .map_err(|e| problem(e.to_string()))?;
-                    return Ok(None);
+                    let at = super::safepath::mount_point_in_root(root.dir(), rel, !source_is_dir)
+                        .map_err(|e| problem(format!("mount point: {e}")))?;
+                    let at_dir = is_dir(&at).map_err(|e| problem(format!("mount point: {e}")))?;
+                    (Some(at), at_dir)
                 }
                 None => {
                     let target = std::fs::metadata(&m.target)
                         .map_err(|e| problem(format!("mount point: {e}")))?;
-                    if source_is_dir != target.is_dir() {
-                        return Err(problem(format!(
-                            "{} is a {} but the mount point is not",
-                            source_path.display(),
-                            if source_is_dir { "directory" } else { "file" }
-                        )));
-                    }
-                    as_c(&m.target)?
+                    (None, target.is_dir())
                 }
             };
+            if source_is_dir != target_is_dir {
+                return Err(problem(format!(
+                    "{} is a {} but the mount point is not",
+                    source_path.display(),
+                    if source_is_dir { "directory" } else { "file" }
+                )));
+            }
+            if let (Some(root), Some(at)) = (&new_root, &mount_point) {
+                // Mounted now, in this namespace (the source's; the child's own copy of it
+                // keeps the mount).
+                super::rootfs::mount_volume(root, &fd, at, rel, m.read_only)
+                    .map_err(|e| problem(e.to_string()))?;
+                return Ok(None);
+            }
+            let as_c = |p: &Path| c_path(p).map_err(|e| problem(e.to_string()));
+            let from = as_c(&super::safepath::proc_fd_path(&fd))?;
+            let target = as_c(&m.target)?;
             // The descriptors live in the closure, so they are open in the child until exec
             // (close-on-exec) and closed with the command.
             Ok(Some((fd, from, target, m.read_only)))

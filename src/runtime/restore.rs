@@ -2,7 +2,6 @@
 //! logs and the containers still running under their supervisors; supervisors nobody claims
 //! are stopped.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,10 +90,7 @@ impl Runtime {
                 if let Err(e) = records::remove(&pod.base) {
                     problems.push(format!("cannot remove {}: {e}", pod.base.display()));
                 }
-                let dirs: Vec<PathBuf> =
-                    std::iter::once(self.settings.layout.pod_dir(entry.key(), entry.uid()))
-                        .chain(self.settings.pod_log_dir(entry.key(), entry.uid()))
-                        .collect();
+                let dirs = self.settings.pod_dirs(&entry);
                 let _ = tokio::task::spawn_blocking(move || {
                     volumes::release(&dirs[0]);
                     for d in dirs {

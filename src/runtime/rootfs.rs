@@ -113,36 +113,26 @@ fn bind(source: &Path, target: &Path) -> Result<(), SpawnError> {
     .map_err(|e| problem(target, format!("binding {}: {e}", source.display())))
 }
 
-/// Mounts the volume open at `source` at `rel` in `root` (a mount point made there as the
-/// container resolves the path), read-only when asked.
+/// Mounts the volume open at `source` on the mount point `at` (made in `root` at `rel` by
+/// [`mount_point_in_root`]), read-only when asked.
 pub fn mount_volume(
     root: &NewRoot,
     source: &OwnedFd,
-    source_is_dir: bool,
+    at: &OwnedFd,
     rel: &Path,
     read_only: bool,
 ) -> std::io::Result<()> {
-    let at = mount_point_in_root(root.dir(), rel, !source_is_dir)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("mount point: {e}")))?;
-    let kind = nix::sys::stat::fstat(&at)?;
-    let is_dir = kind.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
-    if is_dir != source_is_dir {
-        return Err(std::io::Error::other(format!(
-            "the source is a {} but the mount point is not",
-            if source_is_dir { "directory" } else { "file" }
-        )));
-    }
     mount(
         Some(proc_fd_path(source).as_path()),
-        proc_fd_path(&at).as_path(),
+        proc_fd_path(at).as_path(),
         None::<&Path>,
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&Path>,
     )?;
     if read_only {
-        // The handle above is the mount point below the new mount: resolve the path again to
-        // reach the mount itself.
-        let mounted = mount_point_in_root(root.dir(), rel, !source_is_dir)?;
+        // `at` is the mount point below the new mount: resolve the path again to reach the
+        // mount itself (it exists now, so nothing is made).
+        let mounted = mount_point_in_root(root.dir(), rel, false)?;
         mount(
             None::<&Path>,
             proc_fd_path(&mounted).as_path(),

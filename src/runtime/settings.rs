@@ -269,6 +269,16 @@ impl Settings {
         })
     }
 
+    /// Every directory the pod has under the state directory, its own (`pods/`) first, then its
+    /// log files' and its runs' layers': what goes with the pod.
+    pub fn pod_dirs(&self, entry: &PodEntry) -> Vec<PathBuf> {
+        let (key, uid) = (entry.key(), entry.uid());
+        std::iter::once(self.layout.pod_dir(key, uid))
+            .chain(self.pod_log_dir(key, uid))
+            .chain(std::iter::once(self.layout.pod_layers(key, uid)))
+            .collect()
+    }
+
     /// Where the pod's log files go (one subdirectory per container), when they are kept.
     pub fn pod_log_dir(&self, key: &PodKey, uid: &str) -> Option<PathBuf> {
         self.logs.files.map(|_| self.layout.pod_log_dir(key, uid))

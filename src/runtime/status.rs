@@ -366,6 +366,22 @@ impl PodState {
         self.phase
     }
 
+    /// Container `idx` in the runtime's numbering: init containers first, then app containers.
+    pub fn container(&self, idx: usize) -> &ContainerStatus {
+        match idx.checked_sub(self.init.len()) {
+            None => &self.init[idx],
+            Some(i) => &self.containers[i],
+        }
+    }
+
+    /// [`PodState::container`], to change.
+    pub fn container_mut(&mut self, idx: usize) -> &mut ContainerStatus {
+        match idx.checked_sub(self.init.len()) {
+            None => &mut self.init[idx],
+            Some(i) => &mut self.containers[i],
+        }
+    }
+
     /// Every regular init container succeeded and every sidecar started (or the app
     /// containers already ran: a restarting sidecar does not take a pod back to initializing).
     pub fn initialized(&self) -> bool {

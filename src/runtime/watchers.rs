@@ -1,5 +1,7 @@
 //! What watches a running pod besides its containers: the active deadline, emptyDir size
 //! limits and the refresh of volumes filled from API objects. Each ends when the pod is done.
+//! The preparation of the pod's volumes lives here too, for the pod worker's first one and the
+//! refreshes alike.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,7 +1,6 @@
 //! The pod worker: one task per pod. It prepares the pod's volumes and cgroup, runs its init
 //! containers in order, then one container task per app container ([`container::supervise`]),
-//! and marks the pod done once every task has returned: no process of the pod is left. Also
-//! the writes of the pod's status record that the container tasks make.
+//! and marks the pod done once every task has returned: no process of the pod is left.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,27 +113,40 @@ fn begin(c: &mut ContainerStatus, policy: RestartPolicy) -> Option<container::Be
 /// containers are done (or the pod failed to initialize), in reverse order, within what is
 /// left of the grace period.
 pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, restored: bool) {
+    let mut sidecars = Sidecars::default();
+    run_containers(&entry, &settings, restored, &mut sidecars).await;
+    // However the containers ended, the sidecars go last; then the final record.
+    sidecars.stop_all(&entry, &settings).await;
+    finish(&entry, &settings).await;
+}
+
+/// [`run_pod`] up to the end of its app containers (or of the first init container that
+/// fails, or of a stop), starting sidecars into `sidecars` on the way.
+async fn run_containers(
+    entry: &Arc<PodEntry>,
+    settings: &Arc<Settings>,
+    restored: bool,
+    sidecars: &mut Sidecars,
+) {
     let (n_init, n_app, policy) = entry.update_state(|st| {
         st.start_time.get_or_insert_with(Timestamp::now);
         (st.init.len(), st.containers.len(), st.restart_policy)
     });
-    if has_deadline(&entry) {
+    if has_deadline(entry) {
         tokio::spawn(watchers::enforce_deadline(entry.clone(), settings.clone()));
     }
     let began = std::time::Instant::now();
-    let prepared = prepare_pod(&entry, &settings).await;
+    let prepared = prepare_pod(entry, settings).await;
     settings
         .metrics
         .start_step(crate::metrics::StartStep::Prepare, began.elapsed());
     if let Err(e) = prepared {
         tracing::warn!(pod = %entry.key(), error = %e, "the pod's volumes cannot be set up");
         entry.fail(e.reason(), e.to_string(), false);
-        finish(&entry, &settings).await;
         return;
     }
     // A pod that had ended before a restart of procnode does not start its sidecars again.
     let ended = restored && entry.phase().is_terminal();
-    let mut sidecars = Sidecars::default();
     // Init containers are retried on failure unless the pod never restarts anything.
     let init_policy = match policy {
         RestartPolicy::Never => RestartPolicy::Never,
@@ -148,19 +160,19 @@ pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, resto
             }
             let how = entry.update_container(idx, |c| begin(c, RestartPolicy::Always));
             let how = match how {
-                Some(how) if restored => adopt_unrecorded(&entry, idx, how, &settings),
+                Some(how) if restored => adopt_unrecorded(entry, idx, how, settings),
                 Some(how) => how,
                 None => continue,
             };
-            sidecars.start(&entry, idx, &settings, how);
-            if !sidecars.wait_started(&entry, idx).await {
+            sidecars.start(entry, idx, settings, how);
+            if !sidecars.wait_started(entry, idx).await {
                 break;
             }
             continue;
         }
         let how = entry.update_container(idx, |c| begin(c, init_policy));
         let how = match how {
-            Some(how) if restored => Some(adopt_unrecorded(&entry, idx, how, &settings)),
+            Some(how) if restored => Some(adopt_unrecorded(entry, idx, how, settings)),
             how => how,
         };
         let outcome = match how {
@@ -181,14 +193,10 @@ pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, resto
             }
         };
         if outcome != container::Outcome::Exited(0) {
-            sidecars.stop_all(&entry, &settings).await;
-            finish(&entry, &settings).await;
             return;
         }
     }
     if entry.stop_requested() {
-        sidecars.stop_all(&entry, &settings).await;
-        finish(&entry, &settings).await;
         return;
     }
     if n_init > 0 {
@@ -212,7 +220,7 @@ pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, resto
     for idx in n_init..n_init + n_app {
         if let Some(how) = entry.update_container(idx, |c| begin(c, policy)) {
             let how = if restored {
-                adopt_unrecorded(&entry, idx, how, &settings)
+                adopt_unrecorded(entry, idx, how, settings)
             } else {
                 how
             };
@@ -227,8 +235,6 @@ pub(super) async fn run_pod(entry: Arc<PodEntry>, settings: Arc<Settings>, resto
         }
     }
     while tasks.join_next().await.is_some() {}
-    sidecars.stop_all(&entry, &settings).await;
-    finish(&entry, &settings).await;
 }
 
 /// The pod's running sidecars, in start order: each with the stop request only the pod worker
