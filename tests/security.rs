@@ -273,6 +273,50 @@ async fn the_termination_message_is_read_as_the_container_and_never_blocks() {
     srv.stop().await;
 }
 
+/// In a root of its own (`--pod-root overlay`) the termination message is read from the run's
+/// writable layer, which the container writes: a link it left there is still read with the
+/// container's identity, so it reads nothing the container could not; its own file is read.
+#[tokio::test]
+async fn the_termination_message_in_a_root_of_its_own_is_read_as_the_container() {
+    if !support::is_root() {
+        return;
+    }
+    let srv = Server::start(&[
+        "--default-uid",
+        "65534",
+        "--allowed-uids",
+        "65534",
+        "--pod-root",
+        "overlay",
+    ])
+    .await;
+    let mut p = support::bare_pod(
+        "layer-link",
+        "ln -s /etc/shadow /tmp/procnode-test-msg; exit 1",
+        "Never",
+    );
+    p["spec"]["containers"][0]["terminationMessagePath"] = json!("/tmp/procnode-test-msg");
+    assert_eq!(srv.create(&p).await.status(), 201);
+    let s = srv
+        .wait_status("layer-link", "Failed", |s| phase(s) == "Failed")
+        .await;
+    let t = &container(&s, "main")["state"]["terminated"];
+    assert_eq!(t["exitCode"], 1);
+    assert!(t["message"].is_null(), "root's file was read: {t}");
+    let mut p = support::bare_pod("layer-told", "echo done > /tmp/procnode-test-told", "Never");
+    p["spec"]["containers"][0]["terminationMessagePath"] = json!("/tmp/procnode-test-told");
+    assert_eq!(srv.create(&p).await.status(), 201);
+    let s = srv
+        .wait_status("layer-told", "Succeeded", |s| phase(s) == "Succeeded")
+        .await;
+    assert_eq!(
+        container(&s, "main")["state"]["terminated"]["message"],
+        "done\n"
+    );
+    assert!(!std::path::Path::new("/tmp/procnode-test-told").exists());
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn groups_are_policed_like_users() {
     if !support::is_root() {

@@ -259,13 +259,7 @@ pub async fn supervise(
 
 /// The number of container `idx`'s current (or last) run: its restart count.
 fn current_run(entry: &PodEntry, idx: usize) -> u64 {
-    entry.read_state(|st| {
-        st.init
-            .iter()
-            .chain(st.containers.iter())
-            .nth(idx)
-            .map_or(0, |c| c.restart_count.max(0) as u64)
-    })
+    entry.read_state(|st| st.container(idx).restart_count.max(0) as u64)
 }
 
 /// Default of `terminationMessagePath`. On a host it would name the host's own file, shared by
@@ -300,23 +294,20 @@ async fn termination_message(
         Err(_) => None,
     };
     // In a root of its own, a file the run wrote is in its writable layer.
-    let run = current_run(entry, idx);
-    let path = match (path, settings.run_layer(entry, idx, run)) {
-        (Some(path), Some(layer)) => {
-            let written = layer
-                .join("upper")
-                .join(path.strip_prefix("/").unwrap_or(&path));
-            Some(if std::fs::symlink_metadata(&written).is_ok() {
-                written
-            } else {
-                path
-            })
-        }
-        (path, _) => path,
-    };
+    let layer = settings.run_layer(entry, idx, current_run(entry, idx));
     let from_file = match (path, reader) {
         (Some(path), Some(reader)) => tokio::task::spawn_blocking(move || {
-            super::safepath::read_as(&path, reader, TERMINATION_MESSAGE_MAX)
+            // What the run wrote is in its layer's upper directory (procnode's, reached as
+            // root; below it, only as the container); anything else is the host's.
+            let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
+            let upper = layer
+                .and_then(|l| super::safepath::Dir::open_trusted(&l.join("upper")).ok())
+                .filter(|upper| super::safepath::exists_in_root(upper, &rel));
+            let read = match &upper {
+                Some(upper) => (Some(upper), rel.as_path()),
+                None => (None, path.as_path()),
+            };
+            super::safepath::read_as(read.0, read.1, reader, TERMINATION_MESSAGE_MAX)
                 .map(|buf| String::from_utf8_lossy(&buf).into_owned())
         })
         .await
@@ -738,11 +729,6 @@ pub(super) enum RecipeError {
     Cgroup(std::io::Error),
 }
 
-/// The one recipe of container `idx`'s processes (its own, and its exec probes' and hooks'):
-/// argv, environment (volume paths first, so that `env` and `args` can refer to them as
-/// $(VAR)), working directory, user, cgroups (a fresh one for a new run when `new_run`, else
-/// the current run's) and volume mounts. Makes the working directory when the container runs in
-/// its pod's, and the links and subPaths of its mounts. Blocking.
 /// Which process a recipe is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum For {
@@ -753,6 +739,12 @@ enum For {
     Exec,
 }
 
+/// The one recipe of container `idx`'s processes (its own, and its exec probes' and hooks'):
+/// argv, environment (volume paths first, so that `env` and `args` can refer to them as
+/// $(VAR)), working directory, user, cgroups (a fresh one for a new run, else the current
+/// run's), volume mounts, and the run's own root (`--pod-root overlay`; exec probes and hooks
+/// join it instead). Makes the working directory when the container runs in its pod's, and the
+/// links and subPaths of its mounts. Blocking.
 fn recipe(
     entry: &PodEntry,
     idx: usize,
@@ -825,13 +817,7 @@ fn recipe(
         },
         // The running container's namespace has its root and mounts already.
         For::Exec if settings.volumes.overlay_root => {
-            let pid = entry.read_state(|st| {
-                st.init
-                    .iter()
-                    .chain(st.containers.iter())
-                    .nth(idx)
-                    .and_then(|c| c.pid)
-            });
+            let pid = entry.read_state(|st| st.container(idx).pid);
             (None, pid, Vec::new())
         }
         For::Exec => (None, None, mounts),

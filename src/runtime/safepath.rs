@@ -320,20 +320,35 @@ fn set_owner(fd: &OwnedFd, path: &Path, owner: Owner) -> io::Result<()> {
 /// Reads at most `max` bytes of `path` if it is a regular file that the identity `reader`
 /// (uid, gid, groups; `None`: procnode's own) may open: the open is made by a thread that takes
 /// that identity as its file system credentials, without blocking (a FIFO or a device is
-/// refused after the open, before any read). `None` when there is nothing to read.
-pub fn read_as(path: &Path, reader: Option<(u32, u32, Vec<u32>)>, max: usize) -> Option<Vec<u8>> {
+/// refused after the open, before any read). With `root`, `path` is relative and resolved as
+/// if `root` were `/` (`RESOLVE_IN_ROOT`: a link never leads out of it), and only what lies
+/// below `root` needs the reader's permission. `None` when there is nothing to read.
+pub fn read_as(
+    root: Option<&Dir>,
+    path: &Path,
+    reader: Option<(u32, u32, Vec<u32>)>,
+    max: usize,
+) -> Option<Vec<u8>> {
     let path = path.to_path_buf();
+    let root = match root {
+        Some(dir) => Some(dir.fd.try_clone().ok()?),
+        None => None,
+    };
     // A thread of its own: its credentials die with it.
     std::thread::spawn(move || {
         if let Some((uid, gid, groups)) = &reader {
             super::process::take_fs_identity(*uid, *gid, groups).ok()?;
         }
-        let fd = nix::fcntl::open(
-            &path,
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let fd = match &root {
+            Some(root) => {
+                let how = OpenHow::new()
+                    .flags(flags)
+                    .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+                openat2(root.as_fd(), &path, how).ok()?
+            }
+            None => nix::fcntl::open(&path, flags, Mode::empty()).ok()?,
+        };
         let st = fstat(&fd).ok()?;
         if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
             return None;
@@ -348,6 +363,14 @@ pub fn read_as(path: &Path, reader: Option<(u32, u32, Vec<u32>)>, max: usize) ->
     .join()
     .ok()
     .flatten()
+}
+
+/// Whether `rel` names anything in `root` resolved as if `root` were `/` (never outside it).
+pub fn exists_in_root(root: &Dir, rel: &Path) -> bool {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(root.fd.as_fd(), rel, how).is_ok()
 }
 
 /// Makes (if missing) and opens with `O_PATH` the mount point `rel` in a container's own root
@@ -372,23 +395,22 @@ pub fn mount_point_in_root(root: &Dir, rel: &Path, file: bool) -> io::Result<Own
             )),
         })
         .collect::<io::Result<_>>()?;
+    // Each component from its resolved parent: opened if it is there, else made and opened.
     let mut prefix = PathBuf::new();
+    let mut current = in_root(Path::new(".")).map_err(|e| explain(&root.path, e))?;
     for (i, name) in parts.iter().enumerate() {
-        let parent = if prefix.as_os_str().is_empty() {
-            in_root(Path::new("."))
-        } else {
-            in_root(&prefix)
-        }
-        .map_err(|e| explain(&root.path.join(&prefix), e))?;
         prefix.push(name);
         match in_root(&prefix) {
-            Ok(_) => continue,
+            Ok(fd) => {
+                current = fd;
+                continue;
+            }
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(explain(&root.path.join(&prefix), e)),
         }
-        // The parent was opened O_PATH: make the entry through a real directory handle.
+        // `current` (the parent) is an O_PATH handle: make the entry through a real one.
         let parent_dir = nix::fcntl::openat(
-            parent.as_fd(),
+            current.as_fd(),
             ".",
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
@@ -414,8 +436,9 @@ pub fn mount_point_in_root(root: &Dir, rel: &Path, file: bool) -> io::Result<Own
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(explain(&root.path.join(&prefix), e)),
         }
+        current = in_root(&prefix).map_err(|e| explain(&root.path.join(&prefix), e))?;
     }
-    in_root(&prefix).map_err(|e| explain(&root.path.join(&prefix), e))
+    Ok(current)
 }
 
 /// The path through which a bind mount uses `fd` as its source.
@@ -509,10 +532,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let fifo = tmp.path().join("fifo");
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
-        assert_eq!(read_as(&fifo, None, 10), None);
-        assert_eq!(read_as(Path::new("/dev/zero"), None, 10), None);
+        assert_eq!(read_as(None, &fifo, None, 10), None);
+        assert_eq!(read_as(None, Path::new("/dev/zero"), None, 10), None);
         let file = tmp.path().join("f");
         std::fs::write(&file, "0123456789abc").unwrap();
-        assert_eq!(read_as(&file, None, 10).unwrap(), b"0123456789");
+        assert_eq!(read_as(None, &file, None, 10).unwrap(), b"0123456789");
     }
 }
