@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod node;
 pub mod quantity;
 pub mod runtime;
+pub mod stream;
 pub mod tls;
 
 use std::future::Future;

@@ -26,6 +26,11 @@ pub enum ApiError {
     Forbidden(String),
     #[error("too many log follow streams are open (see --max-follow-streams); try again later")]
     TooManyFollowers,
+    #[error("too many exec and port-forward sessions are open on this node or pod; try again later")]
+    TooManySessions,
+    /// A streaming request that offers no protocol procnode speaks.
+    #[error("{message}")]
+    NoCommonProtocol { message: String, accepted: String },
     /// A bug or a panic inside procnode, not the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -44,7 +49,9 @@ impl ApiError {
             // restarted.
             ApiError::BadRequest(_)
             | ApiError::Runtime(RuntimeError::InvalidPod(_))
-            | ApiError::Runtime(RuntimeError::NoPreviousRun { .. }) => StatusCode::BAD_REQUEST,
+            | ApiError::Runtime(RuntimeError::NoPreviousRun { .. })
+            | ApiError::Runtime(RuntimeError::ContainerNotRunning { .. })
+            | ApiError::Runtime(RuntimeError::PodNotRunning(_)) => StatusCode::BAD_REQUEST,
             // The broker maps exactly "404 Not Found" to "pod does not exist".
             ApiError::Runtime(RuntimeError::PodNotFound(_))
             | ApiError::Runtime(RuntimeError::ContainerNotFound { .. })
@@ -55,7 +62,46 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::TooManyFollowers => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyFollowers | ApiError::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NoCommonProtocol { .. } => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+impl ApiError {
+    /// The error as the API server words one, a `metav1.Status`: what the kubelet API's
+    /// streaming routes answer, so that kubectl shows the message as it shows the API
+    /// server's own.
+    pub fn into_status_response(self) -> Response {
+        let status = self.status();
+        let reason = match status {
+            StatusCode::BAD_REQUEST => "BadRequest",
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::NOT_FOUND => "NotFound",
+            StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+            _ => "InternalError",
+        };
+        let body = serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": reason,
+            "code": status.as_u16(),
+        });
+        let mut resp = (status, axum::Json(body)).into_response();
+        self.add_headers(&mut resp);
+        resp
+    }
+
+    fn add_headers(&self, resp: &mut Response) {
+        if let ApiError::NoCommonProtocol { accepted, .. } = self {
+            if let Ok(v) = axum::http::HeaderValue::from_str(accepted) {
+                resp.headers_mut()
+                    .insert("x-accepted-stream-protocol-versions", v);
+            }
         }
     }
 }
@@ -68,6 +114,7 @@ impl IntoResponse for ApiError {
             "status": status.as_u16(),
         });
         let mut resp = (status, axum::Json(body)).into_response();
+        self.add_headers(&mut resp);
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -8,6 +8,7 @@ mod extract;
 mod handlers;
 pub mod peer;
 pub mod serve;
+mod streaming;
 mod wire;
 
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub callers: peer::CallerPolicy,
     /// Connection cap and header read timeout.
     pub limits: serve::Limits,
+    /// Open exec and port-forward sessions (node mode's kubelet API).
+    pub sessions: Arc<crate::stream::Sessions>,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
                 max_connections: config.max_connections as usize,
                 header_read_timeout: config.header_read_timeout,
             },
+            sessions: Arc::default(),
         })
     }
 }
@@ -74,6 +78,14 @@ pub fn kubelet_router(state: AppState) -> Router {
             get(handlers::kubelet_container_logs),
         )
         .route("/pods", get(handlers::kubelet_pods))
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(streaming::exec).post(streaming::exec),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(streaming::port_forward).post(streaming::port_forward),
+        )
         .route("/healthz", get(handlers::health))
         .route("/stats/summary", get(handlers::stats_summary))
         .route("/metrics/resource", get(handlers::resource_metrics))

@@ -713,10 +713,20 @@ fn exec_context(entry: &PodEntry, idx: usize, settings: &Settings) -> Option<pro
     })
 }
 
+/// The recipe of a process exec'd into container `idx`'s current run (`kubectl exec`): that
+/// of its exec probes, whose argv the caller replaces. Blocking.
+pub(super) fn exec_recipe(
+    entry: &PodEntry,
+    idx: usize,
+    settings: &Settings,
+) -> Result<SpawnRequest, RecipeError> {
+    recipe(entry, idx, settings, For::Exec)
+}
+
 /// Why a container's process recipe cannot be made: the run fails to start
 /// (`StartError`, with this as its message).
 #[derive(Debug, thiserror::Error)]
-pub(super) enum RecipeError {
+pub enum RecipeError {
     #[error(transparent)]
     Env(#[from] env::ConfigError),
     #[error(transparent)]
@@ -833,6 +843,7 @@ fn recipe(
         root,
         read_only_root: read_only_root && join_mounts_of.is_none(),
         join_mounts_of,
+        group: process::Group::Own,
     })
 }
 

@@ -12,6 +12,8 @@
 mod backoff;
 pub mod cgroup;
 mod container;
+pub mod exec;
+mod ports;
 pub mod env;
 mod hash;
 pub mod layout;
@@ -41,6 +43,7 @@ use tokio::task::JoinSet;
 
 pub use env::{image_executable, NodeFacts};
 pub use layout::StateLayout;
+pub use ports::PortTarget;
 pub use pod::{field_path, ContainerSpec, Happening, Note, PodEntry, PodKey};
 pub use settings::{Budget, Settings};
 use status::{reason, ContainerStatus, PodState};
@@ -57,6 +60,10 @@ pub enum RuntimeError {
     PodNotFound(PodKey),
     #[error("container {container:?} not found in pod {key}")]
     ContainerNotFound { key: PodKey, container: String },
+    #[error("pod {0} is not running")]
+    PodNotRunning(PodKey),
+    #[error("container {container:?} in pod {key} is not running")]
+    ContainerNotRunning { key: PodKey, container: String },
     #[error("previous terminated container {container:?} in pod {key} not found")]
     NoPreviousRun { key: PodKey, container: String },
     #[error("cannot record pod {key} in the state directory: {source}")]

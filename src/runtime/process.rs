@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -89,6 +89,23 @@ pub struct SpawnRequest {
     /// probes and hooks of a container that has a root of its own.
     #[serde(default)]
     pub join_mounts_of: Option<i32>,
+    /// The process group (or session) the process starts in.
+    #[serde(default)]
+    pub group: Group,
+}
+
+/// Where a spawned process stands among process groups and sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Group {
+    /// A process group of its own (signals reach it and its children together).
+    #[default]
+    Own,
+    /// A session of its own whose controlling terminal is its stdin (an exec with a tty): a
+    /// shell's job control then works, and closing the terminal hangs the session up.
+    Terminal,
+    /// The spawner's group: the `exec-as` helper of a `Terminal` request, which makes the
+    /// session itself (a group leader cannot).
+    Inherit,
 }
 
 /// A container run's own root: an overlay whose lower layer is the host's root and whose
@@ -133,6 +150,8 @@ pub enum SpawnError {
     PodDir(PathBuf, io::Error),
     #[error("creating output pipes: {0}")]
     Pipe(Errno),
+    #[error("opening a terminal: {0}")]
+    Terminal(io::Error),
     #[error("starting \"{0}\": {1}")]
     Exec(String, io::Error),
     #[error("cgroup {0}: {1}")]
@@ -144,7 +163,12 @@ pub enum SpawnError {
 /// Builds the command for `req`: the program resolved (so that a missing or non-executable one
 /// is a clear error, and the standard library can use posix_spawn instead of fork), the working
 /// directory checked, the environment replaced, stdin from /dev/null, a new process group.
-pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Command, SpawnError> {
+pub fn command(
+    req: &SpawnRequest,
+    stdin: Stdio,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<Command, SpawnError> {
     let first = req.argv.first().ok_or(SpawnError::NoCommand)?;
     // In a root of its own the working directory is the container's (made there if missing,
     // below); on the host it must exist.
@@ -174,10 +198,13 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
         .env_clear()
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&req.cwd)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0);
+        .stderr(stderr);
+    if req.group == Group::Own {
+        cmd.process_group(0);
+    }
+    let terminal = req.group == Group::Terminal;
     // Everything the child does between fork and exec is prepared here, before the fork:
     // the child only makes system calls on this data (no allocation, no locks).
     let cgroup_files = req
@@ -322,12 +349,22 @@ pub fn command(req: &SpawnRequest, stdout: Stdio, stderr: Stdio) -> Result<Comma
         || pivot.is_some()
         || join.is_some()
         || read_only_root
+        || terminal
     {
-        // SAFETY: runs in the forked child before exec; it only makes system calls (open,
-        // write, unshare, mount, setgroups, setgid, setuid) on data prepared before the fork.
+        // SAFETY: runs in the forked child before exec; it only makes system calls (setsid,
+        // ioctl, open, write, unshare, mount, setgroups, setgid, setuid) on data prepared
+        // before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 use nix::mount::{mount, MsFlags};
+                if terminal {
+                    // A new session (this process is no group leader: see Group::Inherit),
+                    // with stdin, the terminal, as its controlling terminal.
+                    nix::unistd::setsid()?;
+                    if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 for file in &cgroup_files {
                     let fd = nix::fcntl::open(
                         file.as_c_str(),
@@ -493,6 +530,7 @@ fn via_helper(req: &SpawnRequest, helper: &Path) -> SpawnRequest {
         && req.root.is_none()
         && !req.read_only_root
         && req.join_mounts_of.is_none()
+        && req.group != Group::Terminal
     {
         return req.clone();
     }
@@ -508,6 +546,10 @@ fn via_helper(req: &SpawnRequest, helper: &Path) -> SpawnRequest {
         root: None,
         read_only_root: false,
         join_mounts_of: None,
+        group: match req.group {
+            Group::Terminal => Group::Inherit,
+            _ => Group::Own,
+        },
     }
 }
 
@@ -522,7 +564,7 @@ pub fn exec_as_main(spec: &str) -> i32 {
             return 127;
         }
     };
-    let mut cmd = match command(&req, Stdio::inherit(), Stdio::inherit()) {
+    let mut cmd = match command(&req, Stdio::inherit(), Stdio::inherit(), Stdio::inherit()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("procnode exec-as: {e}");
@@ -555,7 +597,7 @@ pub fn spawn_direct(req: &SpawnRequest, helper: &Path) -> Result<SpawnedDirect, 
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let req = &via_helper(req, helper);
-    let mut cmd = command(req, Stdio::from(out_w), Stdio::from(err_w))?;
+    let mut cmd = command(req, Stdio::null(), Stdio::from(out_w), Stdio::from(err_w))?;
     let reaper = Reaper::get();
     let ticket = reaper.begin_spawn();
     let first = req.argv.first().cloned().unwrap_or_default();
@@ -601,8 +643,19 @@ pub fn spawn_quiet(
     req: &SpawnRequest,
     helper: &Path,
 ) -> Result<(i32, oneshot::Receiver<ExitStatus>), SpawnError> {
+    spawn_with(req, helper, [Stdio::null(), Stdio::null(), Stdio::null()])
+}
+
+/// Starts `req` as procnode's own child with `stdio` as its stdin, stdout and stderr (an exec
+/// session's pipes or terminal): its pid and its exit.
+pub fn spawn_with(
+    req: &SpawnRequest,
+    helper: &Path,
+    stdio: [Stdio; 3],
+) -> Result<(i32, oneshot::Receiver<ExitStatus>), SpawnError> {
     let req = &via_helper(req, helper);
-    let mut cmd = command(req, Stdio::null(), Stdio::null())?;
+    let [stdin, stdout, stderr] = stdio;
+    let mut cmd = command(req, stdin, stdout, stderr)?;
     let reaper = Reaper::get();
     let ticket = reaper.begin_spawn();
     let first = req.argv.first().cloned().unwrap_or_default();
@@ -610,6 +663,69 @@ pub fn spawn_quiet(
     let pid = child.id() as i32;
     drop(child);
     Ok((pid, reaper.register(pid, ticket)))
+}
+
+/// A pseudo-terminal for an exec session with a tty: procnode keeps the master (both
+/// close-on-exec); the process gets the slave as its stdin, stdout and stderr. The slave is
+/// handed to `owner` (uid, gid), as a login hands a terminal to its user.
+pub fn open_terminal(owner: Option<(u32, u32)>) -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    let term = |e: Errno| SpawnError::Terminal(e.into());
+    let pty = nix::pty::openpty(None, None).map_err(term)?;
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .map_err(term)?;
+    }
+    if let Some((uid, gid)) = owner {
+        nix::unistd::fchown(
+            &pty.slave,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(term)?;
+    }
+    Ok((pty.master, pty.slave))
+}
+
+/// Sets a terminal's window size (its foreground process group gets SIGWINCH).
+pub fn set_window_size(master: &OwnedFd, cols: u16, rows: u16) -> io::Result<()> {
+    let size = nix::libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize through the pointer, which outlives the call; the
+    // descriptor is borrowed from an OwnedFd, so it is open.
+    let r = unsafe { nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCSWINSZ, &size) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Kills process group `pgid` and every process of session `pgid` (what a shell on an exec
+/// session's terminal started in groups of their own). ESRCH is "already gone".
+pub fn kill_session(pgid: i32) {
+    signal_group(pgid, Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(Pid::from_raw(pgid), Signal::SIGKILL);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name: state, ppid, pgrp, session.
+        let session = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(3)?.parse::<i32>().ok());
+        if session == Some(pgid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
 }
 
 /// Takes ownership of file descriptors received from another process (SCM_RIGHTS).
