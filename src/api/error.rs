@@ -26,7 +26,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("too many log follow streams are open (see --max-follow-streams); try again later")]
     TooManyFollowers,
-    #[error("too many exec and port-forward sessions are open on this node or pod; try again later")]
+    #[error(
+        "too many exec and port-forward sessions are open on this node or pod; try again later"
+    )]
     TooManySessions,
     /// A streaming request that offers no protocol procnode speaks.
     #[error("{message}")]

@@ -24,7 +24,10 @@ pub async fn exec(
     Path((namespace, pod, container)): Path<(String, String, String)>,
     req: Request,
 ) -> Response {
-    let key = PodKey { namespace, name: pod };
+    let key = PodKey {
+        namespace,
+        name: pod,
+    };
     let prepared = (|| {
         let options = exec::Options::from_query(req.uri().query().unwrap_or(""))
             .map_err(ApiError::BadRequest)?;
@@ -47,7 +50,10 @@ pub async fn port_forward(
     Path((namespace, pod)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    let key = PodKey { namespace, name: pod };
+    let key = PodKey {
+        namespace,
+        name: pod,
+    };
     let prepared = (|| {
         let target = s.runtime.port_target(&key)?;
         let permit = s.sessions.open(&key).ok_or(ApiError::TooManySessions)?;

@@ -12,12 +12,12 @@
 mod backoff;
 pub mod cgroup;
 mod container;
-pub mod exec;
-mod ports;
 pub mod env;
+pub mod exec;
 mod hash;
 pub mod layout;
 mod pod;
+mod ports;
 pub mod probe;
 pub mod process;
 pub mod records;
@@ -43,8 +43,8 @@ use tokio::task::JoinSet;
 
 pub use env::{image_executable, NodeFacts};
 pub use layout::StateLayout;
-pub use ports::PortTarget;
 pub use pod::{field_path, ContainerSpec, Happening, Note, PodEntry, PodKey};
+pub use ports::PortTarget;
 pub use settings::{Budget, Settings};
 use status::{reason, ContainerStatus, PodState};
 use store::Store;

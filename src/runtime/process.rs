@@ -672,8 +672,11 @@ pub fn open_terminal(owner: Option<(u32, u32)>) -> Result<(OwnedFd, OwnedFd), Sp
     let term = |e: Errno| SpawnError::Terminal(e.into());
     let pty = nix::pty::openpty(None, None).map_err(term)?;
     for fd in [&pty.master, &pty.slave] {
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-            .map_err(term)?;
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(term)?;
     }
     if let Some((uid, gid)) = owner {
         nix::unistd::fchown(

@@ -118,8 +118,8 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
 
     let (out_r, out_w) = process::pipe().map_err(io::Error::other)?;
     let (err_r, err_w) = process::pipe().map_err(io::Error::other)?;
-    let child =
-        process::command(&spec, Stdio::null(), Stdio::from(out_w), Stdio::from(err_w)).and_then(|mut cmd| {
+    let child = process::command(&spec, Stdio::null(), Stdio::from(out_w), Stdio::from(err_w))
+        .and_then(|mut cmd| {
             let first = spec.argv.first().cloned().unwrap_or_default();
             cmd.spawn().map_err(|e| process::SpawnError::Exec(first, e))
         });

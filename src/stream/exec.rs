@@ -189,6 +189,8 @@ async fn run(
 ) -> Option<ExitStatus> {
     let ExecProcess { pid, io, mut exit } = process;
     let kill = || process::kill_session(pid);
+    // A session dropped before its end (procnode shutting down) leaves no process behind.
+    let mut guard = KillOnDrop(Some(pid));
     let mut outputs = tokio::task::JoinSet::new();
     let mut inputs = tokio::task::JoinSet::new();
     match io {
@@ -257,7 +259,19 @@ async fn run(
         outputs.abort_all();
     }
     inputs.abort_all();
+    guard.0 = None;
     status
+}
+
+/// Kills an exec'd process's group and session when dropped armed.
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            process::kill_session(pid);
+        }
+    }
 }
 
 fn take_data(s: &mut spdy::Stream) -> mpsc::Receiver<Bytes> {
@@ -383,14 +397,18 @@ mod tests {
 
     #[test]
     fn query_parameters_are_read_as_the_kubelet_reads_them() {
-        let o = Options::from_query("command=sh&command=-c&command=echo+%24FOO&stdin=1&stdout=true&stderr=1&tty=0")
-            .unwrap();
+        let o = Options::from_query(
+            "command=sh&command=-c&command=echo+%24FOO&stdin=1&stdout=true&stderr=1&tty=0",
+        )
+        .unwrap();
         assert_eq!(o.command, ["sh", "-c", "echo $FOO"]);
         assert!(o.stdin && o.stdout && o.stderr && !o.tty);
         // The older names, and a tty without stderr.
         let o = Options::from_query("command=sh&input=1&output=1&error=1&tty=1").unwrap();
         assert!(o.stdin && o.stdout && !o.stderr && o.tty);
-        assert!(Options::from_query("stdout=1").unwrap_err().contains("command"));
+        assert!(Options::from_query("stdout=1")
+            .unwrap_err()
+            .contains("command"));
         assert!(Options::from_query("command=ls")
             .unwrap_err()
             .contains("at least 1 of stdin, stdout, stderr"));

@@ -126,7 +126,10 @@ mod tests {
         );
         assert_eq!(negotiate(&[], EXEC_PROTOCOLS), Ok("channel.k8s.io"));
         let refused = negotiate(&["v9.example"], EXEC_PROTOCOLS).unwrap_err();
-        assert!(refused.contains("unable to negotiate protocol"), "{refused}");
+        assert!(
+            refused.contains("unable to negotiate protocol"),
+            "{refused}"
+        );
         assert_eq!(
             negotiate(&["portforward.k8s.io"], PORT_FORWARD_PROTOCOLS),
             Ok("portforward.k8s.io")

@@ -336,7 +336,11 @@ impl Codec {
         let fin = flags & FLAG_FIN != 0;
         if head[0] & 0x80 == 0 {
             let id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-            return Ok(Some(Frame::Data { id, fin, data: body }));
+            return Ok(Some(Frame::Data {
+                id,
+                fin,
+                data: body,
+            }));
         }
         let version = u16::from_be_bytes([head[0], head[1]]) & 0x7fff;
         if version != VERSION {
@@ -912,7 +916,10 @@ mod tests {
         assert_eq!(codec.decode(&mut buf), Err(SpdyError::Version(2)));
         // A frame claiming 16 MiB.
         let mut buf = BytesMut::from(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(codec.decode(&mut buf), Err(SpdyError::TooLarge(_))));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(SpdyError::TooLarge(_))
+        ));
         // A SYN_STREAM too short for its fixed fields.
         let mut buf = BytesMut::from(&[0x80, 0x03, 0x00, 0x01, 0, 0, 0, 2, 0, 0][..]);
         assert_eq!(
@@ -921,7 +928,9 @@ mod tests {
         );
         // A header block that is not zlib.
         let mut buf = BytesMut::from(
-            &[0x80, 0x03, 0x00, 0x02, 0, 0, 0, 8, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef][..],
+            &[
+                0x80, 0x03, 0x00, 0x02, 0, 0, 0, 8, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef,
+            ][..],
         );
         assert!(matches!(
             codec.decode(&mut buf),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod spdy;
 pub mod tls;
 
 /// A pod as a Kubernetes API server stores it (the sleeper fixture), with `name`, `uid`,
@@ -237,6 +238,8 @@ fn stop_pods_unless_chosen(extra: &[&str]) -> Option<&'static str> {
 /// A procnode server running in this process on 127.0.0.1:0 with its own state dir.
 pub struct Server {
     pub base: String,
+    /// The kubelet API's address (host:port), when started with it.
+    pub kubelet: String,
     pub http: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -247,6 +250,79 @@ pub struct Server {
 
 impl Server {
     pub async fn start(extra_args: &[&str]) -> Server {
+        let (config, state_dir) = Server::config(extra_args);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(procnode::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        Server {
+            base: format!("http://{addr}"),
+            kubelet: String::new(),
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+            state_dir,
+            pgids: Default::default(),
+        }
+    }
+
+    /// [`Server::start`], with node mode's kubelet API (its streaming routes) served on a
+    /// second port (plain HTTP, no authentication: `kubelet`), on the same runtime.
+    pub async fn start_with_kubelet_api(extra_args: &[&str]) -> Server {
+        let (config, state_dir) = Server::config(extra_args);
+        let web = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let kubelet = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (addr, kubelet_addr) = (web.local_addr().unwrap(), kubelet.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let started = procnode::Started::start(&config, None).await?;
+            let state = procnode::api::AppState::new(
+                started.runtime.clone(),
+                started.node.clone(),
+                &config,
+            )?;
+            let (stop, stopping) = tokio::sync::watch::channel(false);
+            let kubelet_api = tokio::spawn(procnode::api::serve::serve(
+                kubelet,
+                procnode::api::kubelet_router(state.clone()),
+                |_: &tokio::net::TcpStream| (),
+                state.limits,
+                started.runtime.settings().metrics.clone(),
+                async move {
+                    let mut stopping = stopping;
+                    let _ = stopping.wait_for(|s| *s).await;
+                },
+            ));
+            procnode::api::serve(web, state, async {
+                let _ = rx.await;
+            })
+            .await?;
+            stop.send_replace(true);
+            let _ = kubelet_api.await;
+            started.stop(&config).await;
+            Ok(())
+        });
+        Server {
+            base: format!("http://{addr}"),
+            kubelet: kubelet_addr.to_string(),
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+            state_dir,
+            pgids: Default::default(),
+        }
+    }
+
+    /// The configuration of a test server: `extra_args` over the tests' defaults.
+    fn config(extra_args: &[&str]) -> (procnode::Config, tempfile::TempDir) {
         // Orphaned grandchildren of pods must come back to this process to be reaped.
         procnode::runtime::process::become_subreaper().expect("subreaper");
         let state_dir = tempfile::tempdir().expect("tempdir");
@@ -286,23 +362,7 @@ impl Server {
         }
         args.extend(stop_pods_unless_chosen(extra_args).map(String::from));
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let config = procnode::Config::parse_from_env_free(args);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(procnode::run(listener, config, async {
-            let _ = rx.await;
-        }));
-        Server {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
-            shutdown: Some(tx),
-            task: Some(task),
-            state_dir,
-            pgids: Default::default(),
-        }
+        (procnode::Config::parse_from_env_free(args), state_dir)
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
