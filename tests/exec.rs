@@ -399,7 +399,9 @@ async fn port_forward_reaches_the_pods_port_and_no_other() {
     // Read until both pages and the refusal are in.
     let mut t = Transcript::default();
     let done = |t: &Transcript| {
-        pairs.iter().all(|(_, d)| t.finished.contains(d)) && t.finished.contains(&e2)
+        pairs.iter().all(|(_, d)| t.finished.contains(d))
+            && t.finished.contains(&e2)
+            && t.finished.contains(&d2)
     };
     tokio::time::timeout(Duration::from_secs(20), async {
         while !done(&t) {
@@ -427,6 +429,261 @@ async fn port_forward_reaches_the_pods_port_and_no_other() {
     assert!(t.finished.contains(&d2));
     c.hang_up();
     drop(host_only);
+    srv.delete(&p).await;
+    srv.stop().await;
+}
+
+/// An API server's proxy for `pods/exec` and `pods/portforward`, as one before 1.30 is: the
+/// upgrade request goes to the kubelet's path (`/exec/NS/POD/CONTAINER`, `/portForward/NS/POD`
+/// with `ports` as `port` parameters) and the bytes are then spliced both ways, WebSocket or
+/// not. kube-rs's own clients talk to procnode through it.
+async fn api_server_proxy(kubelet: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let kubelet = kubelet.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    if client.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8(head).unwrap();
+                let (line, rest) = head.split_once("\r\n").unwrap();
+                let mut words = line.split(' ');
+                let (method, target) = (words.next().unwrap(), words.next().unwrap());
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+                // api v1 namespaces NS pods POD SUBRESOURCE
+                let (ns, pod, sub) = (parts[3], parts[5], parts[6]);
+                let (container, query) = {
+                    let mut container = String::new();
+                    let mut params = form_urlencoded::Serializer::new(String::new());
+                    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                        match &*k {
+                            "container" => container = v.into_owned(),
+                            "ports" => {
+                                for p in v.split(',') {
+                                    params.append_pair("port", p);
+                                }
+                            }
+                            _ => {
+                                params.append_pair(&k, &v);
+                            }
+                        }
+                    }
+                    (container, params.finish())
+                };
+                let path = match sub {
+                    "exec" => format!("/exec/{ns}/{pod}/{container}?{query}"),
+                    _ => format!("/portForward/{ns}/{pod}?{query}"),
+                };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&kubelet).await else {
+                    return;
+                };
+                let head = format!("{method} {path} HTTP/1.1\r\n{rest}");
+                upstream.write_all(head.as_bytes()).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn kube_pods(srv: &Server) -> kube::Api<k8s_openapi::api::core::v1::Pod> {
+    let proxy = api_server_proxy(srv.kubelet.clone()).await;
+    let config = kube::Config::new(format!("http://{proxy}").parse().unwrap());
+    kube::Api::namespaced(kube::Client::try_from(config).unwrap(), "default")
+}
+
+async fn read_all(r: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = String::new();
+    r.expect("the stream")
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn kube_rs_execs_over_websocket() {
+    use kube::api::AttachParams;
+    use tokio::io::AsyncWriteExt;
+    let srv = Server::start_with_kubelet_api(&[]).await;
+    let mut p = bare_pod("ws", "exec sleep 300", "Always");
+    p["spec"]["containers"][0]["env"] = json!([{"name": "FOO", "value": "over-websocket"}]);
+    running(&srv, &p).await;
+    let pods = kube_pods(&srv).await;
+
+    // v5.channel.k8s.io: output, stderr, and the exit code as a Status.
+    let ap = AttachParams::default().container("main").stderr(true);
+    let mut run = pods
+        .exec("ws", ["sh", "-c", "echo $FOO; echo oops >&2; exit 3"], &ap)
+        .await
+        .expect("exec");
+    let status = run.take_status().unwrap();
+    let (out, err) = tokio::join!(read_all(run.stdout()), read_all(run.stderr()));
+    assert_eq!(out, "over-websocket\n");
+    assert_eq!(err, "oops\n");
+    let status = status.await.expect("a status");
+    assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+    let cause = &status.details.unwrap().causes.unwrap()[0];
+    assert_eq!(cause.reason.as_deref(), Some("ExitCode"));
+    assert_eq!(cause.message.as_deref(), Some("3"));
+    run.join().await.unwrap();
+
+    // stdin, ended by v5's close signal.
+    let ap = AttachParams::default()
+        .container("main")
+        .stdin(true)
+        .stderr(false);
+    let mut run = pods.exec("ws", ["cat"], &ap).await.expect("exec");
+    let mut stdin = run.stdin().unwrap();
+    stdin.write_all(b"through stdin\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    drop(stdin);
+    let status = run.take_status().unwrap();
+    assert_eq!(read_all(run.stdout()).await, "through stdin\n");
+    assert_eq!(status.await.unwrap().status.as_deref(), Some("Success"));
+
+    // A tty: the size the client sets is the terminal's.
+    let ap = AttachParams::interactive_tty().container("main");
+    let mut run = pods
+        .exec("ws", ["sh", "-c", "read go; stty size"], &ap)
+        .await
+        .expect("exec");
+    let mut size = run.terminal_size().unwrap();
+    use futures_util::SinkExt;
+    size.send(kube::api::TerminalSize {
+        width: 77,
+        height: 22,
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut stdin = run.stdin().unwrap();
+    stdin.write_all(b"go\n").await.unwrap();
+    let out = read_all(run.stdout()).await;
+    assert!(out.contains("22 77"), "{out:?}");
+    srv.delete(&p).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn kube_rs_port_forwards_over_websocket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = Server::start_with_kubelet_api(&[]).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let script = format!("cd /tmp && exec python3 -m http.server {port} --bind 127.0.0.1");
+    let p = bare_pod("wsweb", &script, "Always");
+    running(&srv, &p).await;
+    wait_until("the pod listens", Duration::from_secs(20), || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await;
+    let pods = kube_pods(&srv).await;
+    let mut pf = pods
+        .portforward("wsweb", &[port])
+        .await
+        .expect("portforward");
+    let mut conn = pf.take_stream(port).unwrap();
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut page = Vec::new();
+    conn.read_to_end(&mut page).await.unwrap();
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.starts_with("HTTP/1.0 200"), "{page:?}");
+    // (The pod's end of the connection ended the session, as a kubelet ends it: the client
+    // learns of it by the close, and has nothing left to join.)
+    drop(conn);
+    pf.abort();
+
+    // A port no process of the pod listens on: the error channel says so.
+    let host_only = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other = host_only.local_addr().unwrap().port();
+    let mut pf = pods
+        .portforward("wsweb", &[other])
+        .await
+        .expect("portforward");
+    let error = pf.take_error(other).unwrap().await;
+    assert!(
+        error
+            .as_deref()
+            .unwrap_or("")
+            .contains("no process of the pod listens"),
+        "{error:?}"
+    );
+    pf.abort();
+    srv.delete(&p).await;
+    srv.stop().await;
+}
+
+/// A raw WebSocket exec: the messages procnode sends, and how it closes.
+async fn ws_exec(
+    srv: &Server,
+    path: &str,
+    protocol: &str,
+) -> (Vec<tokio_tungstenite::tungstenite::Message>, Option<u16>) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let mut req = format!("ws://{}{path}", srv.kubelet)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(&srv.kubelet).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], protocol);
+    let mut messages = Vec::new();
+    let mut close = None;
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Close(frame) = &m {
+            close = frame.as_ref().map(|f| u16::from(f.code));
+            break;
+        }
+        messages.push(m);
+    }
+    (messages, close)
+}
+
+#[tokio::test]
+async fn websocket_sessions_say_ready_encode_per_protocol_and_close_normally() {
+    use tokio_tungstenite::tungstenite::Message;
+    let srv = Server::start_with_kubelet_api(&[]).await;
+    let p = bare_pod("raw", "exec sleep 300", "Always");
+    running(&srv, &p).await;
+    let path = exec_path("raw", &["echo", "hi"], "stdout=1");
+    let (messages, close) = ws_exec(&srv, &path, "v5.channel.k8s.io").await;
+    // Go's clients read a close without status 1000 as an error on every channel.
+    assert_eq!(close, Some(1000));
+    let binary: Vec<Vec<u8>> = messages
+        .iter()
+        .map(|m| m.clone().into_data().to_vec())
+        .collect();
+    assert_eq!(
+        binary[0],
+        [1u8],
+        "an empty message on stdout first: the session is open"
+    );
+    assert_eq!(binary[1], b"\x01hi\n");
+    assert_eq!(binary[2], b"\x03{\"metadata\":{},\"status\":\"Success\"}");
+    // base64: text messages, the channel as a digit.
+    let (messages, close) = ws_exec(&srv, &path, "v4.base64.channel.k8s.io").await;
+    assert_eq!(close, Some(1000));
+    assert_eq!(messages[1], Message::text("1aGkK"));
     srv.delete(&p).await;
     srv.stop().await;
 }

@@ -53,7 +53,8 @@ impl ApiError {
             | ApiError::Runtime(RuntimeError::InvalidPod(_))
             | ApiError::Runtime(RuntimeError::NoPreviousRun { .. })
             | ApiError::Runtime(RuntimeError::ContainerNotRunning { .. })
-            | ApiError::Runtime(RuntimeError::PodNotRunning(_)) => StatusCode::BAD_REQUEST,
+            | ApiError::Runtime(RuntimeError::PodNotRunning(_))
+            | ApiError::Runtime(RuntimeError::NoStdin { .. }) => StatusCode::BAD_REQUEST,
             // The broker maps exactly "404 Not Found" to "pod does not exist".
             ApiError::Runtime(RuntimeError::PodNotFound(_))
             | ApiError::Runtime(RuntimeError::ContainerNotFound { .. })

@@ -2,7 +2,7 @@
 //!
 //! A request is checked here, before anything is upgraded: its query, its pod and container
 //! (running), a free session place and a protocol both sides speak. Only then does the
-//! connection switch to SPDY/3.1 (101) and go to [`crate::stream`]. Errors before the upgrade
+//! connection switch (101) to SPDY/3.1 or to a WebSocket and go to [`crate::stream`]. Errors before the upgrade
 //! are answered as the API server's `metav1.Status`, which kubectl prints as it prints the API
 //! server's own (`Error from server (NotFound): …`).
 
@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{ApiError, AppState};
 use crate::runtime::PodKey;
-use crate::stream::{self, exec, portforward, spdy};
+use crate::stream::{self, exec, portforward, spdy, ws};
 
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 
@@ -33,18 +33,27 @@ pub async fn exec(
             .map_err(ApiError::BadRequest)?;
         let target = s.runtime.exec_target(&key, &container)?;
         let permit = s.sessions.open(&key).ok_or(ApiError::TooManySessions)?;
-        let protocol = upgrade_to_spdy(&req, stream::EXEC_PROTOCOLS)?;
-        Ok::<_, ApiError>((options, target, permit, protocol))
+        let how = Switch::of(&req, stream::EXEC_PROTOCOLS, ws::EXEC_PROTOCOLS)?;
+        Ok::<_, ApiError>((options, target, permit, how))
     })();
-    match prepared {
-        Ok((options, target, permit, protocol)) => switch(req, protocol, move |session| {
-            exec::serve_spdy(session, protocol, target, options, permit)
+    let (options, target, permit, how) = match prepared {
+        Ok(p) => p,
+        Err(e) => return e.into_status_response(),
+    };
+    match how {
+        Switch::Spdy(protocol) => switch(req, &how, move |io| {
+            exec::serve_spdy(spdy::Session::start(io), protocol, target, options, permit)
         }),
-        Err(e) => e.into_status_response(),
+        Switch::WebSocket { protocol, .. } => switch(req, &how, move |io| async move {
+            let conn = ws::Connection::start(websocket(io).await, protocol, &[0, 4]);
+            exec::serve_ws(conn, protocol, target, options, permit).await
+        }),
     }
 }
 
-/// `GET|POST /portForward/{namespace}/{pod}` (the ports come in each stream's headers).
+/// `GET|POST /portForward/{namespace}/{pod}`: over SPDY (and SPDY tunnelled in WebSocket
+/// messages) the ports come in each stream's headers; over the WebSocket channel protocols in
+/// `port=` query parameters.
 pub async fn port_forward(
     State(s): State<AppState>,
     Path((namespace, pod)): Path<(String, String)>,
@@ -56,57 +65,166 @@ pub async fn port_forward(
     };
     let prepared = (|| {
         let target = s.runtime.port_target(&key)?;
+        let how = Switch::of(
+            &req,
+            stream::PORT_FORWARD_PROTOCOLS,
+            ws::PORT_FORWARD_PROTOCOLS,
+        )?;
+        let ports = match &how {
+            Switch::WebSocket { protocol, .. } if *protocol != ws::TUNNEL => {
+                query_ports(req.uri().query().unwrap_or(""))?
+            }
+            _ => Vec::new(),
+        };
         let permit = s.sessions.open(&key).ok_or(ApiError::TooManySessions)?;
-        let protocol = upgrade_to_spdy(&req, stream::PORT_FORWARD_PROTOCOLS)?;
-        Ok::<_, ApiError>((target, permit, protocol))
+        Ok::<_, ApiError>((target, permit, how, ports))
     })();
-    match prepared {
-        Ok((target, permit, protocol)) => switch(req, protocol, move |session| {
-            portforward::serve_spdy(session, target, permit)
+    let (target, permit, how, ports) = match prepared {
+        Ok(p) => p,
+        Err(e) => return e.into_status_response(),
+    };
+    match how {
+        Switch::Spdy(_) => switch(req, &how, move |io| {
+            portforward::serve_spdy(spdy::Session::start(io), target, permit)
         }),
-        Err(e) => e.into_status_response(),
+        Switch::WebSocket { protocol, .. } if protocol == ws::TUNNEL => {
+            switch(req, &how, move |io| async move {
+                let tunnel = ws::tunnel(websocket(io).await);
+                portforward::serve_spdy(spdy::Session::start(tunnel), target, permit).await
+            })
+        }
+        Switch::WebSocket { protocol, .. } => switch(req, &how, move |io| async move {
+            let reads: Vec<u8> = (0..ports.len()).map(|i| 2 * i as u8).collect();
+            let conn = ws::Connection::start(websocket(io).await, protocol, &reads);
+            portforward::serve_ws(conn, ports, target, permit).await
+        }),
     }
 }
 
-/// The protocol to speak, if the request asks to switch to SPDY/3.1 and offers one of `ours`.
-fn upgrade_to_spdy(req: &Request, ours: &[&'static str]) -> Result<&'static str, ApiError> {
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if upgrade.eq_ignore_ascii_case("websocket") {
+/// The `port` query parameters of a WebSocket port-forward: at least one, each 1–65535, at
+/// most 128 (two channels each, numbered in a byte).
+fn query_ports(query: &str) -> Result<Vec<u16>, ApiError> {
+    let mut ports = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k == "port" {
+            for p in v.split(',') {
+                match p.trim().parse::<u16>() {
+                    Ok(p) if p > 0 => ports.push(p),
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "query parameter `port` must be a port number (1-65535), not {p:?}"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    if ports.is_empty() {
         return Err(ApiError::BadRequest(
-            "WebSocket streaming is not supported yet; connect with Upgrade: SPDY/3.1".into(),
+            "query parameter `port` is required".into(),
         ));
     }
-    if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
+    if ports.len() > 128 {
         return Err(ApiError::BadRequest(
-            "Upgrade request required: send Connection: Upgrade and Upgrade: SPDY/3.1".into(),
+            "query parameter `port`: at most 128 ports".into(),
         ));
     }
-    let offered: Vec<&str> = req
-        .headers()
-        .get_all(PROTOCOL_HEADER)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    stream::negotiate(&offered, ours).map_err(|message| ApiError::NoCommonProtocol {
-        message,
-        accepted: ours.join(", "),
-    })
+    Ok(ports)
+}
+
+/// How a request asks to switch protocols, and what procnode answers.
+enum Switch {
+    Spdy(&'static str),
+    WebSocket {
+        protocol: &'static str,
+        accept: String,
+    },
+}
+
+impl Switch {
+    /// The switch the request asks for (`Upgrade: SPDY/3.1` or `websocket`), if it offers a
+    /// protocol procnode speaks over it.
+    fn of(
+        req: &Request,
+        spdy_ours: &[&'static str],
+        ws_ours: &[&'static str],
+    ) -> Result<Switch, ApiError> {
+        let headers = req.headers();
+        let all = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        let upgrade = headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if upgrade.eq_ignore_ascii_case("websocket") {
+            if headers
+                .get(header::SEC_WEBSOCKET_VERSION)
+                .is_none_or(|v| v != "13")
+            {
+                return Err(ApiError::BadRequest(
+                    "WebSocket: Sec-WebSocket-Version 13 is required".into(),
+                ));
+            }
+            let key = headers
+                .get(header::SEC_WEBSOCKET_KEY)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("WebSocket: Sec-WebSocket-Key is required".into())
+                })?;
+            let protocol =
+                ws::choose(&all("sec-websocket-protocol"), ws_ours).map_err(|message| {
+                    ApiError::NoCommonProtocol {
+                        message,
+                        accepted: ws_ours.join(", "),
+                    }
+                })?;
+            return Ok(Switch::WebSocket {
+                protocol,
+                accept: ws::accept_key(key),
+            });
+        }
+        if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
+            return Err(ApiError::BadRequest(
+                "Upgrade request required: send Connection: Upgrade and Upgrade: SPDY/3.1 or \
+                 websocket"
+                    .into(),
+            ));
+        }
+        stream::negotiate(&all(PROTOCOL_HEADER), spdy_ours)
+            .map(Switch::Spdy)
+            .map_err(|message| ApiError::NoCommonProtocol {
+                message,
+                accepted: spdy_ours.join(", "),
+            })
+    }
+}
+
+type Io = TokioIo<hyper::upgrade::Upgraded>;
+
+/// The WebSocket on a switched connection (the handshake was the 101).
+async fn websocket(io: Io) -> tokio_tungstenite::WebSocketStream<Io> {
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(4 << 20))
+        .max_frame_size(Some(1 << 20));
+    tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
 }
 
 /// Answers 101 and hands the connection, once switched, to `serve`.
-fn switch<F, Fut>(mut req: Request, protocol: &'static str, serve: F) -> Response
+fn switch<F, Fut>(mut req: Request, how: &Switch, serve: F) -> Response
 where
-    F: FnOnce(spdy::Session) -> Fut + Send + 'static,
+    F: FnOnce(Io) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => serve(spdy::Session::start(TokioIo::new(upgraded))).await,
+            Ok(upgraded) => serve(TokioIo::new(upgraded)).await,
             Err(e) => tracing::debug!(error = %e, "streaming: the upgrade did not complete"),
         }
     });
@@ -114,7 +232,23 @@ where
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-    h.insert(PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+    match how {
+        Switch::Spdy(protocol) => {
+            h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+            h.insert(PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+        }
+        Switch::WebSocket { protocol, accept } => {
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            if let Ok(v) = HeaderValue::from_str(accept) {
+                h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+            }
+            if !protocol.is_empty() {
+                h.insert(
+                    header::SEC_WEBSOCKET_PROTOCOL,
+                    HeaderValue::from_static(protocol),
+                );
+            }
+        }
+    }
     resp
 }

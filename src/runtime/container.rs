@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
+use super::attach::StdinPoint;
 use super::backoff::Backoff;
 use super::pod::{Happening, PodEntry};
 use super::process::{self, SpawnRequest};
@@ -526,8 +527,16 @@ async fn run(
     };
     let logs = entry.log(idx);
     let pump = |pipe: &pipe::Receiver, stream| read_available(pipe, stream, logs);
-    let (mut out_open, mut err_open) = (true, true);
+    let (mut out_open, mut err_open) = (true, sup.stderr.is_some());
     let mut read_output = false;
+    // The run's stdin, for attaching clients, while it runs; a `stdinOnce` client's end asks
+    // for it to be closed.
+    let (close_stdin, mut stdin_closes) = tokio::sync::mpsc::channel(1);
+    let mut close_requested = false;
+    if let Some(console) = sup.console.clone() {
+        let once = container.stdin_once == Some(true);
+        entry.set_stdin_point(idx, Some(StdinPoint::new(console, once, close_stdin)));
+    }
     let event = loop {
         let running = stopping.is_running();
         tokio::select! {
@@ -572,15 +581,21 @@ async fn run(
                 out_open = r.is_ok() && pump(&sup.stdout, Stream::Stdout);
                 read_output = true;
             }
-            r = sup.stderr.readable(), if err_open => {
-                err_open = r.is_ok() && pump(&sup.stderr, Stream::Stderr);
+            r = sup.stderr.as_ref().expect("open").readable(), if err_open => {
+                err_open = r.is_ok() && pump(sup.stderr.as_ref().expect("open"), Stream::Stderr);
                 read_output = true;
             }
+            Some(()) = stdin_closes.recv() => close_requested = true,
+        }
+        if std::mem::take(&mut close_requested) {
+            entry.set_stdin_point(idx, None);
+            sup.close_stdin().await;
         }
         if std::mem::take(&mut read_output) {
             tokio::task::yield_now().await;
         }
     };
+    entry.set_stdin_point(idx, None);
     if event == Event::Gone {
         // Nobody supervises what may be left of the container: stop it.
         process::signal_group(sup_pid, Signal::SIGKILL);
@@ -601,7 +616,9 @@ async fn run(
         while out_open || err_open {
             tokio::select! {
                 r = sup.stdout.readable(), if out_open => out_open = r.is_ok() && pump(&sup.stdout, Stream::Stdout),
-                r = sup.stderr.readable(), if err_open => err_open = r.is_ok() && pump(&sup.stderr, Stream::Stderr),
+                r = sup.stderr.as_ref().expect("open").readable(), if err_open => {
+                    err_open = r.is_ok() && pump(sup.stderr.as_ref().expect("open"), Stream::Stderr)
+                }
             }
         }
     };
@@ -811,6 +828,13 @@ fn recipe(
         .as_ref()
         .and_then(|s| s.read_only_root_filesystem)
         == Some(true);
+    // The container's own run gets the stdin (or terminal) its spec asks for; its exec'd
+    // processes get theirs from their client.
+    let console = match (new_run, c.tty == Some(true), c.stdin == Some(true)) {
+        (true, true, _) => process::Console::Terminal,
+        (true, false, true) => process::Console::Stdin,
+        _ => process::Console::None,
+    };
     // A root of the run's own: the layer is made fresh (a leftover of a start that failed
     // goes), root's, in procnode's own directory; the pod's directory is bound in.
     let (root, join_mounts_of, mounts) = match what {
@@ -843,7 +867,11 @@ fn recipe(
         root,
         read_only_root: read_only_root && join_mounts_of.is_none(),
         join_mounts_of,
-        group: process::Group::Own,
+        group: match console {
+            process::Console::Terminal => process::Group::Terminal,
+            _ => process::Group::Own,
+        },
+        console,
     })
 }
 

@@ -9,6 +9,7 @@
 //!
 //! This module never imports axum: the HTTP layer calls it, never the other way round.
 
+pub mod attach;
 mod backoff;
 pub mod cgroup;
 mod container;
@@ -62,6 +63,8 @@ pub enum RuntimeError {
     ContainerNotFound { key: PodKey, container: String },
     #[error("pod {0} is not running")]
     PodNotRunning(PodKey),
+    #[error("container {container:?} in pod {key} has no stdin to attach to (stdin: true in its spec, and with stdinOnce only the first client gets it)")]
+    NoStdin { key: PodKey, container: String },
     #[error("container {container:?} in pod {key} is not running")]
     ContainerNotRunning { key: PodKey, container: String },
     #[error("previous terminated container {container:?} in pod {key} not found")]

@@ -65,6 +65,8 @@ pub struct PodEntry {
     /// What happened that the status does not show (a failed probe, a failed hook), for a front
     /// end that records events; kept only once one asked ([`PodEntry::take_notes`]).
     notes: Mutex<Option<std::collections::VecDeque<Note>>>,
+    /// Per container: the current run's stdin, while it runs with one (`kubectl attach`).
+    stdin_points: Box<[Mutex<Option<super::attach::StdinPoint>>]>,
 }
 
 /// How far a pod's delete has gone.
@@ -172,7 +174,23 @@ impl PodEntry {
             status_version: watch::channel(0).0,
             restarts: (0..n_containers).map(|_| watch::channel(0).0).collect(),
             notes: Mutex::new(None),
+            stdin_points: (0..n_containers).map(|_| Mutex::new(None)).collect(),
         }
+    }
+
+    /// Container `idx`'s stdin for attaching clients, while its run has one.
+    pub(super) fn stdin_point(&self, idx: usize) -> Option<super::attach::StdinPoint> {
+        self.stdin_points[idx]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Publishes (or withdraws) container `idx`'s stdin.
+    pub(super) fn set_stdin_point(&self, idx: usize, point: Option<super::attach::StdinPoint>) {
+        *self.stdin_points[idx]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = point;
     }
 
     /// Notes what happened to container `idx`, for [`PodEntry::take_notes`]; does nothing

@@ -92,6 +92,74 @@ pub struct SpawnRequest {
     /// The process group (or session) the process starts in.
     #[serde(default)]
     pub group: Group,
+    /// A container's stdin: none (/dev/null), a pipe, or a terminal for all three streams
+    /// (`stdin` and `tty` in its spec, for `kubectl attach`).
+    #[serde(default)]
+    pub console: Console,
+}
+
+/// What a container's standard input is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Console {
+    /// /dev/null; output on two pipes.
+    #[default]
+    None,
+    /// A pipe procnode (through the supervisor) writes; output on two pipes.
+    Stdin,
+    /// A pseudo-terminal as stdin, stdout and stderr (the process leads a session on it).
+    Terminal,
+}
+
+/// The spawner's ends of a container's standard streams.
+pub struct ContainerIo {
+    /// The output pipe's read end, or the terminal's master.
+    pub stdout: OwnedFd,
+    /// The error pipe's read end (none with a terminal: its output is all on stdout).
+    pub stderr: Option<OwnedFd>,
+    /// The stdin pipe's write end, or (a copy of) the terminal's master.
+    pub stdin: Option<OwnedFd>,
+}
+
+/// Makes a container's standard streams as `req.console` asks: what the container gets, and
+/// the spawner's ends.
+pub fn container_stdio(req: &SpawnRequest) -> Result<([Stdio; 3], ContainerIo), SpawnError> {
+    if req.console == Console::Terminal {
+        let owner = req.user.as_ref().map(|u| (u.uid, u.gid));
+        let (master, slave) = open_terminal(owner)?;
+        let copy = |fd: &OwnedFd| fd.try_clone().map_err(SpawnError::Terminal);
+        let theirs = [
+            Stdio::from(copy(&slave)?),
+            Stdio::from(copy(&slave)?),
+            Stdio::from(slave),
+        ];
+        let stdin = Some(copy(&master)?);
+        return Ok((
+            theirs,
+            ContainerIo {
+                stdout: master,
+                stderr: None,
+                stdin,
+            },
+        ));
+    }
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (stdin_theirs, stdin) = match req.console {
+        Console::Stdin => {
+            let (r, w) = pipe()?;
+            (Stdio::from(r), Some(w))
+        }
+        _ => (Stdio::null(), None),
+    };
+    Ok((
+        [stdin_theirs, Stdio::from(out_w), Stdio::from(err_w)],
+        ContainerIo {
+            stdout: out_r,
+            stderr: Some(err_r),
+            stdin,
+        },
+    ))
 }
 
 /// Where a spawned process stands among process groups and sessions.
@@ -550,6 +618,7 @@ fn via_helper(req: &SpawnRequest, helper: &Path) -> SpawnRequest {
             Group::Terminal => Group::Inherit,
             _ => Group::Own,
         },
+        console: Console::None,
     }
 }
 
@@ -587,17 +656,15 @@ pub fn exec_as_main(spec: &str) -> i32 {
 pub struct SpawnedDirect {
     pub pid: i32,
     pub exit: oneshot::Receiver<ExitStatus>,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
+    pub io: ContainerIo,
 }
 
-/// Starts `req` as a direct child of procnode with its output on pipes. Blocks for the
-/// duration of posix_spawn; call it from a blocking context.
+/// Starts `req` as a direct child of procnode with its output on pipes (or a terminal). Blocks
+/// for the duration of posix_spawn; call it from a blocking context.
 pub fn spawn_direct(req: &SpawnRequest, helper: &Path) -> Result<SpawnedDirect, SpawnError> {
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
+    let ([stdin, stdout, stderr], io) = container_stdio(req)?;
     let req = &via_helper(req, helper);
-    let mut cmd = command(req, Stdio::null(), Stdio::from(out_w), Stdio::from(err_w))?;
+    let mut cmd = command(req, stdin, stdout, stderr)?;
     let reaper = Reaper::get();
     let ticket = reaper.begin_spawn();
     let first = req.argv.first().cloned().unwrap_or_default();
@@ -609,8 +676,7 @@ pub fn spawn_direct(req: &SpawnRequest, helper: &Path) -> Result<SpawnedDirect, 
     Ok(SpawnedDirect {
         pid,
         exit: reaper.register(pid, ticket),
-        stdout: out_r,
-        stderr: err_r,
+        io,
     })
 }
 

@@ -5,7 +5,10 @@
 //! [`SpawnRequest`] (one JSON line) from there, makes itself the child subreaper of the
 //! container (orphans of the container are reaped here), creates the output pipes and starts the
 //! container in a new process group. It answers with [`Message::Hello`], carrying the read ends
-//! of the two output pipes (SCM_RIGHTS), or [`Message::Failed`]. It also listens on the abstract
+//! of the two output pipes (and the write end of its stdin pipe, or instead of all three a
+//! terminal's master, when the spec asks for them: `kubectl attach`) (SCM_RIGHTS), or
+//! [`Message::Failed`]. procnode's `close-stdin` (a `stdinOnce` container's first client is
+//! done) closes the stdin pipe. It also listens on the abstract
 //! unix socket `NAME` (a path in procnode's own `STATE_DIR/sup/`; only processes of its own uid are
 //! served), where a
 //! restarted procnode gets the same hello and the same pipes. Output written while no procnode
@@ -20,10 +23,9 @@
 //! async runtime, no threads, no files.
 
 use std::io::{self, BufRead, IoSlice, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::process::Stdio;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -46,10 +48,14 @@ pub struct Exited {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Message {
-    /// Sent on every connection, with the two pipe read ends (stdout, stderr) attached.
+    /// Sent on every connection, with the container's streams attached: the two pipe read
+    /// ends (stdout, stderr), then the stdin pipe's write end (`console: stdin`); or the
+    /// terminal's master alone (`console: terminal`).
     Hello {
         pid: i32,
         started_ns: i64,
+        #[serde(default)]
+        console: process::Console,
     },
     /// The container could not be started; the shim exits.
     Failed {
@@ -116,15 +122,16 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
     remove_socket(name);
     let listener = UnixListener::bind_addr(&address(name)?)?;
 
-    let (out_r, out_w) = process::pipe().map_err(io::Error::other)?;
-    let (err_r, err_w) = process::pipe().map_err(io::Error::other)?;
-    let child = process::command(&spec, Stdio::null(), Stdio::from(out_w), Stdio::from(err_w))
-        .and_then(|mut cmd| {
-            let first = spec.argv.first().cloned().unwrap_or_default();
-            cmd.spawn().map_err(|e| process::SpawnError::Exec(first, e))
-        });
-    let pid = match child {
-        Ok(child) => child.id() as i32,
+    let child = process::container_stdio(&spec).and_then(|([i, o, e], io)| {
+        let mut cmd = process::command(&spec, i, o, e)?;
+        let first = spec.argv.first().cloned().unwrap_or_default();
+        let child = cmd
+            .spawn()
+            .map_err(|e| process::SpawnError::Exec(first, e))?;
+        Ok((child, io))
+    });
+    let (pid, mut streams) = match child {
+        Ok((child, io)) => (child.id() as i32, io),
         Err(e) => {
             remove_socket(name);
             first.write_all(
@@ -136,12 +143,27 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
             return Ok(());
         }
     };
-    let hello = line(&Message::Hello {
-        pid,
-        started_ns: crate::logs::now_ns(),
-    });
-    let pipes = [out_r, err_r];
-    let mut conn = greet(first.try_clone()?, &hello, &pipes, None);
+    let started_ns = crate::logs::now_ns();
+    // The hello and the streams handed over: what is open now (stdin may have been closed).
+    let hello = |streams: &process::ContainerIo| {
+        let console = match (spec.console, &streams.stdin) {
+            (process::Console::Terminal, _) => process::Console::Terminal,
+            (process::Console::Stdin, Some(_)) => process::Console::Stdin,
+            _ => process::Console::None,
+        };
+        let mut fds = vec![streams.stdout.as_raw_fd()];
+        if console != process::Console::Terminal {
+            fds.extend(streams.stderr.as_ref().map(|e| e.as_raw_fd()));
+            fds.extend(streams.stdin.as_ref().map(|i| i.as_raw_fd()));
+        }
+        let text = line(&Message::Hello {
+            pid,
+            started_ns,
+            console,
+        });
+        (text, fds)
+    };
+    let mut conn = greet(first.try_clone()?, &hello(&streams), None);
     let my_uid = nix::unistd::geteuid().as_raw();
 
     let mut exited: Option<Exited> = None;
@@ -213,10 +235,24 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
                 .map(|c| nix::sys::socket::recv(c.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT));
             match read {
                 Some(Ok(n)) if n > 0 => {
-                    if exited.is_some() && buf[..n].windows(7).any(|w| w == b"release") {
+                    let said = |what: &[u8]| buf[..n].windows(what.len()).any(|w| w == what);
+                    if exited.is_some() && said(b"release") {
                         while reap_any() {}
                         remove_socket(name);
                         return Ok(());
+                    }
+                    // `stdinOnce`: the first attached client is done; the container's stdin
+                    // ends (a terminal gets an end-of-file character instead: closing it
+                    // would hang the session up).
+                    if said(b"close-stdin") {
+                        match spec.console {
+                            process::Console::Terminal => {
+                                if let Some(t) = &streams.stdin {
+                                    let _ = nix::unistd::write(t, &[4]);
+                                }
+                            }
+                            _ => streams.stdin = None,
+                        }
                     }
                 }
                 Some(Err(nix::errno::Errno::EAGAIN)) | Some(Err(nix::errno::Errno::EINTR)) => {}
@@ -230,7 +266,7 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
                     getsockopt(&c, sockopt::PeerCredentials).is_ok_and(|cred| cred.uid() == my_uid);
                 if same_user {
                     // A newer procnode replaces an older connection.
-                    conn = greet(c, &hello, &pipes, exited).or(conn);
+                    conn = greet(c, &hello(&streams), exited).or(conn);
                 }
             }
         }
@@ -240,15 +276,13 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
 /// Sends the hello (with the pipes) and, if known, the exit. `None` if the peer is gone.
 fn greet(
     mut c: UnixStream,
-    hello: &str,
-    pipes: &[OwnedFd; 2],
+    (hello, fds): &(String, Vec<std::os::fd::RawFd>),
     exited: Option<Exited>,
 ) -> Option<UnixStream> {
-    let fds = [pipes[0].as_raw_fd(), pipes[1].as_raw_fd()];
     sendmsg::<()>(
         c.as_raw_fd(),
         &[IoSlice::new(hello.as_bytes())],
-        &[ControlMessage::ScmRights(&fds)],
+        &[ControlMessage::ScmRights(fds)],
         MsgFlags::empty(),
         None,
     )

@@ -21,10 +21,50 @@ pub struct Supervised {
     /// The container's pid, also its process group id.
     pub pid: i32,
     pub started_ns: i64,
+    /// The container's output (with a terminal: all of it, read from the master).
     pub stdout: pipe::Receiver,
-    pub stderr: pipe::Receiver,
+    /// Its error output (none with a terminal).
+    pub stderr: Option<pipe::Receiver>,
+    /// Its stdin, when its spec asks for one (`kubectl attach`).
+    pub console: Option<Console>,
     pub events: Events,
     writer: Option<OwnedWriteHalf>,
+}
+
+/// A running container's stdin as procnode holds it: the stdin pipe's write end, or the
+/// terminal's master (whose size a client also sets).
+#[derive(Clone)]
+pub struct Console {
+    pub fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    pub tty: bool,
+}
+
+/// The container's streams, as received: `io`'s output ends become readers (a terminal's
+/// master made non-blocking first, as the pipes are by `from_owned_fd`).
+fn streams(
+    io: process::ContainerIo,
+    tty: bool,
+) -> io::Result<(pipe::Receiver, Option<pipe::Receiver>, Option<Console>)> {
+    if tty {
+        let master = io.stdout;
+        nix::fcntl::fcntl(
+            &master,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        let reader = pipe::Receiver::from_owned_fd_unchecked(master.try_clone()?)?;
+        let console = Console {
+            fd: std::sync::Arc::new(master),
+            tty: true,
+        };
+        return Ok((reader, None, Some(console)));
+    }
+    let stdout = pipe::Receiver::from_owned_fd(io.stdout)?;
+    let stderr = io.stderr.map(pipe::Receiver::from_owned_fd).transpose()?;
+    let console = io.stdin.map(|fd| Console {
+        fd: std::sync::Arc::new(fd),
+        tty: false,
+    });
+    Ok((stdout, stderr, console))
 }
 
 /// Where the container's exit comes from.
@@ -138,7 +178,7 @@ enum GreetingError {
 /// Reads the first message (with any file descriptors) from a supervisor socket.
 fn receive_greeting(stream: std::os::unix::net::UnixStream) -> io::Result<Greeting> {
     let mut data = vec![0u8; 8192];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
     let (n, raw) = {
         let mut iov = [IoSliceMut::new(&mut data)];
         let msg = recvmsg::<()>(
@@ -166,8 +206,12 @@ fn receive_greeting(stream: std::os::unix::net::UnixStream) -> io::Result<Greeti
 
 fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
     let mut lines = g.text.lines();
-    let (pid, started_ns) = match lines.next().map(serde_json::from_str::<Message>) {
-        Some(Ok(Message::Hello { pid, started_ns })) => (pid, started_ns),
+    let (pid, started_ns, console) = match lines.next().map(serde_json::from_str::<Message>) {
+        Some(Ok(Message::Hello {
+            pid,
+            started_ns,
+            console,
+        })) => (pid, started_ns, console),
         Some(Ok(Message::Failed { message })) => return Err(GreetingError::Failed(message)),
         None => {
             return Err(GreetingError::Failed(
@@ -180,11 +224,19 @@ fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
             ))))
         }
     };
+    let tty = console == process::Console::Terminal;
     let mut fds = g.fds.into_iter();
-    let (Some(out), Some(err)) = (fds.next(), fds.next()) else {
-        return Err(GreetingError::Io(io::Error::other(
-            "supervisor sent no output pipes",
-        )));
+    let no_pipes = || GreetingError::Io(io::Error::other("supervisor sent no output pipes"));
+    let container_io = process::ContainerIo {
+        stdout: fds.next().ok_or_else(no_pipes)?,
+        stderr: match tty {
+            true => None,
+            false => Some(fds.next().ok_or_else(no_pipes)?),
+        },
+        stdin: match console {
+            process::Console::Stdin => fds.next(),
+            _ => None,
+        },
     };
     let pending = lines.map(str::to_string).collect();
     let io_err = GreetingError::Io;
@@ -192,11 +244,13 @@ fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
     let (read, writer) = tokio::net::UnixStream::from_std(g.stream)
         .map_err(io_err)?
         .into_split();
+    let (stdout, stderr, console) = streams(container_io, tty).map_err(io_err)?;
     Ok(Supervised {
         pid,
         started_ns,
-        stdout: pipe::Receiver::from_owned_fd(out).map_err(io_err)?,
-        stderr: pipe::Receiver::from_owned_fd(err).map_err(io_err)?,
+        stdout,
+        stderr,
+        console,
         events: Events::Shim {
             lines: BufReader::new(read).lines(),
             pending,
@@ -241,19 +295,19 @@ impl Events {
 /// container does not survive procnode.
 pub async fn direct(req: SpawnRequest, helper: &Path) -> Result<Supervised, String> {
     let helper = helper.to_path_buf();
+    let tty = req.console == process::Console::Terminal;
     let spawned = tokio::task::spawn_blocking(move || process::spawn_direct(&req, &helper))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let pid = spawned.pid;
-    let pipes = pipe::Receiver::from_owned_fd(spawned.stdout)
-        .and_then(|out| Ok((out, pipe::Receiver::from_owned_fd(spawned.stderr)?)));
-    match pipes {
-        Ok((stdout, stderr)) => Ok(Supervised {
+    match streams(spawned.io, tty) {
+        Ok((stdout, stderr, console)) => Ok(Supervised {
             pid,
             started_ns: crate::logs::now_ns(),
             stdout,
             stderr,
+            console,
             events: Events::Direct(Some(spawned.exit)),
             writer: None,
         }),
@@ -266,6 +320,15 @@ pub async fn direct(req: SpawnRequest, helper: &Path) -> Result<Supervised, Stri
 }
 
 impl Supervised {
+    /// Ends the container's stdin (`stdinOnce`, once its first client is done): procnode's
+    /// copy goes, and the supervisor closes its own.
+    pub async fn close_stdin(&mut self) {
+        self.console = None;
+        if let Some(w) = self.writer.as_mut() {
+            let _ = w.write_all(b"close-stdin\n").await;
+        }
+    }
+
     /// Tells the supervisor its exit has been recorded; it then exits.
     pub async fn release(mut self) {
         if let Some(w) = self.writer.as_mut() {

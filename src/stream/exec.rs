@@ -17,10 +17,10 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::spdy::{self, Session};
-use super::SessionPermit;
+use super::{ws, Inbound, Sender, SessionPermit};
 use crate::runtime::exec::{ExecIo, ExecProcess, ExecSpec, ExecTarget};
 use crate::runtime::process::{self, ExitStatus};
 
@@ -84,7 +84,7 @@ impl Options {
     }
 }
 
-/// The client's streams, by type.
+/// The client's SPDY streams, by type.
 #[derive(Default)]
 struct Streams {
     error: Option<spdy::Stream>,
@@ -117,6 +117,18 @@ impl Streams {
     }
 }
 
+/// A session's channels, whatever carries them: what the client sends (ending at its end of
+/// the channel) and where procnode's output goes.
+pub struct Channels {
+    pub error: Sender,
+    pub stdin: Option<Inbound>,
+    pub stdout: Option<Sender>,
+    pub stderr: Option<Sender>,
+    pub resize: Option<Inbound>,
+    /// Becomes true when the client has gone away.
+    pub gone: watch::Receiver<bool>,
+}
+
 /// Runs one exec session on an upgraded SPDY connection.
 pub async fn serve_spdy(
     mut session: Session,
@@ -147,9 +159,66 @@ pub async fn serve_spdy(
         session.close().await;
         return;
     }
-    let error = streams.error.take().expect("complete");
+    // Streams opened after the session's own are not used.
+    let mut extra = std::mem::replace(&mut session.incoming, mpsc::channel(1).1);
+    let drain = tokio::spawn(async move { while extra.recv().await.is_some() {} });
+    let sender = |s: &spdy::Stream| Sender::Spdy(s.out.clone());
+    let channels = Channels {
+        error: sender(streams.error.as_ref().expect("complete")),
+        stdin: streams.stdin.as_mut().map(take_data),
+        stdout: streams.stdout.as_ref().map(sender),
+        stderr: streams.stderr.as_ref().map(sender),
+        resize: streams.resize.as_mut().map(take_data),
+        gone: session.gone(),
+    };
+    run_session(channels, protocol, &target, &options).await;
+    drain.abort();
+    session.close().await;
+}
+
+/// Runs one exec session on a WebSocket connection: channels 0 stdin, 1 stdout, 2 stderr,
+/// 3 error, 4 resize. As the kubelet does, an empty message on the first channel procnode
+/// writes tells the client the session is open.
+pub async fn serve_ws(
+    mut conn: ws::Connection,
+    protocol: &'static str,
+    target: ExecTarget,
+    options: Options,
+    _permit: SessionPermit,
+) {
+    let ready = match (options.stdout, options.stderr) {
+        (true, _) => 1,
+        (false, true) => 2,
+        _ => 3,
+    };
+    conn.sender(ready).send(&[]).await;
+    let sender = |ch: u8| Sender::Ws(conn.sender(ch));
+    let channels = Channels {
+        error: sender(3),
+        stdout: options.stdout.then(|| sender(1)),
+        stderr: options.stderr.then(|| sender(2)),
+        stdin: if options.stdin {
+            conn.take_inbound(0)
+        } else {
+            None
+        },
+        resize: if options.tty {
+            conn.take_inbound(4)
+        } else {
+            None
+        },
+        gone: conn.gone(),
+    };
+    run_session(channels, protocol, &target, &options).await;
+    conn.close().await;
+}
+
+/// Runs the command, pumps its streams, and reports its result on the error channel; every
+/// output channel is finished at the end. The caller closes the connection.
+pub async fn run_session(mut ch: Channels, protocol: &str, target: &ExecTarget, options: &Options) {
+    tracing::info!(pod = %target.key(), protocol, command = ?options.command, tty = options.tty, "exec");
     let result = match target.spawn(&options.spec()).await {
-        Ok(process) => Ok(run(&mut session, &target, process, &mut streams).await),
+        Ok(process) => Ok(run(target, process, &mut ch).await),
         Err(e) => Err(e.to_string()),
     };
     let report = match result {
@@ -171,22 +240,16 @@ pub async fn serve_spdy(
         ),
     };
     if !report.is_empty() {
-        error.out.send(report.as_bytes()).await;
+        ch.error.send(report.as_bytes()).await;
     }
-    error.out.finish().await;
-    for s in [streams.stdout, streams.stderr].into_iter().flatten() {
-        s.out.finish().await;
+    ch.error.finish().await;
+    for s in [ch.stdout, ch.stderr].into_iter().flatten() {
+        s.finish().await;
     }
-    session.close().await;
 }
 
 /// Pumps the process's streams until it has exited and its output is sent; its exit.
-async fn run(
-    session: &mut Session,
-    target: &ExecTarget,
-    process: ExecProcess,
-    streams: &mut Streams,
-) -> Option<ExitStatus> {
+async fn run(target: &ExecTarget, process: ExecProcess, ch: &mut Channels) -> Option<ExitStatus> {
     let ExecProcess { pid, io, mut exit } = process;
     let kill = || process::kill_session(pid);
     // A session dropped before its end (procnode shutting down) leaves no process behind.
@@ -199,15 +262,15 @@ async fn run(
             stdout,
             stderr,
         } => {
-            if let (Some(fd), Some(s)) = (stdin, streams.stdin.as_mut()) {
+            if let (Some(fd), Some(data)) = (stdin, ch.stdin.take()) {
                 if let Ok(w) = pipe::Sender::from_owned_fd(fd) {
-                    inputs.spawn(copy_in(take_data(s), w));
+                    inputs.spawn(copy_in(data, w));
                 }
             }
-            for (fd, s) in [(stdout, &streams.stdout), (stderr, &streams.stderr)] {
+            for (fd, s) in [(stdout, &ch.stdout), (stderr, &ch.stderr)] {
                 if let (Some(fd), Some(s)) = (fd, s) {
                     if let Ok(r) = pipe::Receiver::from_owned_fd(fd) {
-                        outputs.spawn(copy_out(r, s.out.clone()));
+                        outputs.spawn(copy_out(r, s.clone()));
                     }
                 }
             }
@@ -221,24 +284,22 @@ async fn run(
                     return exit.await.ok();
                 }
             };
-            if let Some(s) = &streams.stdout {
-                outputs.spawn(copy_out(reader, s.out.clone()));
+            if let Some(s) = &ch.stdout {
+                outputs.spawn(copy_out(reader, s.clone()));
             }
-            if let Some(s) = streams.stdin.as_mut() {
-                inputs.spawn(copy_in(take_data(s), writer));
+            if let Some(data) = ch.stdin.take() {
+                inputs.spawn(copy_in(data, writer));
             }
-            if let Some(s) = streams.resize.as_mut() {
-                inputs.spawn(resize(take_data(s), master));
+            if let Some(data) = ch.resize.take() {
+                inputs.spawn(resize(data, master));
             }
         }
     }
-    let mut gone = session.gone();
+    let mut gone = ch.gone.clone();
     let mut killed = false;
     let status = loop {
         tokio::select! {
             status = &mut exit => break status.ok(),
-            // Streams opened after the session's own are not used.
-            Some(_) = session.incoming.recv() => {}
             _ = gone.wait_for(|g| *g), if !killed => {
                 kill();
                 killed = true;
@@ -274,7 +335,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn take_data(s: &mut spdy::Stream) -> mpsc::Receiver<Bytes> {
+fn take_data(s: &mut spdy::Stream) -> Inbound {
     std::mem::replace(&mut s.data, mpsc::channel(1).1)
 }
 
@@ -298,7 +359,7 @@ async fn copy_in(mut data: mpsc::Receiver<Bytes>, mut to: impl AsyncWrite + Unpi
 }
 
 /// Copies the process's output to the client and finishes the stream at its end.
-async fn copy_out(mut from: impl AsyncRead + Unpin, to: spdy::SendStream) {
+async fn copy_out(mut from: impl AsyncRead + Unpin, to: Sender) {
     let mut buf = vec![0u8; spdy::MAX_DATA];
     loop {
         match from.read(&mut buf).await {
@@ -387,8 +448,10 @@ fn failure(protocol: &str, message: &str, exit_code: Option<i32>) -> String {
     status.to_string()
 }
 
+/// From v4 on (SPDY's `v4.channel.k8s.io`, WebSocket's `v4.…` and `v5.…` alike), results are
+/// a `metav1.Status`.
 fn structured(protocol: &str) -> bool {
-    matches!(protocol, "v4.channel.k8s.io" | "v5.channel.k8s.io")
+    protocol.starts_with("v4.") || protocol.starts_with("v5.")
 }
 
 #[cfg(test)]

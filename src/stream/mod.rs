@@ -10,6 +10,7 @@
 pub mod exec;
 pub mod portforward;
 pub mod spdy;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,35 @@ pub fn negotiate<'a>(offered: &[&str], ours: &[&'a str]) -> Result<&'a str, Stri
                  server accepts {ours:?}"
             )
         })
+}
+
+/// What a client sends on one channel (or stream): it ends at the client's end of it.
+pub type Inbound = tokio::sync::mpsc::Receiver<bytes::Bytes>;
+
+/// Where a session writes one channel, whichever protocol carries it.
+#[derive(Clone)]
+pub enum Sender {
+    Spdy(spdy::SendStream),
+    Ws(ws::ChannelSender),
+}
+
+impl Sender {
+    /// Sends `data`; `false` once the connection is gone.
+    pub async fn send(&self, data: &[u8]) -> bool {
+        match self {
+            Sender::Spdy(s) => s.send(data).await,
+            Sender::Ws(s) => s.send(data).await,
+        }
+    }
+
+    /// Ends procnode's half of the channel (SPDY: FIN; WebSocket channels have no end of their
+    /// own: they end with the connection).
+    pub async fn finish(&self) {
+        match self {
+            Sender::Spdy(s) => s.finish().await,
+            Sender::Ws(_) => {}
+        }
+    }
 }
 
 /// Counts open sessions against [`MAX_SESSIONS`] and [`MAX_SESSIONS_PER_POD`].

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::spdy::{self, Session};
-use super::SessionPermit;
+use super::{ws, Inbound, Sender, SessionPermit};
 use crate::runtime::PortTarget;
 
 /// Connections one session forwards at once (their streams beyond this are reset).
@@ -62,15 +62,65 @@ pub async fn serve_spdy(mut session: Session, target: PortTarget, _permit: Sessi
             data.out.finish().await;
             continue;
         }
-        connections.spawn(forward(target.clone(), error, data));
+        let port = spdy::header(&data.headers, "port").and_then(|p| p.parse::<u16>().ok());
+        let (mut data, error_out) = (data, Sender::Spdy(error.out.clone()));
+        let inbound = std::mem::replace(&mut data.data, tokio::sync::mpsc::channel(1).1);
+        connections.spawn(forward(
+            target.clone(),
+            port,
+            inbound,
+            Sender::Spdy(data.out.clone()),
+            error_out,
+        ));
     }
     connections.abort_all();
     session.close().await;
 }
 
-/// Forwards one connection.
-async fn forward(target: Arc<PortTarget>, error: spdy::Stream, mut data: spdy::Stream) {
-    let port = spdy::header(&data.headers, "port").and_then(|p| p.parse::<u16>().ok());
+/// Runs one port-forward session on a WebSocket connection: `ports` (from the request's
+/// query) on channels 2i (data) and 2i+1 (errors), each opened with the port; it ends when
+/// every connection has.
+pub async fn serve_ws(
+    mut conn: ws::Connection,
+    ports: Vec<u16>,
+    target: PortTarget,
+    _permit: SessionPermit,
+) {
+    let target = Arc::new(target);
+    let mut connections = tokio::task::JoinSet::new();
+    for (i, port) in ports.into_iter().enumerate() {
+        let (data, error) = (2 * i as u8, 2 * i as u8 + 1);
+        let (data_out, error_out) = (conn.sender(data), conn.sender(error));
+        data_out.send(&port.to_le_bytes()).await;
+        error_out.send(&port.to_le_bytes()).await;
+        let Some(inbound) = conn.take_inbound(data) else {
+            continue;
+        };
+        connections.spawn(forward(
+            target.clone(),
+            Some(port),
+            inbound,
+            Sender::Ws(data_out),
+            Sender::Ws(error_out),
+        ));
+    }
+    let mut gone = conn.gone();
+    tokio::select! {
+        _ = async { while connections.join_next().await.is_some() {} } => {}
+        _ = gone.wait_for(|g| *g) => connections.abort_all(),
+    }
+    conn.close().await;
+}
+
+/// Forwards one connection: dials `port`, then copies both ways until both sides are done. A
+/// failure goes on `error`.
+async fn forward(
+    target: Arc<PortTarget>,
+    port: Option<u16>,
+    mut inbound: Inbound,
+    data: Sender,
+    error: Sender,
+) {
     let dialled = match port {
         None => Err("invalid or missing port header".to_string()),
         Some(port) => dial(&target, port).await,
@@ -84,14 +134,14 @@ async fn forward(target: Arc<PortTarget>, error: spdy::Stream, mut data: spdy::S
                 target.key(),
                 target.uid()
             );
-            error.out.send(message.as_bytes()).await;
-            error.out.finish().await;
-            data.out.finish().await;
+            error.send(message.as_bytes()).await;
+            error.finish().await;
+            data.finish().await;
             return;
         }
     };
     let (mut from_pod, mut to_pod) = conn.into_split();
-    let out = data.out.clone();
+    let out = data.clone();
     let upstream = async move {
         let mut buf = vec![0u8; spdy::MAX_DATA];
         loop {
@@ -107,7 +157,7 @@ async fn forward(target: Arc<PortTarget>, error: spdy::Stream, mut data: spdy::S
         out.finish().await;
     };
     let downstream = async move {
-        while let Some(chunk) = data.data.recv().await {
+        while let Some(chunk) = inbound.recv().await {
             if to_pod.write_all(&chunk).await.is_err() {
                 break;
             }
@@ -115,8 +165,19 @@ async fn forward(target: Arc<PortTarget>, error: spdy::Stream, mut data: spdy::S
         // The client is done sending: so is the connection to the pod.
         let _ = to_pod.shutdown().await;
     };
-    tokio::join!(upstream, downstream);
-    error.out.finish().await;
+    // A WebSocket channel has no end of its own: there the pod's end of the connection ends it.
+    match data {
+        Sender::Spdy(_) => {
+            tokio::join!(upstream, downstream);
+        }
+        Sender::Ws(_) => {
+            tokio::select! {
+                _ = upstream => {}
+                _ = async { downstream.await; std::future::pending::<()>().await } => {}
+            }
+        }
+    }
+    error.finish().await;
 }
 
 /// Dials `port` on loopback, if a process of the pod listens on it.

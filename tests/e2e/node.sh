@@ -12,7 +12,8 @@
 # checks that role. Along the way: Secrets/ConfigMaps, `kubectl logs -f`, stats through the node proxy, the
 # kubelet port's authentication (the API server shows its client certificate; others need a
 # token the API server knows), the web API beside, and (procnode runs with --pod-root overlay)
-# a pod whose init container fills a volume at a path the host does not have.
+# a pod whose init container fills a volume at a path the host does not have, and kubectl exec,
+# cp and port-forward (with the RBAC of examples/debugger-rbac.yaml).
 # Bounded in time (E2E_TIMEOUT, default 900 s); every process it started is stopped at the end.
 #
 #   bash tests/e2e/node.sh            # after `cargo build`
@@ -61,7 +62,7 @@ cleanup() {
   # Whatever a failed step left: pods of a killed procnode and their supervisors (re-parented
   # to this shell, so only ours are touched).
   pkill -9 -f "e2e-marker" 2>/dev/null
-  pkill -9 -P $$ -f "procnode shim" 2>/dev/null
+  pkill -9 -P $$ -f "procnode(-shim)? shim" 2>/dev/null
   sleep 1
   rm -rf "$STATE"
 }
@@ -264,6 +265,84 @@ out=$(kubectl logs shared -c read)
 [ ! -e /e2e-shared ] || fail "/e2e-shared was made on the host"
 step "   the main container read what its init container wrote; the host has no /e2e-shared"
 kubectl delete pod shared --wait=false >/dev/null
+
+step "2f. kubectl exec, cp and port-forward (SPDY through the API server)"
+kubectl apply -f examples/debugger-rbac.yaml >/dev/null
+cat <<'EOF' | kubectl apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: shell}
+spec:
+  nodeSelector: {type: virtual-kubelet}
+  tolerations: [{key: virtual-kubelet.io/provider, operator: Exists}]
+  containers:
+  - name: main
+    image: busybox
+    workingDir: /tmp
+    env: [{name: FOO, value: from-the-pod}]
+    # python3 -m http.server, with the marker in its own command line.
+    command: [python3, -c, "import runpy, sys; sys.argv = ['e2e-marker-shell', '18081', '--bind', '127.0.0.1']; runpy.run_module('http.server', run_name='__main__')"]
+EOF
+wait_for "pod/shell to run" 60 kubectl wait --for=condition=Ready pod/shell --timeout=1s
+wait_for "the http server in pod/shell" 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/18081'
+# The debugger's token: pods/exec and pods/portforward, no nodes/proxy.
+wait_for "the debugger's token" 30 bash -c \
+  '[ -n "$(kubectl get secret debugger-token -o jsonpath={.data.token})" ]'
+debugger=$(kubectl get secret debugger-token -o jsonpath='{.data.token}' | base64 -d)
+set +e
+out=$(kubectl --token "$debugger" exec shell -- sh -c 'echo $FOO; id -u; pwd; exit 3')
+rc=$?
+set -e
+[ "$rc" = 3 ] || fail "kubectl exec exited $rc, expected 3 (output: $out)"
+# The container's own uid (each pod runs as a uid of its own).
+pod_uid=$(ps -o uid= -p "$(pgrep -f e2e-marker-shell | head -1)" | tr -d ' ')
+[ "$out" = "$(printf 'from-the-pod\n%s\n/tmp' "$pod_uid")" ] || fail "kubectl exec printed: $out (the pod runs as $pod_uid)"
+step "   exec: env, user, working directory: $(echo "$out" | tr '\n' ' ')and exit code $rc"
+out=$(echo hi | kubectl exec -i shell -- cat)
+[ "$out" = hi ] || fail "echo hi | kubectl exec -i shell -- cat printed: $out"
+# A terminal: script(1) gives kubectl one of 45 rows and 123 columns.
+# (What the terminal echoes of script's own input may come before it.)
+out=$(script -qec "stty rows 45 cols 123; kubectl exec -it shell -- sh -c 'stty size'" /dev/null </dev/null | tr -d '\r')
+echo "$out" | grep -q "45 123$" || fail "kubectl exec -it: stty size printed: $out"
+step "   exec -i: stdin reaches cat; exec -it: stty size is $(echo "$out" | tail -1)"
+printf 'copied in and out\n' > "$STATE/cp-in.txt"
+kubectl cp "$STATE/cp-in.txt" shell:/tmp/cp-in.txt
+kubectl cp shell:/tmp/cp-in.txt "$STATE/cp-out.txt" >/dev/null
+cmp "$STATE/cp-in.txt" "$STATE/cp-out.txt" || fail "kubectl cp: $(cat "$STATE/cp-out.txt" 2>&1)"
+step "   cp: a file in and back out, unchanged"
+kubectl --token "$debugger" port-forward pod/shell 18080:18081 >"$STATE/port-forward.log" 2>&1 &
+forward=$!
+wait_for "kubectl port-forward to listen" 30 grep -q "Forwarding from" "$STATE/port-forward.log"
+page=$(curl -fsS http://127.0.0.1:18080/) || fail "curl through port-forward failed"
+echo "$page" | grep -q "Directory listing" || fail "port-forward served: $page"
+# A port no process of the pod listens on (the kubelet API's own): refused, not dialled.
+kubectl port-forward pod/shell 18082:10250 >"$STATE/port-forward-host.log" 2>&1 &
+forward_host=$!
+wait_for "the second port-forward to listen" 30 grep -q "Forwarding from" "$STATE/port-forward-host.log"
+if curl -fsS -m 5 http://127.0.0.1:18082/ >/dev/null 2>&1; then
+  fail "port-forward reached the host's port 10250"
+fi
+wait_for "the refusal in kubectl's log" 10 grep -q "no process of the pod listens on port 10250" "$STATE/port-forward-host.log"
+kill "$forward" "$forward_host"; wait "$forward" "$forward_host" 2>/dev/null || true
+step "   port-forward: the pod's page through 127.0.0.1:18080; the host's port 10250 refused"
+# Straight to the kubelet port: the debugger has no nodes/proxy (403); the admin may (101).
+upgrade() {
+  curl -sk -o /dev/null -w '%{http_code}' -m 3 -X POST -H "Authorization: Bearer $1" \
+    -H 'Connection: Upgrade' -H 'Upgrade: SPDY/3.1' -H 'X-Stream-Protocol-Version: v4.channel.k8s.io' \
+    'https://127.0.0.1:10250/exec/default/shell/main?command=true&stdout=1' || true
+}
+[ "$(upgrade "$debugger")" = 403 ] || fail "the kubelet API let the debugger (no nodes/proxy) exec"
+[ "$(upgrade "$token")" = 101 ] || fail "the kubelet API refused the admin's exec: $(upgrade "$token")"
+step "   the kubelet port: exec without nodes/proxy 403, with it 101"
+# A client that goes away takes its process with it.
+kubectl exec shell -- sh -c ': e2e-marker-exec; sleep 300' &
+execing=$!
+wait_for "the exec'd process" 30 has_count "e2e-marker-exec" 1
+kill "$execing"; wait "$execing" 2>/dev/null || true
+wait_for "the exec'd process to be killed with its session" 30 has_count "e2e-marker-exec" 0
+kubectl delete pod shell --wait=true >/dev/null
+has_count "e2e-marker-shell" 0 || fail "pod/shell's process outlived it"
+step "   a client that leaves: its process killed; no exec'd process left"
 
 step "3. a Deployment scaled 1 -> 5 -> 0"
 # examples/deployment.yaml, each replica's shell marked for counting.

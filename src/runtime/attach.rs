@@ -1,0 +1,143 @@
+//! `kubectl attach`: a client joins a running container's own streams.
+//!
+//! Its output comes from the capture that feeds the container's logs (followed from the moment
+//! the client attaches), so nothing is read twice and nothing is lost from the logs. Its input
+//! goes to the container's stdin, which the supervisor keeps open (a pipe, or with `tty: true`
+//! a terminal) and hands to every procnode that connects to it, so attaching works after a
+//! procnode restart too. With `stdinOnce`, the container's stdin is closed when the first
+//! client that wrote to it is done, until the container restarts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::status::ContainerState;
+use super::supervisor::Console;
+use super::{PodEntry, PodKey, Runtime, RuntimeError};
+use crate::logs::LogSlot;
+
+/// A container run's stdin, as the container task publishes it for attaching clients.
+#[derive(Clone)]
+pub struct StdinPoint {
+    pub console: Console,
+    /// `stdinOnce`: the first client's end closes it.
+    once: bool,
+    /// Asks the container task to close the run's stdin.
+    close: mpsc::Sender<()>,
+    /// A client has had it (`stdinOnce`: no other may).
+    taken: Arc<AtomicBool>,
+}
+
+impl StdinPoint {
+    pub(super) fn new(console: Console, once: bool, close: mpsc::Sender<()>) -> StdinPoint {
+        StdinPoint {
+            console,
+            once,
+            close,
+            taken: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// A running container a client attaches to ([`Runtime::attach_target`]).
+pub struct AttachTarget {
+    entry: Arc<PodEntry>,
+    idx: usize,
+    run: Option<String>,
+    /// The container's stdin, if it has one and the client may write to it.
+    stdin: Option<StdinPoint>,
+    /// Whether the container runs on a terminal (its output is all on stdout).
+    pub tty: bool,
+}
+
+impl Runtime {
+    /// The container `container` of pod `key`, if it is running now. A client that wants to
+    /// write to its stdin needs a container started with `stdin: true` whose stdin is still
+    /// open (`stdinOnce` closes it after the first client).
+    pub fn attach_target(
+        &self,
+        key: &PodKey,
+        container: &str,
+        stdin: bool,
+    ) -> Result<AttachTarget, RuntimeError> {
+        let entry = self.get(key)?;
+        let idx =
+            entry
+                .container_index(container)
+                .ok_or_else(|| RuntimeError::ContainerNotFound {
+                    key: key.clone(),
+                    container: container.to_string(),
+                })?;
+        let run = entry.read_state(|st| {
+            let c = st.container(idx);
+            match (&c.state, c.pid) {
+                (ContainerState::Running { .. }, Some(_)) => Some(c.container_id.clone()),
+                _ => None,
+            }
+        });
+        let Some(run) = run else {
+            return Err(RuntimeError::ContainerNotRunning {
+                key: key.clone(),
+                container: container.to_string(),
+            });
+        };
+        let spec = entry.container_spec(idx);
+        let point = entry.stdin_point(idx);
+        let tty = spec.tty == Some(true);
+        let stdin = match (stdin, point) {
+            (false, _) => None,
+            (true, Some(p)) if !(p.once && p.taken.swap(true, Ordering::SeqCst)) => Some(p),
+            (true, _) => {
+                return Err(RuntimeError::NoStdin {
+                    key: key.clone(),
+                    container: container.to_string(),
+                })
+            }
+        };
+        Ok(AttachTarget {
+            entry,
+            idx,
+            run,
+            stdin,
+            tty,
+        })
+    }
+}
+
+impl AttachTarget {
+    pub fn key(&self) -> &PodKey {
+        self.entry.key()
+    }
+
+    /// The container's log capture, whose new output the client gets.
+    pub fn logs(&self) -> Arc<LogSlot> {
+        self.entry.log(self.idx).clone()
+    }
+
+    /// The container's stdin (or terminal), when the client writes to it.
+    pub fn stdin(&self) -> Option<&Console> {
+        self.stdin.as_ref().map(|p| &p.console)
+    }
+
+    /// The client is done writing: with `stdinOnce`, the container's stdin closes.
+    pub async fn stdin_done(&self) {
+        if let Some(p) = self.stdin.as_ref().filter(|p| p.once) {
+            let _ = p.close.send(()).await;
+        }
+    }
+
+    /// Resolves once the run attached to has stopped (or the pod is gone).
+    pub async fn stopped(&self) {
+        let mut changes = self.entry.status_changes();
+        loop {
+            let running = self.entry.read_state(|st| {
+                let c = st.container(self.idx);
+                matches!(c.state, ContainerState::Running { .. }) && c.container_id == self.run
+            });
+            if !running || self.entry.is_done() || changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
