@@ -214,6 +214,35 @@ fn the_node_mode_rbac_example_binds_its_role_to_its_service_account() {
     }
 }
 
+/// examples/debugger-rbac.yaml (who may exec, attach and port-forward; the e2e uses it) parses
+/// into the real types, grants the streaming subresources of pods, and nothing on nodes (its
+/// account has no `nodes/proxy`: straight to a kubelet port it is refused).
+#[test]
+fn the_debugger_rbac_example_grants_the_streaming_subresources_and_nothing_on_nodes() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let docs = documents("examples/debugger-rbac.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ServiceAccount", "Secret", "Role", "RoleBinding"]);
+    let account: ServiceAccount = typed(&docs[0]);
+    let role: Role = typed(&docs[2]);
+    let binding: RoleBinding = typed(&docs[3]);
+    assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
+    assert_eq!(
+        binding.subjects.unwrap()[0].name,
+        account.metadata.name.unwrap()
+    );
+    let resources: Vec<String> = role
+        .rules
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.resources.unwrap_or_default())
+        .collect();
+    for sub in ["pods/exec", "pods/attach", "pods/portforward"] {
+        assert!(resources.iter().any(|r| r == sub), "{sub} in {resources:?}");
+    }
+    assert!(!resources.iter().any(|r| r.starts_with("nodes") || r == "*"));
+}
+
 #[test]
 fn the_systemd_unit_starts_a_valid_command_and_waits_for_the_grace_periods() {
     let unit = read("systemd/procnode.service");

@@ -83,6 +83,10 @@ pub fn kubelet_router(state: AppState) -> Router {
             get(streaming::exec).post(streaming::exec),
         )
         .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(streaming::attach).post(streaming::attach),
+        )
+        .route(
             "/portForward/{namespace}/{pod}",
             get(streaming::port_forward).post(streaming::port_forward),
         )

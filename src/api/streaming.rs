@@ -1,4 +1,4 @@
-//! The kubelet API's streaming routes (node mode): `exec` and `portForward`.
+//! The kubelet API's streaming routes (node mode): `exec`, `attach` and `portForward`.
 //!
 //! A request is checked here, before anything is upgraded: its query, its pod and container
 //! (running), a free session place and a protocol both sides speak. Only then does the
@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{ApiError, AppState};
 use crate::runtime::PodKey;
-use crate::stream::{self, exec, portforward, spdy, ws};
+use crate::stream::{self, attach, exec, portforward, spdy, ws};
 
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 
@@ -47,6 +47,39 @@ pub async fn exec(
         Switch::WebSocket { protocol, .. } => switch(req, &how, move |io| async move {
             let conn = ws::Connection::start(websocket(io).await, protocol, &[0, 4]);
             exec::serve_ws(conn, protocol, target, options, permit).await
+        }),
+    }
+}
+
+/// `GET|POST /attach/{namespace}/{pod}/{container}?stdin=1&stdout=1&stderr=1&tty=1`
+pub async fn attach(
+    State(s): State<AppState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    let key = PodKey {
+        namespace,
+        name: pod,
+    };
+    let prepared = (|| {
+        let options = exec::Options::streams_from_query(req.uri().query().unwrap_or(""))
+            .map_err(ApiError::BadRequest)?;
+        let how = Switch::of(&req, stream::EXEC_PROTOCOLS, ws::EXEC_PROTOCOLS)?;
+        let permit = s.sessions.open(&key).ok_or(ApiError::TooManySessions)?;
+        let target = s.runtime.attach_target(&key, &container, options.stdin)?;
+        Ok::<_, ApiError>((options, target, permit, how))
+    })();
+    let (options, target, permit, how) = match prepared {
+        Ok(p) => p,
+        Err(e) => return e.into_status_response(),
+    };
+    match how {
+        Switch::Spdy(protocol) => switch(req, &how, move |io| {
+            attach::serve_spdy(spdy::Session::start(io), protocol, target, options, permit)
+        }),
+        Switch::WebSocket { protocol, .. } => switch(req, &how, move |io| async move {
+            let conn = ws::Connection::start(websocket(io).await, protocol, &[0, 4]);
+            attach::serve_ws(conn, protocol, target, options, permit).await
         }),
     }
 }

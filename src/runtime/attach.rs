@@ -45,8 +45,9 @@ pub struct AttachTarget {
     entry: Arc<PodEntry>,
     idx: usize,
     run: Option<String>,
-    /// The container's stdin, if it has one and the client may write to it.
-    stdin: Option<StdinPoint>,
+    /// The container's stdin, if it has one and the client may write to it (taken out when the
+    /// client is done, so that a `stdinOnce` stdin is held by nobody once closed).
+    stdin: std::sync::Mutex<Option<StdinPoint>>,
     /// Whether the container runs on a terminal (its output is all on stdout).
     pub tty: bool,
 }
@@ -99,7 +100,7 @@ impl Runtime {
             entry,
             idx,
             run,
-            stdin,
+            stdin: std::sync::Mutex::new(stdin),
             tty,
         })
     }
@@ -116,14 +117,22 @@ impl AttachTarget {
     }
 
     /// The container's stdin (or terminal), when the client writes to it.
-    pub fn stdin(&self) -> Option<&Console> {
-        self.stdin.as_ref().map(|p| &p.console)
+    pub fn stdin(&self) -> Option<Console> {
+        self.point().as_ref().map(|p| p.console.clone())
     }
 
-    /// The client is done writing: with `stdinOnce`, the container's stdin closes.
+    fn point(&self) -> std::sync::MutexGuard<'_, Option<StdinPoint>> {
+        self.stdin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client is done writing: with `stdinOnce`, the container's stdin closes (the
+    /// caller has dropped what it had of it).
     pub async fn stdin_done(&self) {
-        if let Some(p) = self.stdin.as_ref().filter(|p| p.once) {
-            let _ = p.close.send(()).await;
+        let point = self.point().take();
+        if let Some(p) = point.filter(|p| p.once) {
+            let close = p.close.clone();
+            drop(p);
+            let _ = close.send(()).await;
         }
     }
 

@@ -581,7 +581,7 @@ async fn run(
                 out_open = r.is_ok() && pump(&sup.stdout, Stream::Stdout);
                 read_output = true;
             }
-            r = sup.stderr.as_ref().expect("open").readable(), if err_open => {
+            r = readable(sup.stderr.as_ref()), if err_open => {
                 err_open = r.is_ok() && pump(sup.stderr.as_ref().expect("open"), Stream::Stderr);
                 read_output = true;
             }
@@ -616,7 +616,7 @@ async fn run(
         while out_open || err_open {
             tokio::select! {
                 r = sup.stdout.readable(), if out_open => out_open = r.is_ok() && pump(&sup.stdout, Stream::Stdout),
-                r = sup.stderr.as_ref().expect("open").readable(), if err_open => {
+                r = readable(sup.stderr.as_ref()), if err_open => {
                     err_open = r.is_ok() && pump(sup.stderr.as_ref().expect("open"), Stream::Stderr)
                 }
             }
@@ -897,6 +897,14 @@ pub(super) fn limits(c: &k8s_openapi::api::core::v1::Container) -> cgroup::Limit
         cpu_request_millis: get(req, "cpu")
             .or_else(|| get(lim, "cpu"))
             .map(|q| q.milli().max(0) as u64),
+    }
+}
+
+/// Waits until `pipe` is readable; never, when there is none (a terminal has no stderr).
+async fn readable(pipe: Option<&pipe::Receiver>) -> io::Result<()> {
+    match pipe {
+        Some(p) => p.readable().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -43,6 +43,15 @@ impl Options {
     /// `output`, `error`), each `1` or `true`. At least one stream is required; a tty has no
     /// separate stderr.
     pub fn from_query(query: &str) -> Result<Options, String> {
+        let o = Options::streams_from_query(query)?;
+        if o.command.is_empty() {
+            return Err("query parameter `command` is required".into());
+        }
+        Ok(o)
+    }
+
+    /// [`Options::from_query`] without a command: what an attach asks for.
+    pub fn streams_from_query(query: &str) -> Result<Options, String> {
         let mut o = Options {
             command: Vec::new(),
             stdin: false,
@@ -60,9 +69,6 @@ impl Options {
                 "tty" => o.tty = on,
                 _ => {}
             }
-        }
-        if o.command.is_empty() {
-            return Err("query parameter `command` is required".into());
         }
         if o.tty {
             o.stderr = false;
@@ -129,20 +135,24 @@ pub struct Channels {
     pub gone: watch::Receiver<bool>,
 }
 
-/// Runs one exec session on an upgraded SPDY connection.
-pub async fn serve_spdy(
-    mut session: Session,
+/// Opens a session's channels on an upgraded SPDY connection (the client opens one stream per
+/// channel; at most [`STREAM_CREATION_TIMEOUT`](super::STREAM_CREATION_TIMEOUT) is given), runs
+/// `session` on them, then closes the connection.
+pub async fn on_spdy<F, Fut>(
+    mut spdy: Session,
     protocol: &'static str,
-    target: ExecTarget,
-    options: Options,
-    _permit: SessionPermit,
-) {
+    options: &Options,
+    session: F,
+) where
+    F: FnOnce(Channels) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     // v1 and v2 have no resize stream.
     let resize = !matches!(protocol, "channel.k8s.io" | "v2.channel.k8s.io");
     let mut streams = Streams::default();
     let opened = tokio::time::timeout(super::STREAM_CREATION_TIMEOUT, async {
-        while !streams.complete(&options, resize) {
-            match session.incoming.recv().await {
+        while !streams.complete(options, resize) {
+            match spdy.incoming.recv().await {
                 Some(s) => streams.take(s),
                 None => return false,
             }
@@ -151,16 +161,16 @@ pub async fn serve_spdy(
     })
     .await;
     if opened != Ok(true) {
-        tracing::debug!(pod = %target.key(), "exec: the client did not open its streams");
+        tracing::debug!("streaming: the client did not open its streams");
         if let Some(e) = &streams.error {
             let why = "timed out waiting for client to create streams";
             e.out.send(failure(protocol, why, None).as_bytes()).await;
         }
-        session.close().await;
+        spdy.close().await;
         return;
     }
     // Streams opened after the session's own are not used.
-    let mut extra = std::mem::replace(&mut session.incoming, mpsc::channel(1).1);
+    let mut extra = std::mem::replace(&mut spdy.incoming, mpsc::channel(1).1);
     let drain = tokio::spawn(async move { while extra.recv().await.is_some() {} });
     let sender = |s: &spdy::Stream| Sender::Spdy(s.out.clone());
     let channels = Channels {
@@ -169,23 +179,21 @@ pub async fn serve_spdy(
         stdout: streams.stdout.as_ref().map(sender),
         stderr: streams.stderr.as_ref().map(sender),
         resize: streams.resize.as_mut().map(take_data),
-        gone: session.gone(),
+        gone: spdy.gone(),
     };
-    run_session(channels, protocol, &target, &options).await;
+    session(channels).await;
     drain.abort();
-    session.close().await;
+    spdy.close().await;
 }
 
-/// Runs one exec session on a WebSocket connection: channels 0 stdin, 1 stdout, 2 stderr,
-/// 3 error, 4 resize. As the kubelet does, an empty message on the first channel procnode
-/// writes tells the client the session is open.
-pub async fn serve_ws(
-    mut conn: ws::Connection,
-    protocol: &'static str,
-    target: ExecTarget,
-    options: Options,
-    _permit: SessionPermit,
-) {
+/// Opens a session's channels on a WebSocket connection (0 stdin, 1 stdout, 2 stderr, 3 error,
+/// 4 resize), runs `session` on them, then closes the connection. As the kubelet does, an
+/// empty message on the first channel procnode writes tells the client the session is open.
+pub async fn on_ws<F, Fut>(mut conn: ws::Connection, options: &Options, session: F)
+where
+    F: FnOnce(Channels) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let ready = match (options.stdout, options.stderr) {
         (true, _) => 1,
         (false, true) => 2,
@@ -209,8 +217,36 @@ pub async fn serve_ws(
         },
         gone: conn.gone(),
     };
-    run_session(channels, protocol, &target, &options).await;
+    session(channels).await;
     conn.close().await;
+}
+
+/// Runs one exec session on an upgraded SPDY connection.
+pub async fn serve_spdy(
+    spdy: Session,
+    protocol: &'static str,
+    target: ExecTarget,
+    options: Options,
+    _permit: SessionPermit,
+) {
+    on_spdy(spdy, protocol, &options, |ch| {
+        run_session(ch, protocol, &target, &options)
+    })
+    .await
+}
+
+/// Runs one exec session on a WebSocket connection.
+pub async fn serve_ws(
+    conn: ws::Connection,
+    protocol: &'static str,
+    target: ExecTarget,
+    options: Options,
+    _permit: SessionPermit,
+) {
+    on_ws(conn, &options, |ch| {
+        run_session(ch, protocol, &target, &options)
+    })
+    .await
 }
 
 /// Runs the command, pumps its streams, and reports its result on the error channel; every
@@ -291,7 +327,7 @@ async fn run(target: &ExecTarget, process: ExecProcess, ch: &mut Channels) -> Op
                 inputs.spawn(copy_in(data, writer));
             }
             if let Some(data) = ch.resize.take() {
-                inputs.spawn(resize(data, master));
+                inputs.spawn(resize(data, std::sync::Arc::new(master)));
             }
         }
     }
@@ -350,7 +386,7 @@ fn terminal_halves(master: &OwnedFd) -> std::io::Result<(pipe::Receiver, pipe::S
 }
 
 /// Copies what the client sends into the process; the process's stdin closes at the end.
-async fn copy_in(mut data: mpsc::Receiver<Bytes>, mut to: impl AsyncWrite + Unpin) {
+pub(super) async fn copy_in(mut data: mpsc::Receiver<Bytes>, mut to: impl AsyncWrite + Unpin) {
     while let Some(chunk) = data.recv().await {
         if to.write_all(&chunk).await.is_err() {
             return;
@@ -375,7 +411,7 @@ async fn copy_out(mut from: impl AsyncRead + Unpin, to: Sender) {
 }
 
 /// Applies the client's terminal sizes (`{"Width":W,"Height":H}`, one after another).
-async fn resize(mut data: mpsc::Receiver<Bytes>, master: OwnedFd) {
+pub(super) async fn resize(mut data: mpsc::Receiver<Bytes>, master: std::sync::Arc<OwnedFd>) {
     #[derive(serde::Deserialize)]
     struct Size {
         #[serde(rename = "Width")]
@@ -415,7 +451,7 @@ fn go_list(items: &[String]) -> String {
     format!("[{}]", items.join(" "))
 }
 
-fn success(protocol: &str) -> String {
+pub(super) fn success(protocol: &str) -> String {
     match structured(protocol) {
         true => json!({"metadata": {}, "status": "Success"}).to_string(),
         false => String::new(),
@@ -424,7 +460,7 @@ fn success(protocol: &str) -> String {
 
 /// What the error stream says when the command failed: from v4 on a `metav1.Status` (with the
 /// exit code as a cause when there is one), before that the message alone.
-fn failure(protocol: &str, message: &str, exit_code: Option<i32>) -> String {
+pub(super) fn failure(protocol: &str, message: &str, exit_code: Option<i32>) -> String {
     if !structured(protocol) {
         return message.to_string();
     }

@@ -1,12 +1,14 @@
 //! The kubelet's streaming endpoints, as node mode serves them on the kubelet port: `exec`
-//! (and so `kubectl cp`) and `port-forward`.
+//! (and so `kubectl cp`), `attach` and `port-forward`.
 //!
 //! The HTTP layer ([`crate::api`]) checks the request, finds its target in the runtime and
 //! upgrades the connection; from then on the connection belongs here. [`spdy`] is the framing
-//! (SPDY/3.1, what the API server speaks to a kubelet); [`exec`] and [`portforward`] are the
+//! (SPDY/3.1, what the API server speaks to a kubelet), [`ws`] the WebSocket channel
+//! protocols (what kubectl 1.30+ tries first); [`exec`], [`attach`] and [`portforward`] are the
 //! sessions, which know the channel protocols (`v5.channel.k8s.io` … `channel.k8s.io`,
 //! `portforward.k8s.io`) and call the runtime.
 
+pub mod attach;
 pub mod exec;
 pub mod portforward;
 pub mod spdy;

@@ -334,6 +334,24 @@ upgrade() {
 [ "$(upgrade "$debugger")" = 403 ] || fail "the kubelet API let the debugger (no nodes/proxy) exec"
 [ "$(upgrade "$token")" = 101 ] || fail "the kubelet API refused the admin's exec: $(upgrade "$token")"
 step "   the kubelet port: exec without nodes/proxy 403, with it 101"
+# kubectl attach to a pod with stdin and a terminal: what is typed reaches its shell.
+cat <<'EOF' | kubectl apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: console}
+spec:
+  nodeSelector: {type: virtual-kubelet}
+  tolerations: [{key: virtual-kubelet.io/provider, operator: Exists}]
+  containers:
+  - {name: main, image: busybox, stdin: true, tty: true, command: [sh, -c, ': e2e-marker-console; exec sh']}
+EOF
+wait_for "pod/console to run" 60 kubectl wait --for=condition=Ready pod/console --timeout=1s
+# (The shell then exits, which ends the session: the container restarts, as its policy says.)
+out=$( (sleep 3; echo 'echo attached-$((6*7))'; sleep 2; echo exit; sleep 2) \
+  | timeout 30 script -qec "kubectl attach -it console" /dev/null | tr -d '\r' || true)
+echo "$out" | grep -q "attached-42" || fail "kubectl attach -it console printed: $out"
+kubectl delete pod console --wait=false >/dev/null
+step "   attach -it: a line typed reached the pod's shell (attached-42)"
 # A client that goes away takes its process with it.
 kubectl exec shell -- sh -c ': e2e-marker-exec; sleep 300' &
 execing=$!

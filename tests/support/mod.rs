@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod apiserver;
 pub mod spdy;
 pub mod tls;
 
@@ -462,6 +463,21 @@ impl Server {
             self.status(name).await.filter(|s| pred(s))
         })
         .await
+    }
+
+    /// Shuts the server down without checking for what it left: a server started with
+    /// `--stop-pods-on-exit=false` leaves its pods to the next one on its state directory.
+    pub async fn stop_leaving_pods(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("shutdown in time")
+                .expect("server task")
+                .expect("server result");
+        }
     }
 
     /// Shuts the server down (every pod stopped with its grace period) and checks that no
