@@ -4,6 +4,8 @@
 //!     cargo run --release --example bench            # everything (about 2 minutes)
 //!     cargo run --release --example bench -- quick   # fewer pods, for a smoke run
 //!     BENCH_SERVER_ARGS=--log-files=false cargo run --release --example bench   # extra flags
+//!     cargo run --release --example bench -- scale 10000   # N pods: memory, reads, kill -9
+//!                                                          # and re-adoption, delete
 //!
 //! It starts procnode as a child process (this same executable re-run with `--serve`, which
 //! calls `procnode::run` exactly as the real binary does) on an ephemeral port and drives it
@@ -23,6 +25,15 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     common::run_as_procnode_if_asked(&args);
     let quick = args.get(1).map(String::as_str) == Some("quick");
+    if args.get(1).map(String::as_str) == Some("scale") {
+        let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(scale(n));
+        return;
+    }
     // The load generator runs on one thread, so on a small machine it takes one core and
     // leaves the rest to procnode (as a separate load tool would).
     tokio::runtime::Builder::new_current_thread()
@@ -99,6 +110,18 @@ impl Server {
     /// Proportional set size (shared pages split among their users) of procnode and of
     /// every supervisor it started: what the pods cost in memory all told.
     fn pss_bytes(&self) -> (u64, u64, usize) {
+        pss_of(self.pid, self._state_dir.path())
+    }
+
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+/// PSS of procnode `pid` and of every supervisor of the state directory `state_dir`, and how
+/// many supervisors there are.
+fn pss_of(pid: u32, state_dir: &std::path::Path) -> (u64, u64, usize) {
+    {
         let pss = |pid: &str| -> Option<u64> {
             let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
             let kb: u64 = text
@@ -110,8 +133,8 @@ impl Server {
                 .ok()?;
             Some(kb * 1024)
         };
-        let own = pss(&self.pid.to_string()).unwrap_or(0);
-        let prefix = format!("{}/sup/", self._state_dir.path().display());
+        let own = pss(&pid.to_string()).unwrap_or(0);
+        let prefix = format!("{}/sup/", state_dir.display());
         let (mut supervisors, mut count) = (0, 0);
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let pid = entry.file_name().to_string_lossy().into_owned();
@@ -130,10 +153,6 @@ impl Server {
             }
         }
         (own, supervisors, count)
-    }
-
-    fn stop(self) {
-        drop(self);
     }
 }
 
@@ -847,6 +866,170 @@ async fn bench(scale: Scale) {
     delete_all(&server.base, flood_pods, 1).await;
 
     server.stop();
+    println!();
+    print_table(&rows);
+}
+
+/// `bench -- scale N`: N sleeper pods on this machine, end to end. Creates them (4 clients),
+/// measures memory (procnode and every supervisor) and the read paths with all of them
+/// present, kills procnode with SIGKILL and times a new one re-adopting every pod (none lost,
+/// none started twice), then times deleting them all.
+async fn scale(n: usize) {
+    machine_facts();
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    println!(
+        "kernel limits: pid_max {}, fs.nr_open {}, fs.file-max {}; this shell's RLIMIT_NOFILE {:?}",
+        read("/proc/sys/kernel/pid_max"),
+        read("/proc/sys/fs/nr_open"),
+        read("/proc/sys/fs/file-max"),
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap()
+    );
+    // 5 of procnode's descriptors per container: a shell's usual hard limit is too low for
+    // 10,000 (the systemd unit sets LimitNOFILE=1048576). Raised here, as root may, for the
+    // procnode started below (it raises its soft limit to the hard one itself).
+    let nr_open: u64 = read("/proc/sys/fs/nr_open").parse().unwrap_or(1 << 20);
+    let _ = nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        nr_open,
+        nr_open,
+    );
+    // The supervisors of the procnode killed below come back to this process, which reaps them.
+    procnode::runtime::process::become_subreaper().unwrap();
+    std::thread::spawn(|| loop {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(_) => {}
+        }
+    });
+    let state_dir = tempfile::tempdir().unwrap();
+    let extra = std::env::var("BENCH_SERVER_ARGS").unwrap_or_default();
+    let max = (n + 100).to_string();
+    let mut args: Vec<&std::ffi::OsStr> = ["--max-pods", &max, "--state-dir"]
+        .map(std::ffi::OsStr::new)
+        .to_vec();
+    args.push(state_dir.path().as_os_str());
+    args.extend(extra.split_whitespace().map(std::ffi::OsStr::new));
+    let (mut child, base) = common::spawn_serving(&args, &[]);
+    let mut rows = Vec::new();
+    let started = Instant::now();
+    let (rate, pods) = create_run(&base, "s", n, 4).await;
+    let limits = read(&format!("/proc/{}/limits", child.id()));
+    if let Some(l) = limits.lines().find(|l| l.starts_with("Max open files")) {
+        println!(
+            "procnode's {}",
+            l.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+    rows.push(row(
+        &format!("create {n} pods until all Running (4 clients)"),
+        format!("{rate:.0} pods/s ({})", ms(started.elapsed())),
+        "-".into(),
+        "-".into(),
+        "all Running",
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (own, sups, count) = pss_of(child.id(), state_dir.path());
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1 << 20) as f64);
+    rows.push(row(
+        &format!("PSS at {n} pods: procnode + {count} supervisors"),
+        format!("{} + {} = {}", mib(own), mib(sups), mib(own + sups)),
+        "-".into(),
+        format!("{:.0} KB / pod", (own + sups) as f64 / 1024.0 / n as f64),
+        "≤ 2.5 GB",
+    ));
+    let (status, _) = read_path(&base, "/getPodStatus?namespace=s&name=p7", 1000, 1).await;
+    rows.push(row(
+        &format!("getPodStatus at {n} pods: p50 / p99"),
+        format!("{} / {}", ms(pct(&status, 0.5)), ms(pct(&status, 0.99))),
+        "-".into(),
+        "-".into(),
+        "p50 ≤ 0.5 ms",
+    ));
+    let (list, _) = read_path(&base, "/getPods", 20, 1).await;
+    rows.push(row(
+        &format!("getPods (short form) at {n} pods: p50 / p99"),
+        format!("{} / {}", ms(pct(&list, 0.5)), ms(pct(&list, 0.99))),
+        "-".into(),
+        "-".into(),
+        "p50 ≤ 100 ms",
+    ));
+
+    // kill -9, and a new procnode on the same state directory.
+    child.kill().unwrap();
+    let _ = child.wait();
+    let restarted = Instant::now();
+    let (mut child, base) = common::spawn_serving(&args, &[]);
+    let client = Client::new(&base);
+    let listening = restarted.elapsed();
+    let all_running = loop {
+        let t = client.send(reqwest::Method::GET, "/getPods", None).await;
+        let list: Vec<Value> = serde_json::from_slice(&t.body).unwrap_or_default();
+        let running = list
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count();
+        if list.len() == n && running == n {
+            break restarted.elapsed();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(300),
+            "{running} of {n} running again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let t = client
+        .send(reqwest::Method::GET, "/getPods?full=true", None)
+        .await;
+    let list: Vec<Value> = serde_json::from_slice(&t.body).unwrap();
+    let restarts: i64 = list
+        .iter()
+        .map(|p| {
+            p["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(-1)
+        })
+        .sum();
+    let (_, _, supervisors) = pss_of(child.id(), state_dir.path());
+    rows.push(row(
+        &format!("kill -9, restart: {n} pods re-adopted (listening / all Running)"),
+        format!("{} / {}", ms(listening), ms(all_running)),
+        "-".into(),
+        format!(
+            "{} pods, {supervisors} supervisors, {restarts} restarts",
+            list.len()
+        ),
+        "≤ 10 s, none lost or duplicated",
+    ));
+
+    let deleting = Instant::now();
+    let deleted = delete_all(&base, pods, 4).await;
+    let gone = loop {
+        let t = client.send(reqwest::Method::GET, "/getPods", None).await;
+        let list: Vec<Value> = serde_json::from_slice(&t.body).unwrap_or_default();
+        if list.is_empty() {
+            break deleting.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, _, left) = pss_of(child.id(), state_dir.path());
+    rows.push(row(
+        &format!("delete all {n} pods (4 clients): requests / until none is listed"),
+        format!("{} / {}", ms(deleted), ms(gone)),
+        "-".into(),
+        format!("{left} supervisors left"),
+        "≤ 20 s",
+    ));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
     println!();
     print_table(&rows);
 }

@@ -219,3 +219,34 @@ async fn attach_works_after_procnode_restarts() {
     srv.delete(&p).await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn attach_works_without_supervisors_too() {
+    let srv = Server::start_with_kubelet_api(&["--supervisor", "none"]).await;
+    let p = interactive(
+        "direct",
+        r#"while read line; do echo "got $line"; done"#,
+        false,
+        false,
+    );
+    running(&srv, &p).await;
+    let (mut c, _, stdin, stdout) = attach(&srv, "direct").await;
+    c.send(stdin, b"direct\n", false).await;
+    read_until(&mut c, stdout, "got direct").await;
+    c.hang_up();
+    // A terminal: its output (echo included) is all on stdout.
+    let t = interactive("direct-tty", "exec sh", false, true);
+    running(&srv, &t).await;
+    let path = "/attach/default/direct-tty/main?stdin=1&stdout=1&tty=1";
+    let mut c = upgrade(&srv.kubelet, path, &[V4]).await.client.unwrap();
+    c.open(&[("streamType", "error")]).await;
+    let stdin = c.open(&[("streamType", "stdin")]).await;
+    let stdout = c.open(&[("streamType", "stdout")]).await;
+    c.open(&[("streamType", "resize")]).await;
+    c.send(stdin, b"echo tty-$((40+2))\n", false).await;
+    read_until(&mut c, stdout, "tty-42").await;
+    c.hang_up();
+    srv.delete(&p).await;
+    srv.delete(&t).await;
+    srv.stop().await;
+}

@@ -116,6 +116,11 @@ pub async fn port_forward(
         Ok(p) => p,
         Err(e) => return e.into_status_response(),
     };
+    let protocol = match &how {
+        Switch::Spdy(p) => *p,
+        Switch::WebSocket { protocol, .. } => protocol,
+    };
+    tracing::info!(pod = %target.key(), protocol, ?ports, "port-forward");
     match how {
         Switch::Spdy(_) => switch(req, &how, move |io| {
             portforward::serve_spdy(spdy::Session::start(io), target, permit)

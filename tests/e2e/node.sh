@@ -266,7 +266,7 @@ out=$(kubectl logs shared -c read)
 step "   the main container read what its init container wrote; the host has no /e2e-shared"
 kubectl delete pod shared --wait=false >/dev/null
 
-step "2f. kubectl exec, cp and port-forward (SPDY through the API server)"
+step "2f. kubectl exec, cp, attach and port-forward (through the API server)"
 kubectl apply -f examples/debugger-rbac.yaml >/dev/null
 cat <<'EOF' | kubectl apply -f - >/dev/null
 apiVersion: v1
@@ -304,7 +304,7 @@ out=$(echo hi | kubectl exec -i shell -- cat)
 # (What the terminal echoes of script's own input may come before it.)
 out=$(script -qec "stty rows 45 cols 123; kubectl exec -it shell -- sh -c 'stty size'" /dev/null </dev/null | tr -d '\r')
 echo "$out" | grep -q "45 123$" || fail "kubectl exec -it: stty size printed: $out"
-step "   exec -i: stdin reaches cat; exec -it: stty size is $(echo "$out" | tail -1)"
+step "   exec -i: stdin reaches cat; exec -it: stty size is $(echo "$out" | tail -1 | tr -cd '[:print:]')"
 printf 'copied in and out\n' > "$STATE/cp-in.txt"
 kubectl cp "$STATE/cp-in.txt" shell:/tmp/cp-in.txt
 kubectl cp shell:/tmp/cp-in.txt "$STATE/cp-out.txt" >/dev/null
@@ -323,8 +323,25 @@ if curl -fsS -m 5 http://127.0.0.1:18082/ >/dev/null 2>&1; then
   fail "port-forward reached the host's port 10250"
 fi
 wait_for "the refusal in kubectl's log" 10 grep -q "no process of the pod listens on port 10250" "$STATE/port-forward-host.log"
-kill "$forward" "$forward_host"; wait "$forward" "$forward_host" 2>/dev/null || true
+# (kubectl ends the refused one itself.)
+kill "$forward" "$forward_host" 2>/dev/null || true; wait "$forward" "$forward_host" 2>/dev/null || true
 step "   port-forward: the pod's page through 127.0.0.1:18080; the host's port 10250 refused"
+# The same over SPDY, which an API server from 1.30 on speaks to every node (kubectl 1.30+
+# speaks WebSocket unless told not to, and a 1.20 API server passes that through).
+set +e
+out=$(echo spdy-stdin | KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false kubectl exec -i shell -- sh -c 'cat; echo $FOO; exit 4')
+rc=$?
+set -e
+[ "$rc" = 4 ] && [ "$out" = "$(printf 'spdy-stdin\nfrom-the-pod')" ] \
+  || fail "kubectl exec over SPDY exited $rc, printed: $out"
+out=$(script -qec "stty rows 21 cols 81; KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false kubectl exec -it shell -- sh -c 'stty size'" /dev/null </dev/null | tr -d '\r')
+echo "$out" | grep -q "21 81$" || fail "kubectl exec -it over SPDY: stty size printed: $out"
+KUBECTL_PORT_FORWARD_WEBSOCKETS=false kubectl port-forward pod/shell 18083:18081 >"$STATE/port-forward-spdy.log" 2>&1 &
+forward=$!
+wait_for "kubectl port-forward (SPDY) to listen" 30 grep -q "Forwarding from" "$STATE/port-forward-spdy.log"
+curl -fsS http://127.0.0.1:18083/ | grep -q "Directory listing" || fail "port-forward over SPDY failed"
+kill "$forward" 2>/dev/null || true; wait "$forward" 2>/dev/null || true
+step "   over SPDY too: exec -i (exit code 4), exec -it (stty size 21 81), port-forward"
 # Straight to the kubelet port: the debugger has no nodes/proxy (403); the admin may (101).
 upgrade() {
   curl -sk -o /dev/null -w '%{http_code}' -m 3 -X POST -H "Authorization: Bearer $1" \
@@ -361,6 +378,9 @@ wait_for "the exec'd process to be killed with its session" 30 has_count "e2e-ma
 kubectl delete pod shell --wait=true >/dev/null
 has_count "e2e-marker-shell" 0 || fail "pod/shell's process outlived it"
 step "   a client that leaves: its process killed; no exec'd process left"
+# What kubectl spoke (kubectl 1.30+ tries WebSocket first; a 1.20 API server passes it through).
+step "   protocols: $(grep -oE '(exec|attach|port-forward) pod=[^ ]+ protocol="[^"]*"' "$LOG" \
+  | awk '{print $1, $3}' | sort -u | tr '\n' ';')"
 
 step "3. a Deployment scaled 1 -> 5 -> 0"
 # examples/deployment.yaml, each replica's shell marked for counting.
