@@ -6,6 +6,9 @@
 //!     BENCH_SERVER_ARGS=--log-files=false cargo run --release --example bench   # extra flags
 //!     cargo run --release --example bench -- scale 10000   # N pods: memory, reads, kill -9
 //!                                                          # and re-adoption, delete
+//!     cargo run --release --example bench -- peers 200     # procnode beside runc + conmon
+//!                                                          # (apt-get install runc conmon
+//!                                                          # busybox-static)
 //!
 //! It starts procnode as a child process (this same executable re-run with `--serve`, which
 //! calls `procnode::run` exactly as the real binary does) on an ephemeral port and drives it
@@ -25,6 +28,15 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     common::run_as_procnode_if_asked(&args);
     let quick = args.get(1).map(String::as_str) == Some("quick");
+    if args.get(1).map(String::as_str) == Some("peers") {
+        let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(peers(n));
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("scale") {
         let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
         tokio::runtime::Builder::new_current_thread()
@@ -899,14 +911,7 @@ async fn scale(n: usize) {
         nr_open,
     );
     // The supervisors of the procnode killed below come back to this process, which reaps them.
-    procnode::runtime::process::become_subreaper().unwrap();
-    std::thread::spawn(|| loop {
-        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-        match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            Ok(_) => {}
-        }
-    });
+    reap_orphans();
     let state_dir = tempfile::tempdir().unwrap();
     let extra = std::env::var("BENCH_SERVER_ARGS").unwrap_or_default();
     let max = (n + 100).to_string();
@@ -1032,4 +1037,246 @@ async fn scale(n: usize) {
     let _ = child.wait();
     println!();
     print_table(&rows);
+}
+
+/// While set, the orphan reaper waits: commands run and awaited meanwhile keep their own exit.
+static REAPING_PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reaps whatever comes back to this process (a subreaper): supervisors of a killed procnode,
+/// conmon's daemonised monitors.
+fn reap_orphans() {
+    procnode::runtime::process::become_subreaper().unwrap();
+    std::thread::spawn(|| loop {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        if REAPING_PAUSED.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(_) => {}
+        }
+    });
+}
+
+/// PSS (bytes) of every process whose command line starts with `program`, and how many.
+fn pss_of_program(program: &str) -> (u64, usize) {
+    let (mut total, mut count) = (0, 0);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if first != program.as_bytes() {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+            continue;
+        };
+        let kb: u64 = text
+            .lines()
+            .find(|l| l.starts_with("Pss:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        total += kb * 1024;
+        count += 1;
+    }
+    (total, count)
+}
+
+/// `bench -- peers N`: the start latency and the memory per container of procnode (N sleeper
+/// pods, one after another, createPod → Running) beside runc + conmon from Debian starting the
+/// same `sleep` N times in a root holding only busybox (conmon runs `runc create`, then `runc
+/// start`, as podman and CRI-O drive them), and raw spawns, in one run. Skipped with a note
+/// where runc, conmon or busybox is missing.
+async fn peers(n: usize) {
+    machine_facts();
+    reap_orphans();
+    let mut rows = Vec::new();
+    let kb = |b: u64, n: usize| format!("{:.0} KB", b as f64 / 1024.0 / n.max(1) as f64);
+    let base_lat = {
+        let mut l = baseline_spawn(n).await;
+        l.sort();
+        l
+    };
+    rows.push(row(
+        &format!("raw spawn of sleep ({n}, one after another): p50 / p99"),
+        format!("{} / {}", ms(pct(&base_lat, 0.5)), ms(pct(&base_lat, 0.99))),
+        "-".into(),
+        "-".into(),
+        "",
+    ));
+
+    // procnode.
+    let server = Server::start();
+    let client = Client::new(&server.base);
+    let mut lat = Vec::new();
+    let mut pods = Vec::new();
+    for i in 0..n {
+        let p = pod("peer", &format!("p{i}"), &["sleep", "600"]);
+        let t0 = Instant::now();
+        client.create(&p).await;
+        loop {
+            let (_, s) = client.status("peer", &format!("p{i}")).await;
+            if s["phase"] == "Running" {
+                break;
+            }
+        }
+        lat.push(t0.elapsed());
+        pods.push(p);
+    }
+    lat.sort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (own, sups, count) = server.pss_bytes();
+    rows.push(row(
+        "procnode: createPod → Running: p50 / p99",
+        format!("{} / {}", ms(pct(&lat, 0.5)), ms(pct(&lat, 0.99))),
+        format!("{} (raw spawn)", ms(pct(&base_lat, 0.5))),
+        format!(
+            "+{}",
+            ms(pct(&lat, 0.5).saturating_sub(pct(&base_lat, 0.5)))
+        ),
+        "",
+    ));
+    rows.push(row(
+        &format!("procnode: PSS per container ({count} supervisors; procnode's share)"),
+        format!("{} (+ {})", kb(sups, count), kb(own, n)),
+        "-".into(),
+        "-".into(),
+        "≤ 150 KB / supervisor",
+    ));
+    delete_all(&server.base, pods, 2).await;
+    server.stop();
+
+    // runc + conmon.
+    let have = |p: &str| std::path::Path::new(p).exists();
+    let (runc, conmon) = ("/usr/sbin/runc", "/usr/bin/conmon");
+    if !(have(runc) && have(conmon) && have("/bin/busybox")) {
+        println!("\n(runc + conmon skipped: apt-get install runc conmon busybox-static)");
+    } else {
+        match runc_conmon(n, runc, conmon) {
+            Ok((lat, pss, count)) => {
+                rows.push(row(
+                    "runc 1.1 + conmon 2.1: conmon → runc create → runc start: p50 / p99",
+                    format!("{} / {}", ms(pct(&lat, 0.5)), ms(pct(&lat, 0.99))),
+                    format!("{} (raw spawn)", ms(pct(&base_lat, 0.5))),
+                    format!(
+                        "+{}",
+                        ms(pct(&lat, 0.5).saturating_sub(pct(&base_lat, 0.5)))
+                    ),
+                    "",
+                ));
+                rows.push(row(
+                    &format!("runc + conmon: PSS per container ({count} conmon)"),
+                    kb(pss, count),
+                    "-".into(),
+                    "-".into(),
+                    "",
+                ));
+            }
+            Err(e) => println!("\n(runc + conmon skipped: {e})"),
+        }
+    }
+    println!();
+    print_table(&rows);
+}
+
+/// Starts `n` busybox `sleep 600` containers with conmon and runc; their start latencies, the
+/// conmon processes' PSS and how many there were. Every container is removed after.
+fn runc_conmon(n: usize, runc: &str, conmon: &str) -> Result<(Vec<Duration>, u64, usize), String> {
+    use std::process::Command;
+    use std::sync::atomic::Ordering;
+    REAPING_PAUSED.store(true, Ordering::SeqCst);
+    // (A reaper waiting meanwhile would take the exits of runc and conmon's first process.)
+    std::thread::sleep(Duration::from_millis(50));
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bundle = dir.path().join("bundle");
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+    std::fs::copy("/bin/busybox", bin.join("busybox")).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink("busybox", bin.join("sleep")).map_err(|e| e.to_string())?;
+    let ok = |out: std::io::Result<std::process::Output>, what: &str| -> Result<(), String> {
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(format!("{what}: {}", String::from_utf8_lossy(&o.stderr))),
+            Err(e) => Err(format!("{what}: {e}")),
+        }
+    };
+    ok(
+        Command::new(runc).arg("spec").current_dir(&bundle).output(),
+        "runc spec",
+    )?;
+    let config = bundle.join("config.json");
+    let mut spec: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    spec["process"]["args"] = json!(["sleep", "600"]);
+    spec["process"]["terminal"] = json!(false);
+    std::fs::write(&config, spec.to_string()).unwrap();
+    let (exits, sockets) = (dir.path().join("exits"), dir.path().join("sockets"));
+    std::fs::create_dir_all(&exits).unwrap();
+    std::fs::create_dir_all(&sockets).unwrap();
+    let prefix = format!("bench-{}-", std::process::id());
+    let mut lat = Vec::new();
+    let mut started = Vec::new();
+    let result = (|| {
+        for i in 0..n {
+            let id = format!("{prefix}{i}");
+            let pidfile = dir.path().join(format!("{id}.pid"));
+            let t0 = Instant::now();
+            ok(
+                Command::new(conmon)
+                    .args([
+                        "--api-version",
+                        "1",
+                        "-c",
+                        &id,
+                        "-u",
+                        &id,
+                        "-n",
+                        &id,
+                        "-r",
+                        runc,
+                    ])
+                    .arg("-b")
+                    .arg(&bundle)
+                    .arg("-p")
+                    .arg(&pidfile)
+                    .arg("-l")
+                    .arg(dir.path().join(format!("{id}.log")))
+                    .arg("--exit-dir")
+                    .arg(&exits)
+                    .arg("--socket-dir-path")
+                    .arg(&sockets)
+                    .args(["--syslog=false", "--log-level", "error"])
+                    .output(),
+                "conmon",
+            )?;
+            started.push(id.clone());
+            while !pidfile.exists() {
+                if t0.elapsed() > Duration::from_secs(10) {
+                    return Err(format!("{id}: runc create never wrote its pid file"));
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            ok(
+                Command::new(runc).args(["start", &id]).output(),
+                "runc start",
+            )?;
+            lat.push(t0.elapsed());
+        }
+        Ok(())
+    })();
+    std::thread::sleep(Duration::from_millis(500));
+    let (pss, count) = pss_of_program(conmon);
+    for id in &started {
+        let _ = Command::new(runc).args(["kill", id, "KILL"]).output();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for id in &started {
+        let _ = Command::new(runc).args(["delete", "-f", id]).output();
+    }
+    REAPING_PAUSED.store(false, Ordering::SeqCst);
+    result?;
+    lat.sort();
+    Ok((lat, pss, count))
 }
