@@ -801,7 +801,13 @@ async fn a_supervisor_reports_the_exit_on_a_connection_that_replaced_a_closed_on
     let pid = container_pid(&s, "main").unwrap();
     let supervisor = parent_of(pid);
     a.kill9().await;
-    let socket = std::fs::read_dir(dir.path().join("sup"))
+    // sup/POD_PART/IDX-RUN
+    let pod_sockets = std::fs::read_dir(dir.path().join("sup"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("the pod's directory of supervisor sockets");
+    let socket = std::fs::read_dir(pod_sockets)
         .unwrap()
         .map(|e| e.unwrap().path())
         .next()

@@ -118,41 +118,59 @@ impl StateLayout {
     }
 
     /// The name of the supervisor of run `run` of container `idx`: the path of its socket,
-    /// unique per pod, container and run.
+    /// unique per pod, container and run, in a directory of the pod's own
+    /// (`sup/POD_PART/IDX-RUN`), so that finding or removing a pod's sockets reads only its
+    /// own directory, however many pods the node runs. (procnode before this kept them all in
+    /// `sup/` as `POD_PART-IDX-RUN`: those are still found by their recorded names, and
+    /// [`StateLayout::supervisor_files`] lists them.)
     pub fn supervisor_name(&self, key: &PodKey, uid: &str, idx: usize, run: u64) -> String {
         format!(
-            "{}{}-{idx}-{run}",
+            "{}{}/{idx}-{run}",
             self.supervisor_prefix(),
             Self::supervisor_pod_part(key, uid)
         )
     }
 
+    /// The directory of the supervisor sockets of the pod whose name part is `pod_part`.
+    pub fn supervisor_dir(&self, pod_part: &str) -> PathBuf {
+        self.sup().join(pod_part)
+    }
+
     /// The supervisor sockets of the pod whose name part is `pod_part`: container index, run
     /// and path of each. Blocking.
     pub fn supervisor_sockets(&self, pod_part: &str) -> Vec<(usize, u64, PathBuf)> {
-        std::fs::read_dir(self.sup())
+        std::fs::read_dir(self.supervisor_dir(pod_part))
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let (idx, run) = name
-                    .strip_prefix(pod_part)?
-                    .strip_prefix('-')?
-                    .split_once('-')?;
+                let (idx, run) = name.split_once('-')?;
                 Some((idx.parse().ok()?, run.parse().ok()?, e.path()))
             })
             .collect()
     }
 
-    /// Every supervisor socket's file name in `sup/`. Blocking.
+    /// Every supervisor socket's name below `sup/`, relative to it (`POD_PART/IDX-RUN`, or
+    /// an older procnode's `POD_PART-IDX-RUN`); the pod part is what comes before the first
+    /// `/` or `-`. Blocking.
     pub fn supervisor_files(&self) -> Vec<String> {
-        std::fs::read_dir(self.sup())
+        let mut files = Vec::new();
+        for e in std::fs::read_dir(self.sup())
             .into_iter()
             .flatten()
             .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                for s in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                    files.push(format!("{name}/{}", s.file_name().to_string_lossy()));
+                }
+            } else {
+                files.push(name);
+            }
+        }
+        files
     }
 
     /// Node mode's kubelet API certificate and key, when it makes its own.
@@ -274,12 +292,25 @@ mod tests {
         };
         let name = layout.supervisor_name(&key, "u1", 2, 7);
         assert!(name.starts_with(&layout.supervisor_prefix()));
+        let part = StateLayout::supervisor_pod_part(&key, "u1");
+        std::fs::create_dir(layout.supervisor_dir(&part)).unwrap();
         std::fs::write(&name, "").unwrap();
         let other = layout.supervisor_name(&key, "u2", 0, 0);
+        std::fs::create_dir(std::path::Path::new(&other).parent().unwrap()).unwrap();
         std::fs::write(&other, "").unwrap();
-        let part = StateLayout::supervisor_pod_part(&key, "u1");
+        // An older procnode's flat name.
+        std::fs::write(layout.sup().join(format!("{part}-0-3")), "").unwrap();
         let found = layout.supervisor_sockets(&part);
         assert_eq!(found, vec![(2, 7, PathBuf::from(&name))]);
+        let mut files = layout.supervisor_files();
+        files.sort();
+        let mut want = vec![
+            format!("{part}/2-7"),
+            format!("{part}-0-3"),
+            format!("{}/0-0", StateLayout::supervisor_pod_part(&key, "u2")),
+        ];
+        want.sort();
+        assert_eq!(files, want);
         assert_eq!(
             layout.record_base(&key, "").file_name().unwrap(),
             "ns_a.b_no-uid"

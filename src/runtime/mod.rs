@@ -394,10 +394,9 @@ impl Runtime {
                 tracing::warn!(pod = %key, error = %e, "could not remove the pod's cgroup");
             }
             volumes::release(&dirs[0]);
-            // Sockets of supervisors that were killed rather than released.
-            for (_, _, socket) in layout.supervisor_sockets(&sup_part) {
-                let _ = std::fs::remove_file(socket);
-            }
+            // Sockets of supervisors that were killed rather than released: the pod's own
+            // directory of them.
+            let _ = std::fs::remove_dir_all(layout.supervisor_dir(&sup_part));
             if let Err(e) = records::remove(&record) {
                 tracing::warn!(pod = %key, error = %e, "could not remove pod record");
             }

@@ -128,7 +128,7 @@ impl Runtime {
         let files: Vec<String> = layout
             .supervisor_files()
             .into_iter()
-            .filter(|f| !claimed.contains(f.split('-').next().unwrap_or_default()))
+            .filter(|f| !claimed.contains(f.split(['-', '/']).next().unwrap_or_default()))
             .collect();
         let mut stops = JoinSet::new();
         for file in files {
@@ -164,6 +164,17 @@ impl Runtime {
         let mut problems = Vec::new();
         while let Some(done) = stops.join_next().await {
             problems.extend(done.ok().flatten());
+        }
+        // The socket directories of pods nobody claims, now empty.
+        for e in std::fs::read_dir(layout.sup())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let part = e.file_name().to_string_lossy().into_owned();
+            if !claimed.contains(&part) && e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir(e.path());
+            }
         }
         problems
     }

@@ -101,6 +101,15 @@ pub async fn launch(
     spec.push(b'\n');
     let (exe, shim_name) = (shim_exe.to_path_buf(), name.to_string());
     let (greeting, exit) = tokio::task::spawn_blocking(move || {
+        // The pod's directory of sockets (root's alone, as `sup/` is).
+        if let Some(dir) = Path::new(&shim_name).parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("making {}: {e}", dir.display()))?;
+        }
         let mut spawned = process::spawn_shim(&exe, &shim_name).map_err(|e| e.to_string())?;
         // It waits for its spec before it does anything, so it starts nothing outside them.
         for dir in &cgroups {
