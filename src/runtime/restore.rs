@@ -141,6 +141,9 @@ impl Runtime {
                         let _ = tokio::time::timeout(Duration::from_secs(10), sup.events.next())
                             .await;
                         sup.release().await;
+                        // Its socket goes now (the supervisor removes it too, when it gets to
+                        // it), so that its pod's directory can go below.
+                        let _ = std::fs::remove_file(&name);
                         Some(format!(
                             "supervisor {name} belonged to no recorded pod: its container (pid {pid}) was stopped"
                         ))
