@@ -868,6 +868,122 @@ mod tests {
             .collect()
     }
 
+    /// The same block as the first of a HEADERS frame (its zlib stream starts there).
+    #[test]
+    fn a_headers_frame_built_by_hand_decodes() {
+        let block = hex("78bbe3c6a7c202a62346703a2b294a4dcc851625aca9a08006000000ffff");
+        let mut frame = vec![0x80, 0x03, 0x00, 0x08, 0x01, 0x00, 0x00];
+        frame.push(4 + block.len() as u8);
+        frame.extend_from_slice(&[0, 0, 0, 3]);
+        frame.extend_from_slice(&block);
+        let frames = decode_all(&mut Codec::new(), &frame);
+        assert_eq!(
+            frames,
+            vec![Frame::Headers {
+                id: 3,
+                fin: true,
+                headers: vec![("streamtype".into(), "error".into())],
+            }]
+        );
+    }
+
+    /// A session as a client sees it: each stream answered with a SYN_REPLY and its data
+    /// delivered, a ping echoed, a stream with an even id reset, and after GOAWAY new streams
+    /// refused.
+    #[tokio::test]
+    async fn a_session_answers_streams_and_pings_and_honours_goaway() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut session = Session::start(server);
+        let mut codec = Codec::new();
+        let mut out = BytesMut::new();
+        let syn = |id: u32| Frame::SynStream {
+            id,
+            associated: 0,
+            priority: 0,
+            fin: false,
+            unidirectional: false,
+            headers: vec![("streamtype".into(), "stdin".into())],
+        };
+        codec.encode(&syn(1), &mut out);
+        codec.encode(
+            &Frame::Data {
+                id: 1,
+                fin: true,
+                data: Bytes::from_static(b"hello"),
+            },
+            &mut out,
+        );
+        codec.encode(&Frame::Ping(7), &mut out);
+        codec.encode(&syn(4), &mut out);
+        client.write_all(&out).await.unwrap();
+        let mut stream = session.incoming.recv().await.expect("the stream");
+        assert_eq!(
+            (stream.id, header(&stream.headers, "streamtype")),
+            (1, Some("stdin"))
+        );
+        assert_eq!(&stream.data.recv().await.unwrap()[..], b"hello");
+        assert!(stream.data.recv().await.is_none(), "FIN ends it");
+        stream.out.send(b"back").await;
+        // What the server wrote: the reply, the ping, the reset, the data.
+        let mut seen = Vec::new();
+        let mut buf = BytesMut::new();
+        while seen.len() < 4 {
+            let mut chunk = [0u8; 4096];
+            let n = client.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                seen.push(f);
+            }
+        }
+        assert!(
+            matches!(
+                seen[0],
+                Frame::SynReply {
+                    id: 1,
+                    fin: false,
+                    ..
+                }
+            ),
+            "{seen:?}"
+        );
+        assert!(seen.contains(&Frame::Ping(7)), "{seen:?}");
+        assert!(seen.contains(&Frame::RstStream {
+            id: 4,
+            status: PROTOCOL_ERROR
+        }));
+        assert!(seen.contains(&Frame::Data {
+            id: 1,
+            fin: false,
+            data: Bytes::from_static(b"back")
+        }));
+        // GOAWAY: a later stream is refused.
+        let mut out = BytesMut::new();
+        codec.encode(
+            &Frame::GoAway {
+                last_good: 1,
+                status: 0,
+            },
+            &mut out,
+        );
+        codec.encode(&syn(5), &mut out);
+        client.write_all(&out).await.unwrap();
+        let mut chunk = [0u8; 4096];
+        let n = client.read(&mut chunk).await.unwrap();
+        let mut buf = BytesMut::from(&chunk[..n]);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::RstStream {
+                id: 5,
+                status: REFUSED_STREAM
+            })
+        );
+        // The client leaves: the session says so.
+        drop(client);
+        let mut gone = session.gone();
+        gone.wait_for(|g| *g).await.unwrap();
+    }
+
     #[test]
     fn header_blocks_round_trip_through_one_zlib_stream_each_way() {
         let (mut client, mut server) = (Codec::new(), Codec::new());
