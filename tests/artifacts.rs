@@ -308,6 +308,25 @@ fn the_dockerfile_builds_this_crate_with_a_supported_toolchain() {
     let args: Vec<String> = serde_json::from_str(cmd).unwrap();
     procnode_accepts(&args);
     assert!(dockerfile.contains("ENTRYPOINT [\"procnode\"]"));
+    // The supervisor is linked statically and not position independent, the same way in the
+    // image and in the host install (BENCHMARKS.md: half the memory per container).
+    let flags = "-C target-feature=+crt-static -C relocation-model=static";
+    let squeezed = |t: &str| {
+        t.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace("\\ ", "")
+    };
+    for (file, text) in [
+        ("Dockerfile", &dockerfile),
+        ("docs/systemd.md", &read("docs/systemd.md")),
+    ] {
+        let text = squeezed(text);
+        assert!(
+            text.contains("--bin procnode-shim --") && text.contains(flags),
+            "{file} does not link procnode-shim with {flags}"
+        );
+    }
 }
 
 /// Every setting `procnode --help` lists has a row in docs/configuration.md's table, with

@@ -226,7 +226,8 @@ anon=$(curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:10250/pods)
 forged=$(curl -sk -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer forged' https://127.0.0.1:10250/pods)
 [ "$forged" = 401 ] || fail "the kubelet API answered $forged to a forged token"
 token=$(kubectl config view --raw -o jsonpath='{.users[0].user.token}')
-curl -fsk -H "Authorization: Bearer $token" https://127.0.0.1:10250/pods | grep -q '"watcher"' \
+pods=$(curl -fsk -H "Authorization: Bearer $token" https://127.0.0.1:10250/pods || true)
+echo "$pods" | grep -q '"watcher"' \
   || fail "the kubelet API refused the admin token"
 step "   the kubelet port: anonymous 401, forged token 401, admin token served"
 
@@ -339,7 +340,9 @@ echo "$out" | grep -q "21 81$" || fail "kubectl exec -it over SPDY: stty size pr
 KUBECTL_PORT_FORWARD_WEBSOCKETS=false kubectl port-forward pod/shell 18083:18081 >"$STATE/port-forward-spdy.log" 2>&1 &
 forward=$!
 wait_for "kubectl port-forward (SPDY) to listen" 30 grep -q "Forwarding from" "$STATE/port-forward-spdy.log"
-curl -fsS http://127.0.0.1:18083/ | grep -q "Directory listing" || fail "port-forward over SPDY failed"
+# (The page is read whole first: grep -q leaving early would fail curl's write, and so the pipe.)
+page=$(curl -fsS http://127.0.0.1:18083/) || fail "curl through port-forward over SPDY failed"
+echo "$page" | grep -q "Directory listing" || fail "port-forward over SPDY served: $page"
 kill "$forward" 2>/dev/null || true; wait "$forward" 2>/dev/null || true
 step "   over SPDY too: exec -i (exit code 4), exec -it (stty size 21 81), port-forward"
 # Straight to the kubelet port: the debugger has no nodes/proxy (403); the admin may (101).
