@@ -14,18 +14,6 @@ use support::{bare_pod, phase, wait_until, Server};
 
 const V4: &str = "v4.channel.k8s.io";
 
-async fn running(srv: &Server, p: &Value) {
-    let name = p["metadata"]["name"].as_str().unwrap().to_string();
-    let r = srv.create(p).await;
-    assert!(
-        r.status().is_success(),
-        "create: {}",
-        r.text().await.unwrap()
-    );
-    srv.wait_status(&name, "Running", |s| phase(s) == "Running")
-        .await;
-}
-
 fn interactive(name: &str, script: &str, once: bool, tty: bool) -> Value {
     let mut p = bare_pod(name, script, "Always");
     let c = &mut p["spec"]["containers"][0];
@@ -73,7 +61,7 @@ async fn an_attached_client_writes_to_stdin_and_reads_what_the_logs_also_keep() 
         false,
         false,
     );
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let (mut c, _, stdin, stdout) = attach(&srv, "echo").await;
     c.send(stdin, b"one\n", false).await;
     read_until(&mut c, stdout, "got one").await;
@@ -102,7 +90,7 @@ async fn stdin_once_closes_stdin_when_the_first_client_is_done() {
         true,
         false,
     );
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let (mut c, _, stdin, stdout) = attach(&srv, "once").await;
     c.send(stdin, b"only once\n", true).await;
     let out = read_until(&mut c, stdout, "stdin-closed").await;
@@ -121,7 +109,7 @@ async fn stdin_once_closes_stdin_when_the_first_client_is_done() {
     assert_eq!(up.status, 101, "{}", up.body);
     // A container without stdin: 400.
     let plain = bare_pod("plain", "exec sleep 300", "Always");
-    running(&srv, &plain).await;
+    srv.create_running(&plain).await;
     let up = upgrade(
         &srv.kubelet,
         "/attach/default/plain/main?stdin=1&stdout=1",
@@ -141,7 +129,7 @@ async fn a_tty_container_is_attached_over_websocket_with_kube_rs() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let srv = Server::start_with_kubelet_api(&[]).await;
     let p = interactive("term", "exec sh", false, true);
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let pods = support::apiserver::kube_pods(&srv).await;
     let mut attached = pods
         .attach("term", &AttachParams::interactive_tty().container("main"))
@@ -197,7 +185,7 @@ async fn attach_works_after_procnode_restarts() {
         false,
         false,
     );
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let before = srv.status("survivor").await.unwrap();
     srv.stop_leaving_pods().await;
 
@@ -229,14 +217,14 @@ async fn attach_works_without_supervisors_too() {
         false,
         false,
     );
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let (mut c, _, stdin, stdout) = attach(&srv, "direct").await;
     c.send(stdin, b"direct\n", false).await;
     read_until(&mut c, stdout, "got direct").await;
     c.hang_up();
     // A terminal: its output (echo included) is all on stdout.
     let t = interactive("direct-tty", "exec sh", false, true);
-    running(&srv, &t).await;
+    srv.create_running(&t).await;
     let path = "/attach/default/direct-tty/main?stdin=1&stdout=1&tty=1";
     let mut c = upgrade(&srv.kubelet, path, &[V4]).await.client.unwrap();
     c.open(&[("streamType", "error")]).await;

@@ -12,19 +12,6 @@ use support::{bare_pod, container, phase, pid_alive, wait_until, Server};
 
 const V4: &str = "v4.channel.k8s.io";
 
-/// Starts pod `p` and waits for it to run.
-async fn running(srv: &Server, p: &Value) {
-    let name = p["metadata"]["name"].as_str().unwrap().to_string();
-    let r = srv.create(p).await;
-    assert!(
-        r.status().is_success(),
-        "create: {}",
-        r.text().await.unwrap()
-    );
-    srv.wait_status(&name, "Running", |s| phase(s) == "Running")
-        .await;
-}
-
 fn exec_path(pod: &str, command: &[&str], streams: &str) -> String {
     let mut q: Vec<String> = command
         .iter()
@@ -85,7 +72,7 @@ async fn exec_runs_with_the_containers_environment_user_and_directory_and_report
     p["spec"]["containers"][0]["env"] = json!([{"name": "FOO", "value": "from-the-pod"}]);
     p["spec"]["containers"][0]["workingDir"] = json!(work.path());
     p["spec"]["securityContext"] = json!({"runAsUser": 4321, "runAsGroup": 4321});
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let before = srv.status("ex").await.unwrap();
 
     let path = exec_path(
@@ -146,7 +133,7 @@ async fn exec_runs_with_the_containers_environment_user_and_directory_and_report
 async fn stdin_reaches_the_process_and_its_end_closes_it() {
     let srv = Server::start_with_kubelet_api(&[]).await;
     let p = bare_pod("cat", "exec sleep 300", "Always");
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let path = exec_path("cat", &["cat"], "stdin=1&stdout=1&stderr=1");
     let mut c = upgrade(&srv.kubelet, &path, &[V4]).await.client.unwrap();
     let ids = open_streams(&mut c, true, false).await;
@@ -176,7 +163,7 @@ async fn stdin_reaches_the_process_and_its_end_closes_it() {
 async fn a_tty_gets_a_terminal_of_the_clients_size() {
     let srv = Server::start_with_kubelet_api(&[]).await;
     let p = bare_pod("tty", "exec sleep 300", "Always");
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     // The shell waits for a line, so the size is set before it asks for it.
     let path = exec_path(
         "tty",
@@ -217,7 +204,7 @@ async fn first_line_pid(c: &mut Client, stdout: u32) -> i32 {
 async fn a_client_that_leaves_or_a_container_that_stops_takes_the_process_with_it() {
     let srv = Server::start_with_kubelet_api(&[]).await;
     let p = bare_pod("leave", "exec sleep 300", "Always");
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let path = exec_path(
         "leave",
         &["sh", "-c", "echo $$; exec sleep 300"],
@@ -256,7 +243,7 @@ async fn a_client_that_leaves_or_a_container_that_stops_takes_the_process_with_i
 async fn bad_requests_are_refused_before_the_upgrade_with_a_status() {
     let srv = Server::start_with_kubelet_api(&[]).await;
     let p = bare_pod("refuse", "exec sleep 300", "Always");
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let done = bare_pod("done", "true", "Never");
     srv.create(&done).await;
     srv.wait_status("done", "Succeeded", |s| phase(s) == "Succeeded")
@@ -338,7 +325,7 @@ async fn port_forward_reaches_the_pods_port_and_no_other() {
     };
     let script = format!("cd /tmp && exec python3 -m http.server {port} --bind 127.0.0.1");
     let p = bare_pod("web", &script, "Always");
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     wait_until("the pod listens", Duration::from_secs(20), || async {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     })
@@ -450,7 +437,7 @@ async fn kube_rs_execs_over_websocket() {
     let srv = Server::start_with_kubelet_api(&[]).await;
     let mut p = bare_pod("ws", "exec sleep 300", "Always");
     p["spec"]["containers"][0]["env"] = json!([{"name": "FOO", "value": "over-websocket"}]);
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let pods = support::apiserver::kube_pods(&srv).await;
 
     // v5.channel.k8s.io: output, stderr, and the exit code as a Status.
@@ -517,7 +504,7 @@ async fn kube_rs_port_forwards_over_websocket() {
     };
     let script = format!("cd /tmp && exec python3 -m http.server {port} --bind 127.0.0.1");
     let p = bare_pod("wsweb", &script, "Always");
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     wait_until("the pod listens", Duration::from_secs(20), || async {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     })
@@ -593,7 +580,7 @@ async fn websocket_sessions_say_ready_encode_per_protocol_and_close_normally() {
     use tokio_tungstenite::tungstenite::Message;
     let srv = Server::start_with_kubelet_api(&[]).await;
     let p = bare_pod("raw", "exec sleep 300", "Always");
-    running(&srv, &p).await;
+    srv.create_running(&p).await;
     let path = exec_path("raw", &["echo", "hi"], "stdout=1");
     let (messages, close) = ws_exec(&srv, &path, "v5.channel.k8s.io").await;
     // Go's clients read a close without status 1000 as an error on every channel.

@@ -40,15 +40,11 @@ pub async fn exec(
         Ok(p) => p,
         Err(e) => return e.into_status_response(),
     };
-    match how {
-        Switch::Spdy(protocol) => switch(req, &how, move |io| {
-            exec::serve_spdy(spdy::Session::start(io), protocol, target, options, permit)
-        }),
-        Switch::WebSocket { protocol, .. } => switch(req, &how, move |io| async move {
-            let conn = ws::Connection::start(websocket(io).await, protocol, &[0, 4]);
-            exec::serve_ws(conn, protocol, target, options, permit).await
-        }),
-    }
+    let opts = options.clone();
+    serve_channels(req, &how, options, move |ch, protocol| async move {
+        let _permit = permit;
+        exec::run_session(ch, protocol, &target, &opts).await
+    })
 }
 
 /// `GET|POST /attach/{namespace}/{pod}/{container}?stdin=1&stdout=1&stderr=1&tty=1`
@@ -73,13 +69,33 @@ pub async fn attach(
         Ok(p) => p,
         Err(e) => return e.into_status_response(),
     };
+    serve_channels(req, &how, options, move |ch, protocol| async move {
+        let _permit = permit;
+        attach::run_session(ch, protocol, &target).await
+    })
+}
+
+/// Switches to `how` and runs `session` on the client's exec/attach channels (opened as
+/// `options` asks, whichever protocol carries them).
+fn serve_channels<F, Fut>(
+    req: Request,
+    how: &Switch,
+    options: exec::Options,
+    session: F,
+) -> Response
+where
+    F: FnOnce(exec::Channels, &'static str) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let protocol = how.protocol();
     match how {
-        Switch::Spdy(protocol) => switch(req, &how, move |io| {
-            attach::serve_spdy(spdy::Session::start(io), protocol, target, options, permit)
+        Switch::Spdy(_) => switch(req, how, move |io| async move {
+            let spdy = spdy::Session::start(io);
+            exec::on_spdy(spdy, protocol, &options, |ch| session(ch, protocol)).await
         }),
-        Switch::WebSocket { protocol, .. } => switch(req, &how, move |io| async move {
+        Switch::WebSocket { .. } => switch(req, how, move |io| async move {
             let conn = ws::Connection::start(websocket(io).await, protocol, &[0, 4]);
-            attach::serve_ws(conn, protocol, target, options, permit).await
+            exec::on_ws(conn, &options, |ch| session(ch, protocol)).await
         }),
     }
 }
@@ -116,11 +132,7 @@ pub async fn port_forward(
         Ok(p) => p,
         Err(e) => return e.into_status_response(),
     };
-    let protocol = match &how {
-        Switch::Spdy(p) => *p,
-        Switch::WebSocket { protocol, .. } => protocol,
-    };
-    tracing::info!(pod = %target.key(), protocol, ?ports, "port-forward");
+    tracing::info!(pod = %target.key(), protocol = how.protocol(), ?ports, "port-forward");
     match how {
         Switch::Spdy(_) => switch(req, &how, move |io| {
             portforward::serve_spdy(spdy::Session::start(io), target, permit)
@@ -180,6 +192,13 @@ enum Switch {
 }
 
 impl Switch {
+    /// The protocol spoken once switched.
+    fn protocol(&self) -> &'static str {
+        match self {
+            Switch::Spdy(p) | Switch::WebSocket { protocol: p, .. } => p,
+        }
+    }
+
     /// The switch the request asks for (`Upgrade: SPDY/3.1` or `websocket`), if it offers a
     /// protocol procnode speaks over it.
     fn of(

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::status::ContainerState;
+use super::exec::RunningContainer;
 use super::supervisor::Console;
-use super::{PodEntry, PodKey, Runtime, RuntimeError};
+use super::{PodKey, Runtime, RuntimeError};
 use crate::logs::LogSlot;
 
 /// A container run's stdin, as the container task publishes it for attaching clients.
@@ -42,9 +42,7 @@ impl StdinPoint {
 
 /// A running container a client attaches to ([`Runtime::attach_target`]).
 pub struct AttachTarget {
-    entry: Arc<PodEntry>,
-    idx: usize,
-    run: Option<String>,
+    container: RunningContainer,
     /// The container's stdin, if it has one and the client may write to it (taken out when the
     /// client is done, so that a `stdinOnce` stdin is held by nobody once closed).
     stdin: std::sync::Mutex<Option<StdinPoint>>,
@@ -62,27 +60,8 @@ impl Runtime {
         container: &str,
         stdin: bool,
     ) -> Result<AttachTarget, RuntimeError> {
-        let entry = self.get(key)?;
-        let idx =
-            entry
-                .container_index(container)
-                .ok_or_else(|| RuntimeError::ContainerNotFound {
-                    key: key.clone(),
-                    container: container.to_string(),
-                })?;
-        let run = entry.read_state(|st| {
-            let c = st.container(idx);
-            match (&c.state, c.pid) {
-                (ContainerState::Running { .. }, Some(_)) => Some(c.container_id.clone()),
-                _ => None,
-            }
-        });
-        let Some(run) = run else {
-            return Err(RuntimeError::ContainerNotRunning {
-                key: key.clone(),
-                container: container.to_string(),
-            });
-        };
+        let running = self.running_container(key, container)?;
+        let (entry, idx) = (running.entry(), running.idx());
         let spec = entry.container_spec(idx);
         let point = entry.stdin_point(idx);
         let tty = spec.tty == Some(true);
@@ -97,9 +76,7 @@ impl Runtime {
             }
         };
         Ok(AttachTarget {
-            entry,
-            idx,
-            run,
+            container: running,
             stdin: std::sync::Mutex::new(stdin),
             tty,
         })
@@ -108,12 +85,12 @@ impl Runtime {
 
 impl AttachTarget {
     pub fn key(&self) -> &PodKey {
-        self.entry.key()
+        self.container.key()
     }
 
     /// The container's log capture, whose new output the client gets.
     pub fn logs(&self) -> Arc<LogSlot> {
-        self.entry.log(self.idx).clone()
+        self.container.entry().log(self.container.idx()).clone()
     }
 
     /// The container's stdin (or terminal), when the client writes to it.
@@ -138,15 +115,6 @@ impl AttachTarget {
 
     /// Resolves once the run attached to has stopped (or the pod is gone).
     pub async fn stopped(&self) {
-        let mut changes = self.entry.status_changes();
-        loop {
-            let running = self.entry.read_state(|st| {
-                let c = st.container(self.idx);
-                matches!(c.state, ContainerState::Running { .. }) && c.container_id == self.run
-            });
-            if !running || self.entry.is_done() || changes.changed().await.is_err() {
-                return;
-            }
-        }
+        self.container.stopped().await
     }
 }

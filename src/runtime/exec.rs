@@ -32,13 +32,51 @@ pub struct ExecSpec {
     pub tty: bool,
 }
 
+/// A container's run that was running when a client asked for it
+/// ([`Runtime::running_container`]): what exec and attach sessions are bound to.
+pub struct RunningContainer {
+    entry: Arc<PodEntry>,
+    idx: usize,
+    /// The run asked for; a session outlives it by no more than its end.
+    run: Option<String>,
+}
+
+impl RunningContainer {
+    pub fn key(&self) -> &PodKey {
+        self.entry.key()
+    }
+
+    pub(super) fn entry(&self) -> &Arc<PodEntry> {
+        &self.entry
+    }
+
+    pub(super) fn idx(&self) -> usize {
+        self.idx
+    }
+
+    /// Whether that run is still the container's running run.
+    pub fn still_running(&self) -> bool {
+        self.entry.read_state(|st| {
+            let c = st.container(self.idx);
+            matches!(c.state, ContainerState::Running { .. }) && c.container_id == self.run
+        })
+    }
+
+    /// Resolves once that run has stopped (or the pod is gone).
+    pub async fn stopped(&self) {
+        let mut changes = self.entry.status_changes();
+        while self.still_running() && !self.entry.is_done() {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// A running container that can be exec'd into: found and checked by
 /// [`Runtime::exec_target`], before a client's connection is upgraded.
 pub struct ExecTarget {
-    entry: Arc<PodEntry>,
-    idx: usize,
-    /// The run exec'd into; a process outlives it by no more than a kill.
-    run: Option<String>,
+    pub container: RunningContainer,
     settings: Arc<super::Settings>,
 }
 
@@ -81,13 +119,12 @@ pub enum ExecError {
 
 impl Runtime {
     /// The container `container` of pod `key`, if it is running now.
-    pub fn exec_target(&self, key: &PodKey, container: &str) -> Result<ExecTarget, RuntimeError> {
-        let entry = self.get(key)?;
-        let not_found = || RuntimeError::ContainerNotFound {
-            key: key.clone(),
-            container: container.to_string(),
-        };
-        let idx = entry.container_index(container).ok_or_else(not_found)?;
+    pub fn running_container(
+        &self,
+        key: &PodKey,
+        container: &str,
+    ) -> Result<RunningContainer, RuntimeError> {
+        let (entry, idx) = self.container(key, container)?;
         let run = entry.read_state(|st| {
             let c = st.container(idx);
             match (&c.state, c.pid) {
@@ -95,16 +132,19 @@ impl Runtime {
                 _ => None,
             }
         });
-        let Some(run) = run else {
-            return Err(RuntimeError::ContainerNotRunning {
+        match run {
+            Some(run) => Ok(RunningContainer { entry, idx, run }),
+            None => Err(RuntimeError::ContainerNotRunning {
                 key: key.clone(),
                 container: container.to_string(),
-            });
-        };
+            }),
+        }
+    }
+
+    /// [`Runtime::running_container`], to exec into.
+    pub fn exec_target(&self, key: &PodKey, container: &str) -> Result<ExecTarget, RuntimeError> {
         Ok(ExecTarget {
-            entry,
-            idx,
-            run,
+            container: self.running_container(key, container)?,
             settings: self.settings.clone(),
         })
     }
@@ -112,25 +152,12 @@ impl Runtime {
 
 impl ExecTarget {
     pub fn key(&self) -> &PodKey {
-        self.entry.key()
-    }
-
-    /// Whether the run exec'd into is still the container's running run.
-    pub fn still_running(&self) -> bool {
-        self.entry.read_state(|st| {
-            let c = st.container(self.idx);
-            matches!(c.state, ContainerState::Running { .. }) && c.container_id == self.run
-        })
+        self.container.key()
     }
 
     /// Resolves once the run exec'd into has stopped (or the pod is gone).
     pub async fn stopped(&self) {
-        let mut changes = self.entry.status_changes();
-        while self.still_running() && !self.entry.is_done() {
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
+        self.container.stopped().await
     }
 
     /// Starts `spec.command` in the container.
@@ -138,7 +165,8 @@ impl ExecTarget {
         if spec.command.is_empty() {
             return Err(ExecError::NoCommand);
         }
-        let (entry, idx, settings) = (self.entry.clone(), self.idx, self.settings.clone());
+        let (entry, idx) = (self.container.entry.clone(), self.container.idx);
+        let settings = self.settings.clone();
         let spec = spec.clone();
         tokio::task::spawn_blocking(move || {
             let mut req = super::container::exec_recipe(&entry, idx, &settings)?;

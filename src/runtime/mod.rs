@@ -422,8 +422,12 @@ impl Runtime {
         self.settings.grace_period(entry, requested)
     }
 
-    /// The log slot of one container.
-    pub fn log_slot(&self, key: &PodKey, container: &str) -> Result<Arc<LogSlot>, RuntimeError> {
+    /// Pod `key` and the index of its container called `container`.
+    fn container(
+        &self,
+        key: &PodKey,
+        container: &str,
+    ) -> Result<(Arc<PodEntry>, usize), RuntimeError> {
         let entry = self.get(key)?;
         let idx =
             entry
@@ -432,6 +436,12 @@ impl Runtime {
                     key: key.clone(),
                     container: container.to_string(),
                 })?;
+        Ok((entry, idx))
+    }
+
+    /// The log slot of one container.
+    pub fn log_slot(&self, key: &PodKey, container: &str) -> Result<Arc<LogSlot>, RuntimeError> {
+        let (entry, idx) = self.container(key, container)?;
         Ok(entry.log(idx).clone())
     }
 

@@ -10,35 +10,15 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::net::unix::pipe;
 
-use super::exec::{self, Channels, Options};
-use super::{spdy, ws, Sender, SessionPermit};
+use super::exec::{self, Channels};
 use crate::logs::{LogQuery, Stream, StreamFilter};
 use crate::runtime::attach::AttachTarget;
 
 /// How long output is still sent after the run stopped.
 const DRAIN: Duration = Duration::from_secs(2);
 
-pub async fn serve_spdy(
-    session: spdy::Session,
-    protocol: &'static str,
-    target: AttachTarget,
-    options: Options,
-    _permit: SessionPermit,
-) {
-    exec::on_spdy(session, protocol, &options, |ch| run(ch, protocol, &target)).await
-}
-
-pub async fn serve_ws(
-    conn: ws::Connection,
-    protocol: &'static str,
-    target: AttachTarget,
-    options: Options,
-    _permit: SessionPermit,
-) {
-    exec::on_ws(conn, &options, |ch| run(ch, protocol, &target)).await
-}
-
-async fn run(mut ch: Channels, protocol: &str, target: &AttachTarget) {
+/// Runs one attach session on the client's channels; the caller closes the connection.
+pub async fn run_session(mut ch: Channels, protocol: &str, target: &AttachTarget) {
     tracing::info!(pod = %target.key(), protocol, stdin = target.stdin().is_some(), tty = target.tty, "attach");
     let slot = target.logs();
     // From now on: what the container writes after the client attached.
@@ -110,14 +90,7 @@ async fn run(mut ch: Channels, protocol: &str, target: &AttachTarget) {
     } else {
         outputs.abort_all();
     }
-    let report = exec::success(protocol);
-    if !report.is_empty() {
-        ch.error.send(report.as_bytes()).await;
-    }
-    ch.error.finish().await;
-    for s in [ch.stdout, ch.stderr].into_iter().flatten() {
-        Sender::finish(&s).await;
-    }
+    ch.end(&exec::success(protocol)).await;
 }
 
 /// A writer on (a copy of) the container's stdin pipe or terminal master.

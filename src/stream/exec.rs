@@ -20,7 +20,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
 use super::spdy::{self, Session};
-use super::{ws, Inbound, Sender, SessionPermit};
+use super::{ws, Inbound, Sender};
 use crate::runtime::exec::{ExecIo, ExecProcess, ExecSpec, ExecTarget};
 use crate::runtime::process::{self, ExitStatus};
 
@@ -135,6 +135,20 @@ pub struct Channels {
     pub gone: watch::Receiver<bool>,
 }
 
+impl Channels {
+    /// Ends the session's channels: `report` (if any) on the error channel, then every output
+    /// channel finished.
+    pub async fn end(self, report: &str) {
+        if !report.is_empty() {
+            self.error.send(report.as_bytes()).await;
+        }
+        self.error.finish().await;
+        for s in [self.stdout, self.stderr].into_iter().flatten() {
+            s.finish().await;
+        }
+    }
+}
+
 /// Opens a session's channels on an upgraded SPDY connection (the client opens one stream per
 /// channel; at most [`STREAM_CREATION_TIMEOUT`](super::STREAM_CREATION_TIMEOUT) is given), runs
 /// `session` on them, then closes the connection.
@@ -221,34 +235,6 @@ where
     conn.close().await;
 }
 
-/// Runs one exec session on an upgraded SPDY connection.
-pub async fn serve_spdy(
-    spdy: Session,
-    protocol: &'static str,
-    target: ExecTarget,
-    options: Options,
-    _permit: SessionPermit,
-) {
-    on_spdy(spdy, protocol, &options, |ch| {
-        run_session(ch, protocol, &target, &options)
-    })
-    .await
-}
-
-/// Runs one exec session on a WebSocket connection.
-pub async fn serve_ws(
-    conn: ws::Connection,
-    protocol: &'static str,
-    target: ExecTarget,
-    options: Options,
-    _permit: SessionPermit,
-) {
-    on_ws(conn, &options, |ch| {
-        run_session(ch, protocol, &target, &options)
-    })
-    .await
-}
-
 /// Runs the command, pumps its streams, and reports its result on the error channel; every
 /// output channel is finished at the end. The caller closes the connection.
 pub async fn run_session(mut ch: Channels, protocol: &str, target: &ExecTarget, options: &Options) {
@@ -275,13 +261,7 @@ pub async fn run_session(mut ch: Channels, protocol: &str, target: &ExecTarget, 
             None,
         ),
     };
-    if !report.is_empty() {
-        ch.error.send(report.as_bytes()).await;
-    }
-    ch.error.finish().await;
-    for s in [ch.stdout, ch.stderr].into_iter().flatten() {
-        s.finish().await;
-    }
+    ch.end(&report).await;
 }
 
 /// Pumps the process's streams until it has exited and its output is sent; its exit.

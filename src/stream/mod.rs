@@ -42,12 +42,7 @@ pub const PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
 /// header, comma-separated values allowed): the first of `ours` the client names. A client that
 /// names none is an old one and gets the oldest protocol, as the kubelet does.
 pub fn negotiate<'a>(offered: &[&str], ours: &[&'a str]) -> Result<&'a str, String> {
-    let offered: Vec<&str> = offered
-        .iter()
-        .flat_map(|h| h.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
+    let offered = offered_protocols(offered);
     if offered.is_empty() {
         return Ok(ours[ours.len() - 1]);
     }
@@ -60,6 +55,17 @@ pub fn negotiate<'a>(offered: &[&str], ours: &[&'a str]) -> Result<&'a str, Stri
                  server accepts {ours:?}"
             )
         })
+}
+
+/// The protocols a client offers in `headers` (the values of every protocol header, each a
+/// comma-separated list), in its order.
+pub fn offered_protocols<'a>(headers: &[&'a str]) -> Vec<&'a str> {
+    headers
+        .iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 /// What a client sends on one channel (or stream): it ends at the client's end of it.

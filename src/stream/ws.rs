@@ -48,12 +48,7 @@ pub const PORT_FORWARD_PROTOCOLS: &[&str] = &[
 /// client's order of preference) that is one of `ours`; a client that offers none gets the
 /// plain channel protocol, as the kubelet gives it.
 pub fn choose(offered: &[&str], ours: &[&'static str]) -> Result<&'static str, String> {
-    let offered: Vec<&str> = offered
-        .iter()
-        .flat_map(|h| h.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
+    let offered = super::offered_protocols(offered);
     if offered.is_empty() {
         return Ok("");
     }

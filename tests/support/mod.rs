@@ -468,6 +468,18 @@ impl Server {
     /// Shuts the server down without checking for what it left: a server started with
     /// `--stop-pods-on-exit=false` leaves its pods to the next one on its state directory.
     pub async fn stop_leaving_pods(mut self) {
+        self.shut_down().await;
+    }
+
+    /// Shuts the server down (every pod stopped with its grace period) and checks that no
+    /// process of any group this test saw is left, zombie or alive.
+    pub async fn stop(mut self) {
+        self.shut_down().await;
+        let pgids = self.pgids.lock().unwrap().clone();
+        assert_groups_gone(&pgids).await;
+    }
+
+    async fn shut_down(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -480,21 +492,17 @@ impl Server {
         }
     }
 
-    /// Shuts the server down (every pod stopped with its grace period) and checks that no
-    /// process of any group this test saw is left, zombie or alive.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("shutdown in time")
-                .expect("server task")
-                .expect("server result");
-        }
-        let pgids = self.pgids.lock().unwrap().clone();
-        assert_groups_gone(&pgids).await;
+    /// Creates pod `p` and waits until it runs.
+    pub async fn create_running(&self, p: &Value) -> Value {
+        let name = p["metadata"]["name"].as_str().unwrap().to_string();
+        let r = self.create(p).await;
+        assert!(
+            r.status().is_success(),
+            "create: {}",
+            r.text().await.unwrap()
+        );
+        self.wait_status(&name, "Running", |s| phase(s) == "Running")
+            .await
     }
 }
 
