@@ -133,39 +133,45 @@ impl Server {
 /// PSS of procnode `pid` and of every supervisor of the state directory `state_dir`, and how
 /// many supervisors there are.
 fn pss_of(pid: u32, state_dir: &std::path::Path) -> (u64, u64, usize) {
-    {
-        let pss = |pid: &str| -> Option<u64> {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-            let kb: u64 = text
-                .lines()
-                .find(|l| l.starts_with("Pss:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some(kb * 1024)
-        };
-        let own = pss(&pid.to_string()).unwrap_or(0);
-        let prefix = format!("{}/sup/", state_dir.display());
-        let (mut supervisors, mut count) = (0, 0);
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let pid = entry.file_name().to_string_lossy().into_owned();
-            if !pid.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_supervisor =
-                args.len() >= 3 && args[1] == b"shim" && args[2].starts_with(prefix.as_bytes());
-            if is_supervisor {
-                supervisors += pss(&pid).unwrap_or(0);
-                count += 1;
-            }
+    let own = pss(&pid.to_string()).unwrap_or(0);
+    let prefix = format!("{}/sup/", state_dir.display());
+    let (supervisors, count) = pss_of_processes(|args| {
+        args.len() >= 3 && args[1] == b"shim" && args[2].starts_with(prefix.as_bytes())
+    });
+    (own, supervisors, count)
+}
+
+/// PSS (bytes) of process `pid`, from its smaps_rollup.
+fn pss(pid: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kb: u64 = text
+        .lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Total PSS (bytes) of every process whose arguments `select` picks, and how many there are.
+fn pss_of_processes(select: impl Fn(&[&[u8]]) -> bool) -> (u64, usize) {
+    let (mut total, mut count) = (0, 0);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
         }
-        (own, supervisors, count)
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if select(&args) {
+            total += pss(&pid).unwrap_or(0);
+            count += 1;
+        }
     }
+    (total, count)
 }
 
 /// Stopping procnode (also when the benchmark panics): SIGTERM stops every pod, then it exits.
@@ -1061,28 +1067,7 @@ fn reap_orphans() {
 
 /// PSS (bytes) of every process whose command line starts with `program`, and how many.
 fn pss_of_program(program: &str) -> (u64, usize) {
-    let (mut total, mut count) = (0, 0);
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-        if first != program.as_bytes() {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
-            continue;
-        };
-        let kb: u64 = text
-            .lines()
-            .find(|l| l.starts_with("Pss:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0);
-        total += kb * 1024;
-        count += 1;
-    }
-    (total, count)
+    pss_of_processes(|args| args.first() == Some(&program.as_bytes()))
 }
 
 /// `bench -- peers N`: the start latency and the memory per container of procnode (N sleeper
@@ -1275,6 +1260,18 @@ fn runc_conmon(n: usize, runc: &str, conmon: &str) -> Result<(Vec<Duration>, u64
     for id in &started {
         let _ = Command::new(runc).args(["delete", "-f", id]).output();
     }
+    // Each conmon exits once its container is gone: wait for them, so that none is still
+    // running (and so re-parented past this process) when the benchmark ends.
+    let waiting = Instant::now();
+    while pss_of_program(conmon).1 > 0 && waiting.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And collect them now (they came back to this process), before anything can end it.
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while !matches!(
+        waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)),
+        Ok(WaitStatus::StillAlive) | Err(_)
+    ) {}
     REAPING_PAUSED.store(false, Ordering::SeqCst);
     result?;
     lat.sort();
