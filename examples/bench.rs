@@ -907,7 +907,7 @@ async fn scale(n: usize) {
         read("/proc/sys/fs/file-max"),
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap()
     );
-    // 5 of procnode's descriptors per container: a shell's usual hard limit is too low for
+    // A descriptor of procnode's per container: a shell's usual limit (1024) is too low for
     // 10,000 (the systemd unit sets LimitNOFILE=1048576). Raised here, as root may, for the
     // procnode started below (it raises its soft limit to the hard one itself).
     let nr_open: u64 = read("/proc/sys/fs/nr_open").parse().unwrap_or(1 << 20);
@@ -945,6 +945,16 @@ async fn scale(n: usize) {
         "all Running",
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    rows.push(row(
+        &format!("procnode's open descriptors at {n} pods"),
+        fds.to_string(),
+        "-".into(),
+        format!("{:.2} / pod", fds as f64 / n as f64),
+        "within RLIMIT_NOFILE",
+    ));
     let (own, sups, count) = pss_of(child.id(), state_dir.path());
     let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1 << 20) as f64);
     rows.push(row(

@@ -25,15 +25,25 @@ fn interactive(name: &str, script: &str, once: bool, tty: bool) -> Value {
 
 /// An attach over SPDY with stdin, stdout and stderr: the client and its stream ids.
 async fn attach(srv: &Server, pod: &str) -> (Client, u32, u32, u32) {
+    match try_attach(srv, pod).await {
+        Ok(attached) => attached,
+        Err(refusal) => panic!("{refusal}"),
+    }
+}
+
+/// [`attach`], or the refusal (status and body).
+async fn try_attach(srv: &Server, pod: &str) -> Result<(Client, u32, u32, u32), String> {
     let path = format!("/attach/default/{pod}/main?stdin=1&stdout=1&stderr=1");
     let up = upgrade(&srv.kubelet, &path, &[V4]).await;
-    assert_eq!(up.status, 101, "{}", up.body);
+    if up.status != 101 {
+        return Err(format!("{}: {}", up.status, up.body));
+    }
     let mut c = up.client.unwrap();
     let error = c.open(&[("streamType", "error")]).await;
     let stdin = c.open(&[("streamType", "stdin")]).await;
     let stdout = c.open(&[("streamType", "stdout")]).await;
     c.open(&[("streamType", "stderr")]).await;
-    (c, error, stdin, stdout)
+    Ok((c, error, stdin, stdout))
 }
 
 /// Reads `stream`'s data until it contains `want`.
@@ -197,8 +207,10 @@ async fn attach_works_after_procnode_restarts() {
         after["containerStatuses"][0]["containerID"], before["containerStatuses"][0]["containerID"],
         "the same run, taken back"
     );
+    // (The run is listed Running from its record before procnode has taken it back and
+    // published its stdin: until then an attach is refused.)
     let (mut c, _, stdin, stdout) = wait_until("an attach", Duration::from_secs(10), || async {
-        Some(attach(&srv, "survivor").await)
+        try_attach(&srv, "survivor").await.ok()
     })
     .await;
     c.send(stdin, b"after the restart\n", false).await;

@@ -10,24 +10,73 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::buffer::{format_rfc3339_nanos, Stream};
 
-/// Rotation settings.
-#[derive(Debug, Clone, Copy)]
+/// Rotation settings, and the node's allowance of log files kept open.
+#[derive(Debug, Clone)]
 pub struct FileConfig {
     pub max_size: u64,
     pub max_files: usize,
+    pub open: Arc<OpenFiles>,
+}
+
+/// How many log files may stay open between writes, node-wide: each is a descriptor procnode
+/// holds, and a node of ten thousand pods cannot hold one per container beside their
+/// supervisors' connections. Past it, a file is opened for each write and closed after it.
+#[derive(Debug)]
+pub struct OpenFiles {
+    max: usize,
+    open: AtomicUsize,
+}
+
+impl OpenFiles {
+    pub fn new(max: usize) -> OpenFiles {
+        OpenFiles {
+            max,
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    /// Files open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn take(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub struct LogFile {
     dir: PathBuf,
     run: u64,
     config: FileConfig,
+    /// The current file, opened; `None` before the first write, or when it is not kept open.
     file: Option<File>,
+    /// The current file exists (it has been opened once).
+    started: bool,
     size: u64,
     failed: bool,
     scratch: Vec<u8>,
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            self.config.open.give_back();
+        }
+    }
 }
 
 impl LogFile {
@@ -37,6 +86,7 @@ impl LogFile {
             run,
             config,
             file: None,
+            started: false,
             size: 0,
             failed: false,
             scratch: Vec::new(),
@@ -74,25 +124,39 @@ impl LogFile {
         if let Err(e) = self.write_scratch() {
             tracing::warn!(file = %self.path().display(), error = %e, "container log file disabled for this run");
             self.failed = true;
-            self.file = None;
+            self.close();
         }
     }
 
     fn write_scratch(&mut self) -> std::io::Result<()> {
-        if self.file.is_none() || self.size >= self.config.max_size {
+        if !self.started || self.size >= self.config.max_size {
             self.rotate()?;
         }
-        let file = self.file.as_mut().expect("opened");
-        file.write_all(&self.scratch)?;
+        match self.file.as_mut() {
+            Some(file) => file.write_all(&self.scratch)?,
+            None => Self::append_to(&self.path())?.write_all(&self.scratch)?,
+        }
         self.size += self.scratch.len() as u64;
         Ok(())
     }
 
+    fn append_to(path: &std::path::Path) -> std::io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    fn close(&mut self) {
+        if self.file.take().is_some() {
+            self.config.open.give_back();
+        }
+    }
+
     /// Moves `N.log` to `N.log.1` (and older ones up by one, dropping the oldest) and opens a
-    /// fresh `N.log`. The first call only opens the file.
+    /// fresh `N.log`, kept open if the node's allowance has room. The first call only opens
+    /// the file.
     fn rotate(&mut self) -> std::io::Result<()> {
         let current = self.path();
-        if self.file.take().is_some() {
+        self.close();
+        if self.started {
             let keep = self.config.max_files.saturating_sub(1);
             if keep == 0 {
                 std::fs::remove_file(&current)?;
@@ -107,13 +171,12 @@ impl LogFile {
         } else {
             std::fs::create_dir_all(&self.dir)?;
         }
-        self.file = Some(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&current)?,
-        );
-        self.size = std::fs::metadata(&current)?.len();
+        let file = Self::append_to(&current)?;
+        self.started = true;
+        self.size = file.metadata()?.len();
+        if self.config.open.take() {
+            self.file = Some(file);
+        }
         Ok(())
     }
 }
@@ -185,6 +248,7 @@ mod tests {
             FileConfig {
                 max_size: 1 << 20,
                 max_files: 2,
+                open: Arc::new(OpenFiles::new(8)),
             },
         );
         f.write(Stream::Stdout, b"one\ntw", 1_000_000_000);
@@ -210,6 +274,7 @@ mod tests {
             FileConfig {
                 max_size: 80,
                 max_files: 10,
+                open: Arc::new(OpenFiles::new(8)),
             },
         );
         let mut want = Vec::new();
@@ -239,6 +304,7 @@ mod tests {
             FileConfig {
                 max_size: 100,
                 max_files: 3,
+                open: Arc::new(OpenFiles::new(8)),
             },
         );
         for i in 0..40 {
@@ -255,5 +321,34 @@ mod tests {
         for name in &names {
             assert!(std::fs::metadata(d.join(name)).unwrap().len() < 100 + 60);
         }
+    }
+
+    /// Past the node's allowance a file is opened for each write: the same entries, the same
+    /// rotation, and no descriptor held between writes.
+    #[test]
+    fn files_past_the_open_allowance_are_written_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = Arc::new(OpenFiles::new(1));
+        let config = FileConfig {
+            max_size: 80,
+            max_files: 10,
+            open: open.clone(),
+        };
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let mut kept = LogFile::new(a.clone(), 0, config.clone());
+        let mut reopened = LogFile::new(b.clone(), 0, config);
+        let mut want = Vec::new();
+        for i in 0..10 {
+            let text = format!("line {i}\n");
+            kept.write(Stream::Stdout, text.as_bytes(), i);
+            reopened.write(Stream::Stdout, text.as_bytes(), i);
+            want.push((Stream::Stdout, text.into_bytes(), i));
+        }
+        assert_eq!(open.open(), 1, "only the first is kept open");
+        assert!(kept.file.is_some() && reopened.file.is_none());
+        assert_eq!(read_run(&a, 0), want);
+        assert_eq!(read_run(&b, 0), want, "rotated the same way, nothing lost");
+        drop(kept);
+        assert_eq!(open.open(), 0, "given back when the run's file goes");
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use buffer::{format_rfc3339_nanos, LogBuffer, LogQuery, ReadState, Stream, StreamFilter};
-pub use file::{read_run, FileConfig, LogFile};
+pub use file::{read_run, FileConfig, LogFile, OpenFiles};
 
 /// Output a container always keeps, whatever the node-wide budget says.
 pub const FLOOR_BYTES: usize = 64 * 1024;
@@ -115,9 +115,9 @@ impl ContainerLogs {
             self.current.dropped_bytes() - dropped_before,
             Ordering::Relaxed,
         );
-        if let (Some(dir), Some(files)) = (&self.file_dir, self.config.files) {
+        if let (Some(dir), Some(files)) = (&self.file_dir, &self.config.files) {
             self.file
-                .get_or_insert_with(|| LogFile::new(dir.clone(), self.run, files))
+                .get_or_insert_with(|| LogFile::new(dir.clone(), self.run, files.clone()))
                 .write(stream, data, time_ns);
         }
         self.account();
@@ -159,6 +159,8 @@ impl ContainerLogs {
     /// Marks the current run over: followers stop once they have read everything.
     pub fn finish(&mut self) {
         self.finished = true;
+        // Its file is complete: its descriptor goes back.
+        self.file = None;
     }
 
     fn held(&self) -> usize {
@@ -442,6 +444,7 @@ mod tests {
             files: Some(FileConfig {
                 max_size: 1 << 20,
                 max_files: 2,
+                open: Arc::new(OpenFiles::new(4)),
             }),
             ..config(1 << 20, 1 << 30)
         };

@@ -527,7 +527,8 @@ async fn run(
     };
     let logs = entry.log(idx);
     let pump = |pipe: &pipe::Receiver, stream| read_available(pipe, stream, logs);
-    let (mut out_open, mut err_open) = (true, sup.stderr.is_some());
+    let (mut out_open, mut err_open) =
+        (sup.output.stdout().is_some(), sup.output.stderr().is_some());
     let mut read_output = false;
     // The run's stdin, for attaching clients, while it runs; a `stdinOnce` client's end asks
     // for it to be closed.
@@ -541,7 +542,7 @@ async fn run(
         let running = stopping.is_running();
         tokio::select! {
             biased;
-            event = sup.events.next() => break event,
+            event = sup.events.next(Some(logs)) => break event,
             requested = stop.wait_for(Option::is_some), if running => {
                 let requested = requested.ok().and_then(|g| *g).unwrap_or_default();
                 stopping = begin_stop(requested);
@@ -577,12 +578,12 @@ async fn run(
                     entry.note(idx, Happening::PreStopHookFailed(reason));
                 }
             }
-            r = sup.stdout.readable(), if out_open => {
-                out_open = r.is_ok() && pump(&sup.stdout, Stream::Stdout);
+            r = readable(sup.output.stdout()), if out_open => {
+                out_open = r.is_ok() && pump(sup.output.stdout().expect("open"), Stream::Stdout);
                 read_output = true;
             }
-            r = readable(sup.stderr.as_ref()), if err_open => {
-                err_open = r.is_ok() && pump(sup.stderr.as_ref().expect("open"), Stream::Stderr);
+            r = readable(sup.output.stderr()), if err_open => {
+                err_open = r.is_ok() && pump(sup.output.stderr().expect("open"), Stream::Stderr);
                 read_output = true;
             }
             Some(()) = stdin_closes.recv() => close_requested = true,
@@ -615,9 +616,11 @@ async fn run(
     let drain = async {
         while out_open || err_open {
             tokio::select! {
-                r = sup.stdout.readable(), if out_open => out_open = r.is_ok() && pump(&sup.stdout, Stream::Stdout),
-                r = readable(sup.stderr.as_ref()), if err_open => {
-                    err_open = r.is_ok() && pump(sup.stderr.as_ref().expect("open"), Stream::Stderr)
+                r = readable(sup.output.stdout()), if out_open => {
+                    out_open = r.is_ok() && pump(sup.output.stdout().expect("open"), Stream::Stdout)
+                }
+                r = readable(sup.output.stderr()), if err_open => {
+                    err_open = r.is_ok() && pump(sup.output.stderr().expect("open"), Stream::Stderr)
                 }
             }
         }

@@ -46,7 +46,7 @@ pub use env::{image_executable, NodeFacts};
 pub use layout::StateLayout;
 pub use pod::{field_path, ContainerSpec, Happening, Note, PodEntry, PodKey};
 pub use ports::PortTarget;
-pub use settings::{Budget, Settings};
+pub use settings::{Budget, Settings, Usage};
 use status::{reason, ContainerStatus, PodState};
 use store::Store;
 pub use validate::{generate_uid, NewPod, PodError};
@@ -203,8 +203,8 @@ impl Runtime {
     /// Whether the node can take `new`, as the kubelet admits a pod: `None`, or the reason
     /// and message of the refusal (the pod is kept, Failed with them). Besides `--max-pods`,
     /// the containers of the pods still running must fit procnode's descriptor budget (each
-    /// holds a supervisor socket, two output pipes and a log file) and the host's pid space
-    /// (each is at least a supervisor and a process).
+    /// holds its supervisor's connection, and its stdin when it has one) and the host's pid
+    /// space (each is at least a supervisor and a process).
     fn admission(&self, new: &NewPod) -> Option<(String, String)> {
         let pods = self.store.list();
         if pods.len() >= self.settings.max_pods as usize {
@@ -218,15 +218,26 @@ impl Runtime {
                 ),
             ));
         }
-        let containers = |spec: &k8s_openapi::api::core::v1::PodSpec| {
-            spec.containers.len() + spec.init_containers.as_ref().map_or(0, Vec::len)
+        let usage = |spec: Option<&k8s_openapi::api::core::v1::PodSpec>| {
+            let all = spec.into_iter().flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            });
+            all.fold(Usage::default(), |u, c| Usage {
+                containers: u.containers + 1,
+                consoles: u.consoles + usize::from(c.stdin == Some(true) || c.tty == Some(true)),
+            })
         };
-        let wanted = new.pod.spec.as_ref().map_or(0, containers);
-        let running: usize = pods
+        let wanted = usage(new.pod.spec.as_ref());
+        let running = pods
             .iter()
             .filter(|e| !e.is_done())
-            .map(|e| e.pod().spec.as_ref().map_or(0, containers))
-            .sum();
+            .map(|e| usage(e.pod().spec.as_ref()))
+            .fold(Usage::default(), |a, b| Usage {
+                containers: a.containers + b.containers,
+                consoles: a.consoles + b.consoles,
+            });
         self.settings.budget.refusal(running, wanted)
     }
 

@@ -138,7 +138,7 @@ impl Runtime {
                     Ok(mut sup) => {
                         let pid = sup.pid;
                         process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-                        let _ = tokio::time::timeout(Duration::from_secs(10), sup.events.next())
+                        let _ = tokio::time::timeout(Duration::from_secs(10), sup.events.next(None))
                             .await;
                         sup.release().await;
                         // Its socket goes now (the supervisor removes it too, when it gets to

@@ -9,7 +9,7 @@ use super::layout::StateLayout;
 use super::pod::{PodEntry, PodKey};
 use super::{cgroup, safepath, users, volumes, NodeFacts};
 use crate::config::Config;
-use crate::logs::{FileConfig, LogBudget, LogConfig};
+use crate::logs::{FileConfig, LogBudget, LogConfig, OpenFiles};
 
 /// What procnode's process and the host can hold at most (see [`Budget::refusal`]).
 #[derive(Debug, Clone, Copy)]
@@ -18,46 +18,63 @@ pub struct Budget {
     pub open_files: u64,
     /// `kernel.pid_max`.
     pub pids: u64,
+    /// Descriptors procnode holds per running container: its supervisor's connection (which
+    /// relays the output), or, without supervisors, the two output pipes.
+    pub fds_per_container: u64,
+    /// Log files kept open between writes, node-wide (see [`crate::logs::OpenFiles`]).
+    pub open_log_files: u64,
+}
+
+/// What running containers take: how many, and how many of them have a stdin
+/// (`kubectl attach`: procnode holds its pipe or terminal too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub containers: usize,
+    pub consoles: usize,
 }
 
 /// One resource admission counts per container: its name in the kubelet's refusal reason
-/// (`OutOf<resource>`) and message, what each running container takes of it, what is kept
-/// for everything else, and where the capacity comes from.
+/// (`OutOf<resource>`) and message, what each running container (and each stdin) takes of
+/// it, what is kept for everything else, and where the capacity comes from.
 struct Need {
     resource: &'static str,
     what: &'static str,
-    per_container: u64,
-    reserve: u64,
+    per_container: fn(&Budget) -> u64,
+    per_console: u64,
+    reserve: fn(&Budget) -> u64,
     capacity: fn(&Budget) -> u64,
     source: &'static str,
 }
 
-/// Descriptors: procnode holds per running container the supervisor's socket, the two output
-/// pipes, the log file, and one to spare; 256 are kept for listeners, connections, records
-/// and probes. Pids: a supervisor and a process per container; 1024 kept for the host.
+/// Descriptors: per running container, what [`Budget::fds_per_container`] says, and one more
+/// for a stdin; 256 are kept for listeners, connections, records and probes, beside the log
+/// files kept open. Pids: a supervisor and a process per container; 1024 kept for the host.
 const NEEDS: [Need; 2] = [
     Need {
         resource: "nofile",
         what: "open files",
-        per_container: 5,
-        reserve: 256,
+        per_container: |b| b.fds_per_container,
+        per_console: 1,
+        reserve: |b| 256 + b.open_log_files,
         capacity: |b| b.open_files,
         source: "procnode's RLIMIT_NOFILE",
     },
     Need {
         resource: "pids",
         what: "pids",
-        per_container: 2,
-        reserve: 1024,
+        per_container: |_| 2,
+        per_console: 0,
+        reserve: |_| 1024,
         capacity: |b| b.pids,
         source: "kernel.pid_max",
     },
 ];
 
 impl Budget {
-    /// Raises RLIMIT_NOFILE to the hard limit (each running container holds a few of
-    /// procnode's descriptors) and reads the host's pid space.
-    pub fn of_this_process() -> Budget {
+    /// Raises RLIMIT_NOFILE to the hard limit (each running container holds a descriptor or
+    /// two) and reads what this process and host can hold; `supervise` and `log_files` say
+    /// what each container costs.
+    pub fn of_this_process(supervise: bool, log_files: bool) -> Budget {
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
         let open_files = match getrlimit(Resource::RLIMIT_NOFILE) {
             Ok((soft, hard)) if soft < hard => {
@@ -73,23 +90,40 @@ impl Budget {
             .ok()
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(32_768);
-        Budget { open_files, pids }
+        Budget {
+            open_files,
+            pids,
+            fds_per_container: if supervise { 1 } else { 2 },
+            // A sixteenth of the descriptors, at most 1024.
+            open_log_files: if log_files {
+                (open_files / 16).min(1024)
+            } else {
+                0
+            },
+        }
     }
 
     /// Whether `wanted` more containers fit beside `running` ones: `None`, or the kubelet's
     /// reason and message of the refusal (`OutOfnofile`, `OutOfpids`).
-    pub fn refusal(&self, running: usize, wanted: usize) -> Option<(String, String)> {
+    pub fn refusal(&self, running: Usage, wanted: Usage) -> Option<(String, String)> {
         NEEDS.iter().find_map(|need| {
-            let take = |n: usize| n as u64 * need.per_container;
+            let take = |u: Usage| {
+                u.containers as u64 * (need.per_container)(self) + u.consoles as u64 * need.per_console
+            };
+            let both = Usage {
+                containers: running.containers + wanted.containers,
+                consoles: running.consoles + wanted.consoles,
+            };
             let capacity = (need.capacity)(self);
-            (take(running + wanted) + need.reserve > capacity).then(|| {
+            let reserve = (need.reserve)(self);
+            (take(both) + reserve > capacity).then(|| {
                 (
                     format!("OutOf{}", need.resource),
                     format!(
                         "Node didn't have enough resource: {}, requested: {}, used: {}, capacity: {capacity} ({})",
                         need.what,
                         take(wanted),
-                        take(running) + need.reserve,
+                        take(running) + reserve,
                         need.source
                     ),
                 )
@@ -141,6 +175,8 @@ impl Settings {
         node: NodeFacts,
         cgroups: Arc<cgroup::Cgroups>,
     ) -> Settings {
+        let supervise = config.supervisor == crate::config::SupervisorMode::Shim;
+        let budget = Budget::of_this_process(supervise, config.log_files);
         Settings {
             layout: StateLayout::new(config.state_dir()),
             metrics: Arc::default(),
@@ -152,7 +188,7 @@ impl Settings {
                 own_uid: nix::unistd::geteuid().as_raw(),
             },
             pod_ids: Arc::new(users::PodIds::new(config.pod_uid_range)),
-            supervise: config.supervisor == crate::config::SupervisorMode::Shim,
+            supervise,
             shim_exe: config.shim_exe(),
             logs: LogConfig {
                 per_container: config.log_buffer_bytes,
@@ -160,6 +196,7 @@ impl Settings {
                 files: config.log_files.then(|| FileConfig {
                     max_size: config.log_file_max_size.to_bytes().unwrap_or(u64::MAX),
                     max_files: config.log_file_max_files,
+                    open: Arc::new(OpenFiles::new(budget.open_log_files as usize)),
                 }),
             },
             max_grace: config.max_grace_period,
@@ -178,7 +215,7 @@ impl Settings {
             objects: None,
             object_refresh_interval: config.object_refresh_interval,
             unrecorded_exits: Default::default(),
-            budget: Budget::of_this_process(),
+            budget,
             max_containers_per_pod: config.max_containers_per_pod as usize,
         }
     }
@@ -281,6 +318,9 @@ impl Settings {
 
     /// Where the pod's log files go (one subdirectory per container), when they are kept.
     pub fn pod_log_dir(&self, key: &PodKey, uid: &str) -> Option<PathBuf> {
-        self.logs.files.map(|_| self.layout.pod_log_dir(key, uid))
+        self.logs
+            .files
+            .as_ref()
+            .map(|_| self.layout.pod_log_dir(key, uid))
     }
 }

@@ -1,8 +1,10 @@
 //! procnode's side of the per-container supervisor ([`super::shim`]): start one for a container
 //! run ([`launch`]), or attach to one that is already running ([`attach`], e.g. after a procnode
-//! restart); then read its events and the container's output pipes. [`direct`] gives the same
-//! interface for a container started as procnode's own child (`--supervisor none`).
+//! restart); then read its events and the container's output (relayed on the supervisor's
+//! connection, acknowledged once stored). [`direct`] gives the same interface for a container
+//! started as procnode's own child (`--supervisor none`), whose output pipes procnode reads.
 
+use std::cell::RefCell;
 use std::io::{self, IoSliceMut, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -14,21 +16,48 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
 use super::process::{self, ExitStatus, SpawnRequest};
-use super::shim::{self, Exited, Message};
+use super::shim::{self, frame, Command, Exited, Message};
+use crate::logs::{now_ns, LogSlot, Stream};
 
 /// A container run under a supervisor.
 pub struct Supervised {
     /// The container's pid, also its process group id.
     pub pid: i32,
     pub started_ns: i64,
-    /// The container's output (with a terminal: all of it, read from the master).
-    pub stdout: pipe::Receiver,
-    /// Its error output (none with a terminal).
-    pub stderr: Option<pipe::Receiver>,
+    /// Where its output comes from.
+    pub output: Output,
     /// Its stdin, when its spec asks for one (`kubectl attach`).
     pub console: Option<Console>,
     pub events: Events,
-    writer: Option<OwnedWriteHalf>,
+}
+
+/// Where a run's output comes from.
+pub enum Output {
+    /// Frames on the supervisor's connection, which [`Events::next`] stores as they come.
+    Relayed,
+    /// Pipes procnode reads itself: a container that is procnode's own child, or one under a
+    /// supervisor started by an older procnode. (With a terminal, all output is on `stdout`,
+    /// read from its master.)
+    Pipes {
+        stdout: pipe::Receiver,
+        stderr: Option<pipe::Receiver>,
+    },
+}
+
+impl Output {
+    pub fn stdout(&self) -> Option<&pipe::Receiver> {
+        match self {
+            Output::Pipes { stdout, .. } => Some(stdout),
+            Output::Relayed => None,
+        }
+    }
+
+    pub fn stderr(&self) -> Option<&pipe::Receiver> {
+        match self {
+            Output::Pipes { stderr, .. } => stderr.as_ref(),
+            Output::Relayed => None,
+        }
+    }
 }
 
 /// A running container's stdin as procnode holds it: the stdin pipe's write end, or the
@@ -41,10 +70,7 @@ pub struct Console {
 
 /// The container's streams, as received: `io`'s output ends become readers (a terminal's
 /// master made non-blocking first, as the pipes are by `from_owned_fd`).
-fn streams(
-    io: process::ContainerIo,
-    tty: bool,
-) -> io::Result<(pipe::Receiver, Option<pipe::Receiver>, Option<Console>)> {
+fn streams(io: process::ContainerIo, tty: bool) -> io::Result<(Output, Option<Console>)> {
     if tty {
         let master = io.stdout;
         nix::fcntl::fcntl(
@@ -56,7 +82,11 @@ fn streams(
             fd: std::sync::Arc::new(master),
             tty: true,
         };
-        return Ok((reader, None, Some(console)));
+        let output = Output::Pipes {
+            stdout: reader,
+            stderr: None,
+        };
+        return Ok((output, Some(console)));
     }
     let stdout = pipe::Receiver::from_owned_fd(io.stdout)?;
     let stderr = io.stderr.map(pipe::Receiver::from_owned_fd).transpose()?;
@@ -64,19 +94,46 @@ fn streams(
         fd: std::sync::Arc::new(fd),
         tty: false,
     });
-    Ok((stdout, stderr, console))
+    Ok((Output::Pipes { stdout, stderr }, console))
 }
 
 /// Where the container's exit comes from.
 pub enum Events {
-    /// The supervisor's messages after the greeting, and lines that arrived with it.
+    /// A supervisor started by an older procnode: its messages after the greeting (JSON
+    /// lines), and lines that arrived with it.
     Shim {
         lines: Lines<BufReader<OwnedReadHalf>>,
         pending: Vec<String>,
+        writer: OwnedWriteHalf,
     },
+    /// The supervisor's frames: output, then the exit.
+    Relay(Box<Relay>),
     /// procnode's own reaper.
     Direct(Option<oneshot::Receiver<ExitStatus>>),
 }
+
+/// The connection to a relaying supervisor.
+pub struct Relay {
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+    /// The start of a frame not all read yet.
+    partial: Vec<u8>,
+    /// Bytes of output frames stored, and of those acknowledged.
+    stored: u64,
+    acked: u64,
+    /// Commands not yet written (whole lines; never interleaved).
+    outbox: Vec<u8>,
+    /// The last read filled the buffer (more is likely there).
+    more: bool,
+    /// Reads so far (for taking turns).
+    reads: u64,
+}
+
+/// Output stored before an acknowledgement is sent even while more keeps coming: half of what
+/// a supervisor holds back before it stops reading its pipes.
+const ACK_EVERY: u64 = 128 * 1024;
+/// Reads of a flood before this task lets others run.
+const READS_PER_TURN: u64 = 4;
 
 /// What a supervisor reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +232,8 @@ pub async fn attach(name: &str) -> io::Result<Supervised> {
 
 struct Greeting {
     stream: std::os::unix::net::UnixStream,
-    text: String,
+    /// The hello line, and what came after it in the same read.
+    data: Vec<u8>,
     fds: Vec<std::os::fd::OwnedFd>,
 }
 
@@ -206,35 +264,66 @@ fn receive_greeting(stream: std::os::unix::net::UnixStream) -> io::Result<Greeti
     };
     let fds = process::own_received_fds(&raw);
     data.truncate(n);
-    Ok(Greeting {
-        stream,
-        text: String::from_utf8_lossy(&data).into_owned(),
-        fds,
-    })
+    Ok(Greeting { stream, data, fds })
 }
 
 fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
-    let mut lines = g.text.lines();
-    let (pid, started_ns, console) = match lines.next().map(serde_json::from_str::<Message>) {
-        Some(Ok(Message::Hello {
-            pid,
-            started_ns,
-            console,
-        })) => (pid, started_ns, console),
-        Some(Ok(Message::Failed { message })) => return Err(GreetingError::Failed(message)),
-        None => {
+    let (first, rest) = match g.data.iter().position(|b| *b == b'\n') {
+        Some(end) => (&g.data[..end], &g.data[end + 1..]),
+        None => (&g.data[..], &[][..]),
+    };
+    let (pid, started_ns, console, relay) = match serde_json::from_slice::<Message>(first) {
+        _ if g.data.is_empty() => {
             return Err(GreetingError::Failed(
                 "supervisor exited before starting the container".into(),
             ))
         }
+        Ok(Message::Hello {
+            pid,
+            started_ns,
+            console,
+            relay,
+        }) => (pid, started_ns, console, relay),
+        Ok(Message::Failed { message }) => return Err(GreetingError::Failed(message)),
         other => {
             return Err(GreetingError::Io(io::Error::other(format!(
                 "unexpected supervisor greeting: {other:?}"
             ))))
         }
     };
+    let io_err = GreetingError::Io;
+    g.stream.set_nonblocking(true).map_err(io_err)?;
+    let (read, write) = tokio::net::UnixStream::from_std(g.stream)
+        .map_err(io_err)?
+        .into_split();
     let tty = console == process::Console::Terminal;
     let mut fds = g.fds.into_iter();
+    if relay {
+        // Only the container's stdin came with the hello; the output follows as frames.
+        let console = match console {
+            process::Console::None => None,
+            _ => fds.next().map(|fd| Console {
+                fd: std::sync::Arc::new(fd),
+                tty,
+            }),
+        };
+        return Ok(Supervised {
+            pid,
+            started_ns,
+            output: Output::Relayed,
+            console,
+            events: Events::Relay(Box::new(Relay {
+                read,
+                write,
+                partial: rest.to_vec(),
+                stored: 0,
+                acked: 0,
+                outbox: Vec::new(),
+                more: false,
+                reads: 0,
+            })),
+        });
+    }
     let no_pipes = || GreetingError::Io(io::Error::other("supervisor sent no output pipes"));
     let container_io = process::ContainerIo {
         stdout: fds.next().ok_or_else(no_pipes)?,
@@ -247,32 +336,33 @@ fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
             _ => None,
         },
     };
-    let pending = lines.map(str::to_string).collect();
-    let io_err = GreetingError::Io;
-    g.stream.set_nonblocking(true).map_err(io_err)?;
-    let (read, writer) = tokio::net::UnixStream::from_std(g.stream)
-        .map_err(io_err)?
-        .into_split();
-    let (stdout, stderr, console) = streams(container_io, tty).map_err(io_err)?;
+    let pending = String::from_utf8_lossy(rest)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (output, console) = streams(container_io, tty).map_err(io_err)?;
     Ok(Supervised {
         pid,
         started_ns,
-        stdout,
-        stderr,
+        output,
         console,
         events: Events::Shim {
             lines: BufReader::new(read).lines(),
             pending,
+            writer: write,
         },
-        writer: Some(writer),
     })
 }
 
+/// Largest read from a supervisor's connection.
+const READ_CHUNK: usize = 64 * 1024;
+
 impl Events {
-    /// The next event. Cancel-safe: usable as a `select!` branch.
-    pub async fn next(&mut self) -> Event {
+    /// The next event; relayed output that comes before it is stored in `logs` on the way
+    /// (and dropped without them). Cancel-safe: usable as a `select!` branch.
+    pub async fn next(&mut self, logs: Option<&LogSlot>) -> Event {
         match self {
-            Events::Shim { lines, pending } => loop {
+            Events::Shim { lines, pending, .. } => loop {
                 let line = if pending.is_empty() {
                     match lines.next_line().await {
                         Ok(Some(line)) => line,
@@ -285,6 +375,7 @@ impl Events {
                     return Event::Exited(e);
                 }
             },
+            Events::Relay(relay) => relay.next(logs).await,
             Events::Direct(exit) => {
                 let Some(rx) = exit.as_mut() else {
                     return std::future::pending().await;
@@ -293,10 +384,172 @@ impl Events {
                 *exit = None;
                 Event::Exited(Exited {
                     status,
-                    finished_ns: crate::logs::now_ns(),
+                    finished_ns: now_ns(),
                 })
             }
         }
+    }
+
+    /// Tells the supervisor `command` (nothing without one).
+    pub async fn send(&mut self, command: Command) {
+        match self {
+            Events::Shim { writer, .. } => {
+                let _ = writer.write_all(command.line().as_bytes()).await;
+            }
+            Events::Relay(relay) => {
+                relay.outbox.extend_from_slice(command.line().as_bytes());
+                while !relay.outbox.is_empty() {
+                    if relay.write.writable().await.is_err() || relay.flush().is_err() {
+                        return;
+                    }
+                }
+            }
+            Events::Direct(_) => {}
+        }
+    }
+}
+
+impl Relay {
+    async fn next(&mut self, logs: Option<&LogSlot>) -> Event {
+        thread_local! {
+            // One read buffer per worker thread, not per container.
+            static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+        }
+        loop {
+            // Whatever complete frames are here first (the greeting may have brought some).
+            match self.take_frames(None, logs) {
+                Ok(Some(event)) => return event,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "supervisor connection dropped");
+                    return Event::Gone;
+                }
+            }
+            // Acknowledged when reading would wait, or when half of what the supervisor
+            // holds back is in: one ack per burst, not per read.
+            let caught_up = !self.more;
+            if self.stored > self.acked
+                && (caught_up || self.stored - self.acked >= ACK_EVERY)
+                && !self.outbox_has_ack()
+            {
+                self.outbox
+                    .extend_from_slice(Command::Ack(self.stored).line().as_bytes());
+                self.acked = self.stored;
+            }
+            if self.flush().is_err() {
+                return Event::Gone;
+            }
+            // A flood does not keep this task to itself: the run's other branches (a stop, a
+            // probe) and other tasks get their turn.
+            self.reads += 1;
+            if self.reads.is_multiple_of(READS_PER_TURN) {
+                tokio::task::yield_now().await;
+            }
+            // Both waits are cancel-safe; reading goes on while a command waits to be written.
+            let ready = if self.outbox.is_empty() {
+                self.read.readable().await
+            } else {
+                tokio::select! {
+                    r = self.read.readable() => r,
+                    r = self.write.writable() => { if r.is_err() { return Event::Gone; } continue }
+                }
+            };
+            if ready.is_err() {
+                return Event::Gone;
+            }
+            let read = BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                self.more = false;
+                match self.read.try_read(&mut buf) {
+                    Ok(0) => Err(()),
+                    Ok(n) => {
+                        // A full read: more is probably waiting.
+                        self.more = n == buf.len();
+                        Ok(self.take_frames(Some(&buf[..n]), logs))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Ok(None)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Ok(None)),
+                    Err(_) => Err(()),
+                }
+            });
+            match read {
+                Err(()) => return Event::Gone,
+                Ok(Ok(Some(event))) => return event,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "supervisor connection dropped");
+                    return Event::Gone;
+                }
+            }
+        }
+    }
+
+    fn outbox_has_ack(&self) -> bool {
+        self.outbox.starts_with(b"ack ")
+    }
+
+    /// Stores the output frames in what was kept plus `more`, up to the first message, which
+    /// it returns (as the exit). What does not make a whole frame yet is kept.
+    fn take_frames(
+        &mut self,
+        more: Option<&[u8]>,
+        logs: Option<&LogSlot>,
+    ) -> Result<Option<Event>, String> {
+        let joined;
+        let mut data: &[u8] = match more {
+            Some(more) if !self.partial.is_empty() => {
+                self.partial.extend_from_slice(more);
+                joined = std::mem::take(&mut self.partial);
+                &joined
+            }
+            Some(more) => more,
+            None => {
+                joined = std::mem::take(&mut self.partial);
+                &joined
+            }
+        };
+        let time_ns = now_ns();
+        let mut event = None;
+        while let Some((kind, payload, len)) = frame::parse(data)? {
+            match kind {
+                frame::STDOUT | frame::STDERR => {
+                    let stream = match kind {
+                        frame::STDOUT => Stream::Stdout,
+                        _ => Stream::Stderr,
+                    };
+                    if let Some(logs) = logs {
+                        logs.update(|l| l.append(stream, payload, time_ns));
+                    }
+                    self.stored += len as u64;
+                }
+                _ => {
+                    if let Ok(Message::Exited(e)) = serde_json::from_slice(payload) {
+                        event = Some(Event::Exited(e));
+                    }
+                }
+            }
+            data = &data[len..];
+            if event.is_some() {
+                break;
+            }
+        }
+        self.partial = data.to_vec();
+        Ok(event)
+    }
+
+    /// Writes what it can of the outbox without waiting.
+    fn flush(&mut self) -> io::Result<()> {
+        while !self.outbox.is_empty() {
+            match self.write.try_write(&self.outbox) {
+                Ok(n) => {
+                    self.outbox.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -311,14 +564,12 @@ pub async fn direct(req: SpawnRequest, helper: &Path) -> Result<Supervised, Stri
         .map_err(|e| e.to_string())?;
     let pid = spawned.pid;
     match streams(spawned.io, tty) {
-        Ok((stdout, stderr, console)) => Ok(Supervised {
+        Ok((output, console)) => Ok(Supervised {
             pid,
-            started_ns: crate::logs::now_ns(),
-            stdout,
-            stderr,
+            started_ns: now_ns(),
+            output,
             console,
             events: Events::Direct(Some(spawned.exit)),
-            writer: None,
         }),
         Err(e) => {
             // The process started but its output cannot be watched: do not leave it behind.
@@ -333,15 +584,11 @@ impl Supervised {
     /// copy goes, and the supervisor closes its own.
     pub async fn close_stdin(&mut self) {
         self.console = None;
-        if let Some(w) = self.writer.as_mut() {
-            let _ = w.write_all(b"close-stdin\n").await;
-        }
+        self.events.send(Command::CloseStdin).await;
     }
 
     /// Tells the supervisor its exit has been recorded; it then exits.
     pub async fn release(mut self) {
-        if let Some(w) = self.writer.as_mut() {
-            let _ = w.write_all(b"release\n").await;
-        }
+        self.events.send(Command::Release).await;
     }
 }
