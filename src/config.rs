@@ -25,6 +25,9 @@ pub const DEFAULT_MAX_GRACE: Duration = Duration::from_secs(300);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// Bytes of output kept per container run (stdout and stderr together).
 pub const DEFAULT_LOG_BUFFER_BYTES: usize = 1024 * 1024;
+/// Longest state directory with supervisors: 107 bytes of socket path, less `/sup/`, a pod's
+/// 16 hex digits, `/`, and up to 14 for `<container>-<run>`.
+pub const MAX_STATE_DIR_BYTES: usize = 107 - 5 - 16 - 1 - 14;
 /// Bytes of output kept in memory by all containers together.
 pub const DEFAULT_LOG_TOTAL_BYTES: usize = 256 * 1024 * 1024;
 /// Size at which a container's log file is rotated (the kubelet's containerLogMaxSize).
@@ -600,6 +603,16 @@ impl Config {
                     .into(),
             ));
         }
+        // Each supervisor's socket is STATE_DIR/sup/<16 hex digits>/<container>-<run>, and a
+        // unix socket path holds at most 107 bytes: a longer state directory would fail every
+        // pod's start, so it is refused here.
+        let state_dir_len = config.state_dir().as_os_str().len();
+        if config.supervisor == SupervisorMode::Shim && state_dir_len > MAX_STATE_DIR_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "--state-dir {} is {state_dir_len} bytes long: with supervisors it may be at most                  {MAX_STATE_DIR_BYTES} (their unix socket paths live under it, and a socket path                  holds at most 107 bytes)",
+                config.state_dir().display()
+            )));
+        }
         Ok(Loaded { config, sources })
     }
 
@@ -772,6 +785,26 @@ mod tests {
         assert_eq!(
             parse_range(DEFAULT_POD_UID_RANGE),
             Ok(crate::runtime::users::DEFAULT_POD_UID_RANGE)
+        );
+    }
+
+    /// A state directory too long for the supervisors' socket paths is refused at start, not
+    /// at every pod's start.
+    #[test]
+    fn a_state_dir_too_long_for_socket_paths_is_refused_with_supervisors_only() {
+        let ok = "/".to_string() + &"d".repeat(MAX_STATE_DIR_BYTES - 1);
+        let long = "/".to_string() + &"d".repeat(MAX_STATE_DIR_BYTES);
+        assert!(Config::load(["procnode", "--state-dir", &ok]).is_ok());
+        match Config::load(["procnode", "--state-dir", &long]) {
+            Err(ConfigError::Invalid(m)) => assert!(m.contains("--state-dir"), "{m}"),
+            other => panic!("accepted: {:?}", other.map(|_| ())),
+        }
+        assert!(Config::load(["procnode", "--state-dir", &long, "--supervisor", "none"]).is_ok());
+        // The longest socket path such a directory can have fits.
+        let socket = format!("{ok}/sup/{:016x}/999-{}", u64::MAX, 9_999_999_999u64);
+        assert!(
+            std::os::unix::net::SocketAddr::from_pathname(&socket).is_ok(),
+            "{socket}"
         );
     }
 

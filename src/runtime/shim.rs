@@ -369,6 +369,18 @@ pub mod frame {
         out.extend(payload);
     }
 
+    /// The whole length of the frame whose header starts `buf` (at least [`HEADER`] bytes).
+    pub fn total_len(buf: &[u8]) -> Result<usize, String> {
+        let len = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if !matches!(buf[0], STDOUT | STDERR | MESSAGE) || len > MAX_PAYLOAD {
+            return Err(format!(
+                "bad frame from the supervisor (kind {}, {len} bytes)",
+                buf[0]
+            ));
+        }
+        Ok(HEADER + len)
+    }
+
     /// A frame read: its kind, its payload, and its whole length.
     pub type Parsed<'a> = (u8, &'a [u8], usize);
 
@@ -377,16 +389,10 @@ pub mod frame {
         if buf.len() < HEADER {
             return Ok(None);
         }
-        let len = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        if !matches!(buf[0], STDOUT | STDERR | MESSAGE) || len > MAX_PAYLOAD {
-            return Err(format!(
-                "bad frame from the supervisor (kind {}, {len} bytes)",
-                buf[0]
-            ));
-        }
+        let total = total_len(buf)?;
         Ok(buf
-            .get(HEADER..HEADER + len)
-            .map(|payload| (buf[0], payload, HEADER + len)))
+            .get(HEADER..total)
+            .map(|payload| (buf[0], payload, total)))
     }
 }
 

@@ -127,6 +127,8 @@ pub struct Relay {
     more: bool,
     /// Reads so far (for taking turns).
     reads: u64,
+    /// `partial` holds what came with the greeting, not looked at yet.
+    fresh: bool,
 }
 
 /// Output stored before an acknowledgement is sent even while more keeps coming: half of what
@@ -321,6 +323,7 @@ fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
                 outbox: Vec::new(),
                 more: false,
                 reads: 0,
+                fresh: true,
             })),
         });
     }
@@ -354,8 +357,8 @@ fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
     })
 }
 
-/// Largest read from a supervisor's connection.
-const READ_CHUNK: usize = 64 * 1024;
+/// Largest read from a supervisor's connection (several frames of a flood at once).
+const READ_CHUNK: usize = 256 * 1024;
 
 impl Events {
     /// The next event; relayed output that comes before it is stored in `logs` on the way
@@ -415,9 +418,10 @@ impl Relay {
             // One read buffer per worker thread, not per container.
             static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
         }
-        loop {
-            // Whatever complete frames are here first (the greeting may have brought some).
-            match self.take_frames(None, logs) {
+        // The frames that came with the greeting first.
+        if std::mem::take(&mut self.fresh) {
+            let kept = std::mem::take(&mut self.partial);
+            match self.take_frames(&kept, logs) {
                 Ok(Some(event)) => return event,
                 Ok(None) => {}
                 Err(e) => {
@@ -425,6 +429,8 @@ impl Relay {
                     return Event::Gone;
                 }
             }
+        }
+        loop {
             // Acknowledged when reading would wait, or when half of what the supervisor
             // holds back is in: one ack per burst, not per read.
             let caught_up = !self.more;
@@ -465,7 +471,7 @@ impl Relay {
                     Ok(n) => {
                         // A full read: more is probably waiting.
                         self.more = n == buf.len();
-                        Ok(self.take_frames(Some(&buf[..n]), logs))
+                        Ok(self.take_frames(&buf[..n], logs))
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Ok(None)),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Ok(None)),
@@ -488,53 +494,69 @@ impl Relay {
         self.outbox.starts_with(b"ack ")
     }
 
-    /// Stores the output frames in what was kept plus `more`, up to the first message, which
-    /// it returns (as the exit). What does not make a whole frame yet is kept.
+    /// Stores the output frames in what an earlier read left plus `more`, up to the first
+    /// message, which it returns (as the exit). What does not make a whole frame yet is kept;
+    /// only that is copied.
     fn take_frames(
         &mut self,
-        more: Option<&[u8]>,
+        mut more: &[u8],
         logs: Option<&LogSlot>,
     ) -> Result<Option<Event>, String> {
-        let joined;
-        let mut data: &[u8] = match more {
-            Some(more) if !self.partial.is_empty() => {
-                self.partial.extend_from_slice(more);
-                joined = std::mem::take(&mut self.partial);
-                &joined
-            }
-            Some(more) => more,
-            None => {
-                joined = std::mem::take(&mut self.partial);
-                &joined
-            }
-        };
         let time_ns = now_ns();
-        let mut event = None;
-        while let Some((kind, payload, len)) = frame::parse(data)? {
-            match kind {
-                frame::STDOUT | frame::STDERR => {
-                    let stream = match kind {
-                        frame::STDOUT => Stream::Stdout,
-                        _ => Stream::Stderr,
-                    };
-                    if let Some(logs) = logs {
-                        logs.update(|l| l.append(stream, payload, time_ns));
-                    }
-                    self.stored += len as u64;
-                }
-                _ => {
-                    if let Ok(Message::Exited(e)) = serde_json::from_slice(payload) {
-                        event = Some(Event::Exited(e));
-                    }
-                }
+        if !self.partial.is_empty() {
+            // The frame an earlier read began: its header first, then the rest of it.
+            let mut top_up = |partial: &mut Vec<u8>, to: usize| {
+                let take = to.saturating_sub(partial.len()).min(more.len());
+                partial.extend_from_slice(&more[..take]);
+                more = &more[take..];
+                partial.len() >= to
+            };
+            if !top_up(&mut self.partial, frame::HEADER) {
+                return Ok(None);
             }
-            data = &data[len..];
+            let total = frame::total_len(&self.partial)?;
+            if !top_up(&mut self.partial, total) {
+                return Ok(None);
+            }
+            let whole = std::mem::take(&mut self.partial);
+            let (event, _) = self.store_frames(&whole, logs, time_ns)?;
             if event.is_some() {
-                break;
+                self.partial = more.to_vec();
+                return Ok(event);
             }
         }
-        self.partial = data.to_vec();
+        let (event, used) = self.store_frames(more, logs, time_ns)?;
+        self.partial = more[used..].to_vec();
         Ok(event)
+    }
+
+    /// Stores the whole frames at the start of `data`, up to the first message; returns it
+    /// (as the exit) and how many bytes were taken.
+    fn store_frames(
+        &mut self,
+        data: &[u8],
+        logs: Option<&LogSlot>,
+        time_ns: i64,
+    ) -> Result<(Option<Event>, usize), String> {
+        let mut used = 0;
+        while let Some((kind, payload, len)) = frame::parse(&data[used..])? {
+            used += len;
+            if kind == frame::MESSAGE {
+                if let Ok(Message::Exited(e)) = serde_json::from_slice(payload) {
+                    return Ok((Some(Event::Exited(e)), used));
+                }
+                continue;
+            }
+            let stream = match kind {
+                frame::STDOUT => Stream::Stdout,
+                _ => Stream::Stderr,
+            };
+            if let Some(logs) = logs {
+                logs.update(|l| l.append(stream, payload, time_ns));
+            }
+            self.stored += len as u64;
+        }
+        Ok((None, used))
     }
 
     /// Writes what it can of the outbox without waiting.
@@ -590,5 +612,74 @@ impl Supervised {
     /// Tells the supervisor its exit has been recorded; it then exits.
     pub async fn release(mut self) {
         self.events.send(Command::Release).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::{ContainerLogs, LogBudget, LogConfig, LogQuery};
+    use std::sync::Arc;
+
+    fn relay() -> Relay {
+        let (ours, _theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (read, write) = ours.into_split();
+        Relay {
+            read,
+            write,
+            partial: Vec::new(),
+            stored: 0,
+            acked: 0,
+            outbox: Vec::new(),
+            more: false,
+            reads: 0,
+            fresh: false,
+        }
+    }
+
+    /// However the frames are cut into reads, every byte is stored once, in order, and the
+    /// exit comes after them.
+    #[tokio::test]
+    async fn frames_cut_anywhere_are_stored_whole_and_the_exit_comes_last() {
+        let mut wire = Vec::new();
+        frame::push(&mut wire, frame::STDOUT, b"out one\n");
+        frame::push(&mut wire, frame::STDERR, b"err\n");
+        frame::push(&mut wire, frame::STDOUT, b"out two\n");
+        let data_len = wire.len() as u64;
+        let exit = Exited {
+            status: ExitStatus::Exited(2),
+            finished_ns: 5,
+        };
+        frame::push(
+            &mut wire,
+            frame::MESSAGE,
+            &serde_json::to_vec(&Message::Exited(exit)).unwrap(),
+        );
+        for a in 0..wire.len() {
+            for b in a..wire.len() {
+                let config = LogConfig {
+                    per_container: 1 << 16,
+                    budget: Arc::new(LogBudget::new(1 << 20)),
+                    files: None,
+                };
+                let slot = LogSlot::new(ContainerLogs::new(&config, None));
+                let mut r = relay();
+                let mut event = None;
+                for piece in [&wire[..a], &wire[a..b], &wire[b..]] {
+                    assert!(event.is_none(), "the exit came early (cuts {a}, {b})");
+                    event = r.take_frames(piece, Some(&slot)).unwrap();
+                }
+                assert_eq!(event, Some(Event::Exited(exit)), "cuts {a}, {b}");
+                assert_eq!(r.stored, data_len);
+                let logs = slot.update(|l| l.current.read(&LogQuery::default()));
+                assert_eq!(logs, b"out one\nerr\nout two\n", "cuts {a}, {b}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_no_known_kind_ends_the_connection() {
+        let mut r = relay();
+        assert!(r.take_frames(b"\x07\x01\x00\x00\x00x", None).is_err());
     }
 }
