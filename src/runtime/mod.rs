@@ -140,9 +140,13 @@ impl Runtime {
             }
             let refusal = self.admission(&new);
             let admitted = refusal.is_none();
-            self.save_pod(&new.key, &new.uid, &new.raw).await?;
             let pod_id = self.claim_pod_id(None, &new);
             let entry = Arc::new(self.new_entry(new.clone(), refusal, pod_id));
+            // The record is written while the pod starts (its write and fsync are a good part
+            // of a start), and the answer waits for both. A delete or update of the pod waits
+            // for it. Killed before the record is in place, procnode never answered, and the
+            // next one stops the container as no recorded pod's.
+            let record_turn = entry.pod_record_turn().await;
             loop {
                 match self.store.insert_new(entry.clone()) {
                     Ok(()) => break,
@@ -161,8 +165,17 @@ impl Runtime {
                 }
             }
             if admitted {
-                tracing::info!(pod = %entry.key(), uid = %entry.uid(), "pod created");
                 tokio::spawn(worker::run_pod(entry.clone(), self.settings.clone(), false));
+            }
+            let saved = self.save_pod(&new.key, &new.uid, &new.raw).await;
+            drop(record_turn);
+            if let Err(e) = saved {
+                // Nothing of it may stay: stop what started, remove what was written.
+                self.stop_and_forget(&entry, Some(Duration::ZERO)).await;
+                return Err(e);
+            }
+            if admitted {
+                tracing::info!(pod = %entry.key(), uid = %entry.uid(), "pod created");
             } else {
                 let why = entry.read_state(|st| st.failure.clone());
                 tracing::warn!(pod = %entry.key(), uid = %entry.uid(), reason = ?why.map(|w| w.0), "pod refused admission");
@@ -321,7 +334,13 @@ impl Runtime {
         if had != got {
             return Err(PodError::ContainersChanged { had, got }.into());
         }
-        self.save_pod(&new.key, &new.uid, &new.raw).await?;
+        {
+            let _turn = entry.pod_record_turn().await;
+            if entry.is_being_removed() {
+                return Err(RuntimeError::PodNotFound(new.key));
+            }
+            self.save_pod(&new.key, &new.uid, &new.raw).await?;
+        }
         let containers =
             |p: &k8s_openapi::api::core::v1::Pod| -> Vec<k8s_openapi::api::core::v1::Container> {
                 let spec = p.spec.as_ref().expect("validated");
@@ -392,6 +411,9 @@ impl Runtime {
         entry.begin_removal();
         entry.request_stop(self.grace_for(entry, grace));
         entry.wait_done().await;
+        // A create or update still writing the pod record finishes first (it would put the
+        // record back after its removal).
+        let _record_turn = entry.pod_record_turn().await;
         let layout = &self.settings.layout;
         let record = layout.record_base(entry.key(), entry.uid());
         let dirs = self.settings.pod_dirs(entry);

@@ -54,6 +54,9 @@ pub struct PodEntry {
     removal: watch::Sender<Removal>,
     /// Serialises writes of this pod's status record.
     save_lock: tokio::sync::Mutex<()>,
+    /// Serialises writes of this pod's pod record (create, update) with its removal: a create
+    /// writes it while its first container already starts.
+    pod_record_lock: tokio::sync::Mutex<()>,
     /// The pod's volumes, once prepared (before its first container starts).
     volumes: std::sync::OnceLock<super::volumes::PodVolumes>,
     /// Bumped on every accepted update of the spec.
@@ -169,6 +172,7 @@ impl PodEntry {
             done: watch::channel(false).0,
             removal: watch::channel(Removal::None).0,
             save_lock: tokio::sync::Mutex::new(()),
+            pod_record_lock: tokio::sync::Mutex::new(()),
             volumes: std::sync::OnceLock::new(),
             generation: watch::channel(0).0,
             status_version: watch::channel(0).0,
@@ -308,6 +312,11 @@ impl PodEntry {
     /// Waits for this pod's turn to write its status record (one writer at a time).
     pub(super) async fn record_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.save_lock.lock().await
+    }
+
+    /// Waits for this pod's turn to write or remove its pod record.
+    pub(super) async fn pod_record_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.pod_record_lock.lock().await
     }
 
     /// Changes with every accepted update of the spec.

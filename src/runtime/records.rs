@@ -227,6 +227,13 @@ pub fn load_all(records: &Path, corrupt: &Path) -> (Vec<Loaded>, Vec<String>) {
             continue;
         }
         let Some(stem) = name.strip_suffix(POD_SUFFIX) else {
+            // A status whose pod record never got in place (a create cut short by a crash:
+            // its pod started while the record was written, and it was never answered).
+            if let Some(stem) = name.strip_suffix(STATUS_SUFFIX) {
+                if !pod_file(&records.join(stem)).exists() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
             continue;
         };
         let base = records.join(stem);
@@ -442,5 +449,20 @@ mod tests {
             remove(&records.join(r)).unwrap();
         }
         assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
+    }
+
+    /// A status whose pod record never got in place (a create cut short: its pod starts while
+    /// the record is written) is removed at load; a pod's own status is kept.
+    #[test]
+    fn a_status_without_its_pod_record_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = dir.path().join("records");
+        save_pod(&records.join("kept"), r#"{"metadata":{"name":"a"}}"#).unwrap();
+        std::fs::write(status_file(&records.join("orphan")), b"{}").unwrap();
+        let (loaded, problems) = load_all(&records, &dir.path().join("corrupt"));
+        assert_eq!(loaded.len(), 1, "{problems:?}");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(!status_file(&records.join("orphan")).exists());
+        assert!(pod_file(&records.join("kept")).exists());
     }
 }
