@@ -62,12 +62,19 @@ pub async fn attach(
             .map_err(ApiError::BadRequest)?;
         let how = Switch::of(&req, stream::EXEC_PROTOCOLS, ws::EXEC_PROTOCOLS)?;
         let permit = s.sessions.open(&key).ok_or(ApiError::TooManySessions)?;
-        let target = s.runtime.attach_target(&key, &container, options.stdin)?;
-        Ok::<_, ApiError>((options, target, permit, how))
+        Ok::<_, ApiError>((options, permit, how))
     })();
-    let (options, target, permit, how) = match prepared {
+    let (options, permit, how) = match prepared {
         Ok(p) => p,
         Err(e) => return e.into_status_response(),
+    };
+    let target = match s
+        .runtime
+        .attach_target(&key, &container, options.stdin)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return ApiError::from(e).into_status_response(),
     };
     serve_channels(req, &how, options, move |ch, protocol| async move {
         let _permit = permit;

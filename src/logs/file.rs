@@ -7,9 +7,10 @@
 //! A write error disables the file for the rest of the run (with one warning): the in-memory
 //! buffer stays authoritative and a full disk never stalls a container.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -66,6 +67,10 @@ pub struct LogFile {
     file: Option<File>,
     /// The current file exists (it has been opened once).
     started: bool,
+    /// Output bytes the current file holds, and each rotated one (`RUN.log.1` first) where
+    /// known, for counting what rotation drops.
+    current_payload: u64,
+    rotated_payload: VecDeque<Option<u64>>,
     size: u64,
     failed: bool,
     scratch: Vec<u8>,
@@ -87,6 +92,8 @@ impl LogFile {
             config,
             file: None,
             started: false,
+            current_payload: 0,
+            rotated_payload: VecDeque::new(),
             size: 0,
             failed: false,
             scratch: Vec::new(),
@@ -121,14 +128,15 @@ impl LogFile {
             self.scratch.extend_from_slice(content);
             self.scratch.push(b'\n');
         }
-        if let Err(e) = self.write_scratch() {
+        if let Err(e) = self.write_scratch(data.len() as u64) {
             tracing::warn!(file = %self.path().display(), error = %e, "container log file disabled for this run");
             self.failed = true;
             self.close();
         }
     }
 
-    fn write_scratch(&mut self) -> std::io::Result<()> {
+    /// Writes the entries made of `payload` output bytes.
+    fn write_scratch(&mut self, payload: u64) -> std::io::Result<()> {
         if !self.started || self.size >= self.config.max_size {
             self.rotate()?;
         }
@@ -137,6 +145,7 @@ impl LogFile {
             None => Self::append_to(&self.path())?.write_all(&self.scratch)?,
         }
         self.size += self.scratch.len() as u64;
+        self.current_payload += payload;
         Ok(())
     }
 
@@ -158,18 +167,37 @@ impl LogFile {
         self.close();
         if self.started {
             let keep = self.config.max_files.saturating_sub(1);
+            // What each file holds is known for the files this run wrote since procnode
+            // started; an older one is read (once, at most).
+            let known = |k: usize, path: &Path, held: &VecDeque<Option<u64>>| {
+                held.get(k)
+                    .copied()
+                    .flatten()
+                    .unwrap_or_else(|| payload_bytes(path))
+            };
             if keep == 0 {
+                add_rotated_away(&self.dir, self.run, self.current_payload);
                 std::fs::remove_file(&current)?;
             } else {
                 let rotated = |i: usize| self.dir.join(format!("{}.log.{i}", self.run));
+                if rotated(keep).exists() {
+                    let dropped = known(keep - 1, &rotated(keep), &self.rotated_payload);
+                    add_rotated_away(&self.dir, self.run, dropped);
+                }
                 let _ = std::fs::remove_file(rotated(keep));
                 for i in (1..keep).rev() {
                     let _ = std::fs::rename(rotated(i), rotated(i + 1));
                 }
                 std::fs::rename(&current, rotated(1))?;
+                self.rotated_payload.push_front(Some(self.current_payload));
+                self.rotated_payload.truncate(keep);
             }
+            self.current_payload = 0;
         } else {
             std::fs::create_dir_all(&self.dir)?;
+            // A file this run already has (procnode restarted): what it holds, read once.
+            self.current_payload = payload_bytes(&current);
+            self.rotated_payload = (1..self.config.max_files).map(|_| None).collect();
         }
         let file = Self::append_to(&current)?;
         self.started = true;
@@ -179,6 +207,57 @@ impl LogFile {
         }
         Ok(())
     }
+}
+
+/// Output bytes of run `run` that rotation has dropped (`DIR/RUN.log.base`): with what the
+/// remaining files hold, how much of the run's output was ever stored.
+pub fn rotated_away(dir: &std::path::Path, run: u64) -> u64 {
+    std::fs::read_to_string(dir.join(format!("{run}.log.base")))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn add_rotated_away(dir: &std::path::Path, run: u64, bytes: u64) {
+    let total = rotated_away(dir, run) + bytes;
+    let _ = crate::runtime::records::write_replacing(
+        &dir.join(format!("{run}.log.base")),
+        total.to_string().as_bytes(),
+        false,
+    );
+}
+
+/// Output bytes held by one log file.
+fn payload_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read(path)
+        .map(|data| entries(&data).map(|(_, b, _)| b.len() as u64).sum())
+        .unwrap_or(0)
+}
+
+/// The entries of one file's contents: stream, bytes (with the newline when the entry ended a
+/// line), capture time. Lines that do not parse are skipped.
+fn entries(data: &[u8]) -> impl Iterator<Item = (Stream, Vec<u8>, i64)> + '_ {
+    data.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|line| {
+            let mut fields = line.splitn(4, |b| *b == b' ');
+            let (ts, stream, tag) = (fields.next()?, fields.next()?, fields.next()?);
+            let content = fields.next().unwrap_or_default();
+            let time = std::str::from_utf8(ts)
+                .ok()?
+                .parse::<jiff::Timestamp>()
+                .ok()?;
+            let stream = match stream {
+                b"stdout" => Stream::Stdout,
+                b"stderr" => Stream::Stderr,
+                _ => return None,
+            };
+            let mut bytes = content.to_vec();
+            if tag == b"F" {
+                bytes.push(b'\n');
+            }
+            Some((stream, bytes, time.as_nanosecond() as i64))
+        })
 }
 
 /// Reads back the entries of run `run` from `dir` (rotated files first, oldest first): each
@@ -204,32 +283,8 @@ pub fn read_run(dir: &std::path::Path, run: u64) -> Vec<(Stream, Vec<u8>, i64)> 
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
     let mut out = Vec::new();
     for (_, path) in files {
-        let Ok(data) = std::fs::read(&path) else {
-            continue;
-        };
-        for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let mut fields = line.splitn(4, |b| *b == b' ');
-            let (Some(ts), Some(stream), Some(tag)) = (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            let content = fields.next().unwrap_or_default();
-            let Some(time) = std::str::from_utf8(ts)
-                .ok()
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            else {
-                continue;
-            };
-            let stream = match stream {
-                b"stdout" => Stream::Stdout,
-                b"stderr" => Stream::Stderr,
-                _ => continue,
-            };
-            let mut bytes = content.to_vec();
-            if tag == b"F" {
-                bytes.push(b'\n');
-            }
-            out.push((stream, bytes, time.as_nanosecond() as i64));
+        if let Ok(data) = std::fs::read(&path) {
+            out.extend(entries(&data));
         }
     }
     out
@@ -315,10 +370,14 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["3.log", "3.log.1", "3.log.2"]);
+        assert_eq!(names, ["3.log", "3.log.1", "3.log.2", "3.log.base"]);
+        // What rotation dropped is counted: with what is left, all that was written.
+        let written: u64 = (0..40).map(|i| format!("line {i}\n").len() as u64).sum();
+        let left: u64 = read_run(&d, 3).iter().map(|e| e.1.len() as u64).sum();
+        assert_eq!(rotated_away(&d, 3) + left, written);
         let newest = std::fs::read_to_string(d.join("3.log")).unwrap();
         assert!(newest.ends_with("stdout F line 39\n"), "{newest}");
-        for name in &names {
+        for name in &names[..3] {
             assert!(std::fs::metadata(d.join(name)).unwrap().len() < 100 + 60);
         }
     }

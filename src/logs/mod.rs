@@ -78,6 +78,8 @@ pub struct ContainerLogs {
     finished: bool,
     file_dir: Option<PathBuf>,
     file: Option<LogFile>,
+    /// See [`ContainerLogs::restored_output`].
+    restored_output: u64,
 }
 
 impl ContainerLogs {
@@ -92,6 +94,7 @@ impl ContainerLogs {
             finished: false,
             file: None,
             file_dir: file_dir.filter(|_| config.files.is_some()),
+            restored_output: 0,
         }
     }
 
@@ -150,10 +153,19 @@ impl ContainerLogs {
             }
             self.previous = Some(previous);
         }
+        self.restored_output = file::rotated_away(&dir, run);
         for (stream, data, time) in read_run(&dir, run) {
+            self.restored_output += data.len() as u64;
             self.current.append(stream, &data, time);
         }
         self.account();
+    }
+
+    /// How much of the current run's output the log files held at [`ContainerLogs::restore`]
+    /// (rotated-away files included): where a supervisor is to resume relaying, so that
+    /// nothing is stored twice. 0 without log files.
+    pub fn restored_output(&self) -> u64 {
+        self.restored_output
     }
 
     /// Marks the current run over: followers stop once they have read everything.

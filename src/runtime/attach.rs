@@ -53,8 +53,10 @@ pub struct AttachTarget {
 impl Runtime {
     /// The container `container` of pod `key`, if it is running now. A client that wants to
     /// write to its stdin needs a container started with `stdin: true` whose stdin is still
-    /// open (`stdinOnce` closes it after the first client).
-    pub fn attach_target(
+    /// open (`stdinOnce` closes it after the first client). (A run is listed Running a moment
+    /// before its stdin is published, and after a restart of procnode before the run is taken
+    /// back: a client asking for stdin then waits for it, up to a second.)
+    pub async fn attach_target(
         &self,
         key: &PodKey,
         container: &str,
@@ -63,7 +65,13 @@ impl Runtime {
         let running = self.running_container(key, container)?;
         let (entry, idx) = (running.entry(), running.idx());
         let spec = entry.container_spec(idx);
-        let point = entry.stdin_point(idx);
+        let mut point = entry.stdin_point(idx);
+        let has_stdin = spec.stdin == Some(true) || spec.tty == Some(true);
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while stdin && has_stdin && point.is_none() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            point = entry.stdin_point(idx);
+        }
         let tty = spec.tty == Some(true);
         let stdin = match (stdin, point) {
             (false, _) => None,

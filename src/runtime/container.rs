@@ -446,8 +446,10 @@ async fn resume_run(
     idx: usize,
     name: Option<&str>,
 ) -> Result<Supervised, Termination> {
+    // What the log files held of this run when procnode started: the relay goes on after it.
+    let held = entry.log(idx).update(|l| l.restored_output());
     let attached = match name {
-        Some(name) => match supervisor::attach(name).await {
+        Some(name) => match supervisor::attach(name, held).await {
             Ok(sup) => Some(sup),
             Err(e) => {
                 tracing::warn!(pod = %entry.key(), supervisor = name, error = %e, "cannot re-attach to the container's supervisor");

@@ -52,8 +52,12 @@ impl Runtime {
             let recorded = pod.status.as_ref().and_then(|s| s.pod_id);
             let pod_id = self.claim_pod_id(recorded, &new);
             let entry = Arc::new(self.new_entry(new, None, pod_id));
+            // The logs of each container's current run come back even without a status record
+            // (a create cut short before its first status write: every container at run 0),
+            // so that a supervisor found again by name resumes after them.
+            let mut runs: Vec<u64> = vec![0; entry.logs().len()];
             if let Some(saved) = pod.status {
-                let runs: Vec<u64> = entry.update_state(|st| {
+                runs = entry.update_state(|st| {
                     st.start_time = saved.start_time;
                     st.failure = saved.failure;
                     for (c, s) in st.init.iter_mut().zip(saved.init) {
@@ -68,15 +72,15 @@ impl Runtime {
                         .map(|c| c.restart_count.max(0) as u64)
                         .collect()
                 });
-                // Bring the logs back from the log files (when kept), off the async threads.
-                let slots = entry.logs().to_vec();
-                let _ = tokio::task::spawn_blocking(move || {
-                    for (slot, run) in slots.iter().zip(runs) {
-                        slot.update(|l| l.restore(run));
-                    }
-                })
-                .await;
             }
+            // Bring the logs back from the log files (when kept), off the async threads.
+            let slots = entry.logs().to_vec();
+            let _ = tokio::task::spawn_blocking(move || {
+                for (slot, run) in slots.iter().zip(runs) {
+                    slot.update(|l| l.restore(run));
+                }
+            })
+            .await;
             if let Err(newer) = self.store.insert_new(entry.clone()) {
                 // The replaced pod: its record goes now (its supervisors, which no loaded pod
                 // claims, are stopped below), or a delete of the name would leave it behind.
@@ -134,7 +138,7 @@ impl Runtime {
         for file in files {
             let name = format!("{}{file}", layout.supervisor_prefix());
             stops.spawn(async move {
-                match supervisor::attach(&name).await {
+                match supervisor::attach(&name, u64::MAX).await {
                     Ok(mut sup) => {
                         let pid = sup.pid;
                         process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);

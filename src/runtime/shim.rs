@@ -13,9 +13,10 @@
 //! that procnode holds one descriptor per container, not three: that is what lets a host with
 //! a modest RLIMIT_NOFILE run ten thousand pods. Output is kept until procnode acknowledges
 //! it ([`Command::Ack`], sent once it is stored): a procnode killed at any moment loses none of
-//! it, and the next one is sent it again (a piece stored but not yet acknowledged may be
-//! stored twice; none is ever dropped). While 256 KiB wait unacknowledged the pipes are not
-//! read, so the container's writes block as they would on a full pipe.
+//! it. The next one says first how much of the run's output its log files hold
+//! ([`Command::Resume`]) and is sent the rest, so nothing is stored twice either. While
+//! 256 KiB wait unacknowledged the pipes are not read, so the container's writes block as
+//! they would on a full pipe.
 //!
 //! It also listens on the unix socket `NAME` (a path in procnode's own `STATE_DIR/sup/`; only
 //! processes of its own uid are served), where a restarted procnode gets the same hello and the
@@ -276,6 +277,7 @@ fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
                         return Ok(());
                     }
                     Some(Command::Ack(n)) => relay.acknowledged(n),
+                    Some(Command::Resume(n)) => relay.resume(n),
                     // `stdinOnce`: the first attached client is done; the container's stdin
                     // ends (a terminal gets an end-of-file character instead: closing it
                     // would hang the session up).
@@ -329,6 +331,10 @@ pub enum Command {
     CloseStdin,
     /// procnode has stored the first N bytes of output frames sent on this connection.
     Ack(u64),
+    /// Sent first by a procnode that connects to a running supervisor: it already holds the
+    /// first N bytes of the run's output (from its log files); the relay goes on from there.
+    /// Until then nothing is sent on that connection.
+    Resume(u64),
 }
 
 impl Command {
@@ -337,6 +343,7 @@ impl Command {
             Command::Release => "release\n".into(),
             Command::CloseStdin => "close-stdin\n".into(),
             Command::Ack(n) => format!("ack {n}\n"),
+            Command::Resume(n) => format!("resume {n}\n"),
         }
     }
 
@@ -345,8 +352,11 @@ impl Command {
             b"release" => Some(Command::Release),
             b"close-stdin" => Some(Command::CloseStdin),
             _ => {
-                let n = line.strip_prefix(b"ack ")?;
-                std::str::from_utf8(n).ok()?.parse().ok().map(Command::Ack)
+                let number = |n: &[u8]| std::str::from_utf8(n).ok()?.parse().ok();
+                if let Some(n) = line.strip_prefix(b"ack ") {
+                    return number(n).map(Command::Ack);
+                }
+                number(line.strip_prefix(b"resume ")?).map(Command::Resume)
             }
         }
     }
@@ -414,6 +424,12 @@ struct Relay {
     unacked: std::collections::VecDeque<u8>,
     /// How much of `unacked` the current connection has been sent.
     sent: usize,
+    /// The run's output bytes before the first frame in `unacked` (acknowledged, or skipped
+    /// on a procnode's [`Command::Resume`]).
+    output_before: u64,
+    /// The current connection waits for its procnode's [`Command::Resume`] (a connection that
+    /// replaced the first one).
+    waiting: bool,
     /// What the current connection has acknowledged (its own count).
     acked: u64,
     /// The exit frame, sent after all output, and how much of it was sent.
@@ -440,6 +456,8 @@ impl Relay {
             pipes,
             unacked: Default::default(),
             sent: 0,
+            output_before: 0,
+            waiting: false,
             acked: 0,
             exit: Vec::new(),
             exit_sent: 0,
@@ -452,7 +470,7 @@ impl Relay {
     }
 
     fn has_outgoing(&self) -> bool {
-        self.sent < self.unacked.len() || self.exit_sent < self.exit.len()
+        !self.waiting && (self.sent < self.unacked.len() || self.exit_sent < self.exit.len())
     }
 
     /// Reads one chunk from each readable pipe (closing those at their end).
@@ -508,16 +526,69 @@ impl Relay {
         self.sent = 0;
         self.acked = 0;
         self.exit_sent = 0;
+        self.waiting = true;
     }
 
+    /// The kind and payload length of the first frame held.
+    fn first_frame(&self) -> Option<(u8, usize)> {
+        let h: Vec<u8> = self
+            .unacked
+            .range(..frame::HEADER.min(self.unacked.len()))
+            .copied()
+            .collect();
+        (h.len() == frame::HEADER)
+            .then(|| (h[0], u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize))
+    }
+
+    /// Drops the first frame held (its output counted as gone before).
+    fn drop_first_frame(&mut self) -> usize {
+        let Some((_, len)) = self.first_frame() else {
+            return 0;
+        };
+        self.unacked.drain(..frame::HEADER + len);
+        self.output_before += len as u64;
+        frame::HEADER + len
+    }
+
+    /// procnode has stored the first `n` bytes of frames sent on this connection: the whole
+    /// frames among them go.
     fn acknowledged(&mut self, n: u64) {
-        let newly = n.saturating_sub(self.acked).min(self.sent as u64) as usize;
-        self.unacked.drain(..newly);
-        self.sent -= newly;
-        self.acked += newly as u64;
+        let mut newly = n.saturating_sub(self.acked).min(self.sent as u64) as usize;
+        while let Some((_, len)) = self.first_frame() {
+            if frame::HEADER + len > newly {
+                break;
+            }
+            let gone = self.drop_first_frame();
+            newly -= gone;
+            self.sent -= gone;
+            self.acked += gone as u64;
+        }
         if self.unacked.is_empty() && self.unacked.capacity() > 2 * READ_CHUNK {
             self.unacked = Default::default();
         }
+    }
+
+    /// A new procnode holds the run's output up to `output` already: what it holds is not
+    /// sent again (a frame it holds part of is cut), and the relay starts.
+    fn resume(&mut self, output: u64) {
+        while let Some((kind, len)) = self.first_frame() {
+            let end = self.output_before + len as u64;
+            if end <= output {
+                self.drop_first_frame();
+                continue;
+            }
+            if self.output_before < output {
+                let cut = (output - self.output_before) as usize;
+                self.unacked.drain(frame::HEADER..frame::HEADER + cut);
+                let header = [kind].into_iter().chain(((len - cut) as u32).to_le_bytes());
+                for (i, b) in header.enumerate() {
+                    self.unacked[i] = b;
+                }
+                self.output_before = output;
+            }
+            break;
+        }
+        self.waiting = false;
     }
 
     /// Sends what it can without blocking: output, then (after all of it) the exit.
@@ -620,7 +691,12 @@ mod tests {
 
     #[test]
     fn commands_round_trip_and_garbage_is_none() {
-        for c in [Command::Release, Command::CloseStdin, Command::Ack(123_456)] {
+        for c in [
+            Command::Release,
+            Command::CloseStdin,
+            Command::Ack(123_456),
+            Command::Resume(u64::MAX),
+        ] {
             let line = c.line();
             assert_eq!(Command::parse(line.trim_end().as_bytes()), Some(c));
         }
@@ -629,10 +705,11 @@ mod tests {
         }
     }
 
-    /// Output is sent, kept until acknowledged, and sent again from the first unacknowledged
-    /// byte on a new connection; the exit goes after all of it.
+    /// Output is sent and kept until acknowledged; a new connection gets nothing until its
+    /// procnode says how much of the output it holds, then the rest (a frame it holds part of
+    /// cut to what it lacks), and the exit after all of it.
     #[test]
-    fn unacknowledged_output_is_sent_again_to_the_next_connection() {
+    fn a_new_connection_resumes_where_its_procnode_left_off() {
         let (r, w) = process::pipe().unwrap();
         let mut relay = Relay::new(r, None).unwrap();
         nix::unistd::write(&w, b"one\n").unwrap();
@@ -645,7 +722,7 @@ mod tests {
         a_peer.read_exact(&mut got).unwrap();
         assert_eq!(&got[5..9], b"one\n");
         assert_eq!(&got[14..18], b"two\n");
-        // The first frame is stored; the connection drops before the second is.
+        // The first frame is acknowledged; the connection drops before the second is.
         relay.acknowledged(9);
         drop((a, a_peer));
         drop(w);
@@ -655,13 +732,19 @@ mod tests {
             finished_ns: 7,
         });
         relay.new_connection();
+        assert!(
+            !relay.has_outgoing(),
+            "nothing before the procnode says where it is"
+        );
+        // It stored "one\ntw" (its log files say so).
+        relay.resume(6);
         let (b, mut b_peer) = UnixStream::pair().unwrap();
         relay.send(&b).unwrap();
         drop(b);
         let mut rest = Vec::new();
         b_peer.read_to_end(&mut rest).unwrap();
         let (kind, payload, len) = frame::parse(&rest).unwrap().unwrap();
-        assert_eq!((kind, payload), (frame::STDOUT, &b"two\n"[..]));
+        assert_eq!((kind, payload), (frame::STDOUT, &b"o\n"[..]));
         let (kind, payload, _) = frame::parse(&rest[len..]).unwrap().unwrap();
         assert_eq!(kind, frame::MESSAGE);
         let exit: Message = serde_json::from_slice(payload).unwrap();
@@ -673,5 +756,14 @@ mod tests {
             })
         );
         assert!(relay.pipes.is_empty(), "closed at their end");
+        // A procnode that wants none of the output gets only the exit.
+        relay.new_connection();
+        relay.resume(u64::MAX);
+        let (c, mut c_peer) = UnixStream::pair().unwrap();
+        relay.send(&c).unwrap();
+        drop(c);
+        let mut only = Vec::new();
+        c_peer.read_to_end(&mut only).unwrap();
+        assert_eq!(frame::parse(&only).unwrap().unwrap().0, frame::MESSAGE);
     }
 }

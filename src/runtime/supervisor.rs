@@ -134,8 +134,8 @@ pub struct Relay {
 /// Output stored before an acknowledgement is sent even while more keeps coming: half of what
 /// a supervisor holds back before it stops reading its pipes.
 const ACK_EVERY: u64 = 128 * 1024;
-/// Reads of a flood before this task lets others run.
-const READS_PER_TURN: u64 = 4;
+/// Reads of a flood (each up to 256 KiB) before this task lets others run.
+const READS_PER_TURN: u64 = 1;
 
 /// What a supervisor reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,8 +196,11 @@ pub async fn launch(
     Ok((sup, exit))
 }
 
-/// Connects to the running supervisor called `name` and takes the container's pipes from it.
-pub async fn attach(name: &str) -> io::Result<Supervised> {
+/// Connects to the running supervisor called `name` and takes the container's output from it
+/// (or its pipes, from a supervisor of an older procnode). `output_held`: how much of the run's
+/// output this procnode already holds (from its log files; `u64::MAX` for none of it): the
+/// relay resumes after it, so nothing is stored twice.
+pub async fn attach(name: &str, output_held: u64) -> io::Result<Supervised> {
     let shim_name = name.to_string();
     let (greeting, peer) = tokio::task::spawn_blocking(move || {
         let stream = std::os::unix::net::UnixStream::connect_addr(&shim::address(&shim_name)?)?;
@@ -207,7 +210,7 @@ pub async fn attach(name: &str) -> io::Result<Supervised> {
     })
     .await
     .map_err(io::Error::other)??;
-    let sup = into_supervised(greeting).map_err(|e| match e {
+    let mut sup = into_supervised(greeting).map_err(|e| match e {
         GreetingError::Failed(message) => io::Error::other(message),
         GreetingError::Io(e) => e,
     })?;
@@ -228,6 +231,9 @@ pub async fn attach(name: &str) -> io::Result<Supervised> {
                 sup.pid
             ),
         ));
+    }
+    if matches!(sup.events, Events::Relay(_)) {
+        sup.events.send(Command::Resume(output_held)).await;
     }
     Ok(sup)
 }
