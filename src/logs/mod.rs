@@ -161,11 +161,15 @@ impl ContainerLogs {
         self.account();
     }
 
-    /// How much of the current run's output the log files held at [`ContainerLogs::restore`]
+    /// How much of run `run`'s output the log files held at [`ContainerLogs::restore`]
     /// (rotated-away files included): where a supervisor is to resume relaying, so that
-    /// nothing is stored twice. 0 without log files.
-    pub fn restored_output(&self) -> u64 {
-        self.restored_output
+    /// nothing is stored twice. 0 without log files, or for a run other than the one restored.
+    pub fn restored_output(&self, run: u64) -> u64 {
+        if run == self.run {
+            self.restored_output
+        } else {
+            0
+        }
     }
 
     /// Marks the current run over: followers stop once they have read everything.

@@ -447,7 +447,10 @@ async fn resume_run(
     name: Option<&str>,
 ) -> Result<Supervised, Termination> {
     // What the log files held of this run when procnode started: the relay goes on after it.
-    let held = entry.log(idx).update(|l| l.restored_output());
+    // (A run adopted by its supervisor's name may be a later one than the logs brought back,
+    // when its status record was lost: then nothing is known to be held.)
+    let run = entry.update_container(idx, |c| c.restart_count.max(0) as u64);
+    let held = entry.log(idx).update(|l| l.restored_output(run));
     let attached = match name {
         Some(name) => match supervisor::attach(name, held).await {
             Ok(sup) => Some(sup),
