@@ -218,13 +218,14 @@ pub fn rotated_away(dir: &std::path::Path, run: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// Adds `bytes` to what rotation has dropped of run `run` (written to a temporary file and
+/// renamed, so a crash leaves the old count or the new one).
 fn add_rotated_away(dir: &std::path::Path, run: u64, bytes: u64) {
     let total = rotated_away(dir, run) + bytes;
-    let _ = crate::runtime::records::write_replacing(
-        &dir.join(format!("{run}.log.base")),
-        total.to_string().as_bytes(),
-        false,
-    );
+    let tmp = dir.join(format!(".{run}.log.base.tmp"));
+    if std::fs::write(&tmp, total.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(format!("{run}.log.base")));
+    }
 }
 
 /// Output bytes held by one log file.
