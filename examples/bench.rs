@@ -311,6 +311,17 @@ struct Row {
     target: String,
 }
 
+/// A row of start latencies (sorted), p50 / p99, beside the raw spawns' p50 of the same run.
+fn start_row(figure: &str, lat: &[Duration], base_lat: &[Duration]) -> Row {
+    row(
+        figure,
+        format!("{} / {}", ms(pct(lat, 0.5)), ms(pct(lat, 0.99))),
+        format!("{} (raw spawn)", ms(pct(base_lat, 0.5))),
+        format!("+{}", ms(pct(lat, 0.5).saturating_sub(pct(base_lat, 0.5)))),
+        "",
+    )
+}
+
 fn row(figure: &str, procnode: String, baseline: String, ratio: String, target: &str) -> Row {
     Row {
         figure: figure.into(),
@@ -1124,15 +1135,10 @@ async fn peers(n: usize) {
     lat.sort();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (own, sups, count) = server.pss_bytes();
-    rows.push(row(
+    rows.push(start_row(
         "procnode: createPod → Running: p50 / p99",
-        format!("{} / {}", ms(pct(&lat, 0.5)), ms(pct(&lat, 0.99))),
-        format!("{} (raw spawn)", ms(pct(&base_lat, 0.5))),
-        format!(
-            "+{}",
-            ms(pct(&lat, 0.5).saturating_sub(pct(&base_lat, 0.5)))
-        ),
-        "",
+        &lat,
+        &base_lat,
     ));
     rows.push(row(
         &format!("procnode: PSS per container ({count} supervisors; procnode's share)"),
@@ -1152,15 +1158,10 @@ async fn peers(n: usize) {
     } else {
         match runc_conmon(n, runc, conmon) {
             Ok((lat, pss, count)) => {
-                rows.push(row(
+                rows.push(start_row(
                     "runc 1.1 + conmon 2.1: conmon → runc create → runc start: p50 / p99",
-                    format!("{} / {}", ms(pct(&lat, 0.5)), ms(pct(&lat, 0.99))),
-                    format!("{} (raw spawn)", ms(pct(&base_lat, 0.5))),
-                    format!(
-                        "+{}",
-                        ms(pct(&lat, 0.5).saturating_sub(pct(&base_lat, 0.5)))
-                    ),
-                    "",
+                    &lat,
+                    &base_lat,
                 ));
                 rows.push(row(
                     &format!("runc + conmon: PSS per container ({count} conmon)"),

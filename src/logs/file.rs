@@ -78,9 +78,7 @@ pub struct LogFile {
 
 impl Drop for LogFile {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
-            self.config.open.give_back();
-        }
+        self.close();
     }
 }
 

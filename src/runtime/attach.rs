@@ -66,7 +66,7 @@ impl Runtime {
         let (entry, idx) = (running.entry(), running.idx());
         let spec = entry.container_spec(idx);
         let mut point = entry.stdin_point(idx);
-        let has_stdin = spec.stdin == Some(true) || spec.tty == Some(true);
+        let has_stdin = super::container::console_of(&spec) != super::process::Console::None;
         let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
         while stdin && has_stdin && point.is_none() && tokio::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -838,10 +838,9 @@ fn recipe(
         == Some(true);
     // The container's own run gets the stdin (or terminal) its spec asks for; its exec'd
     // processes get theirs from their client.
-    let console = match (new_run, c.tty == Some(true), c.stdin == Some(true)) {
-        (true, true, _) => process::Console::Terminal,
-        (true, false, true) => process::Console::Stdin,
-        _ => process::Console::None,
+    let console = match new_run {
+        true => console_of(&c),
+        false => process::Console::None,
     };
     // A root of the run's own: the layer is made fresh (a leftover of a start that failed
     // goes), root's, in procnode's own directory; the pod's directory is bound in.
@@ -884,6 +883,16 @@ fn recipe(
 }
 
 /// What a container's `resources` ask of its cgroup.
+/// The stdin a container's spec asks for: a terminal (`tty`, for all three streams), a pipe
+/// (`stdin`), or none.
+pub(super) fn console_of(c: &k8s_openapi::api::core::v1::Container) -> process::Console {
+    match (c.tty == Some(true), c.stdin == Some(true)) {
+        (true, _) => process::Console::Terminal,
+        (false, true) => process::Console::Stdin,
+        _ => process::Console::None,
+    }
+}
+
 pub(super) fn limits(c: &k8s_openapi::api::core::v1::Container) -> cgroup::Limits {
     let get = |which: Option<
         &std::collections::BTreeMap<

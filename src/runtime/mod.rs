@@ -237,20 +237,18 @@ impl Runtime {
                     .iter()
                     .chain(s.init_containers.iter().flatten())
             });
-            all.fold(Usage::default(), |u, c| Usage {
-                containers: u.containers + 1,
-                consoles: u.consoles + usize::from(c.stdin == Some(true) || c.tty == Some(true)),
+            all.map(|c| Usage {
+                containers: 1,
+                consoles: usize::from(container::console_of(c) != process::Console::None),
             })
+            .sum::<Usage>()
         };
         let wanted = usage(new.pod.spec.as_ref());
         let running = pods
             .iter()
             .filter(|e| !e.is_done())
             .map(|e| usage(e.pod().spec.as_ref()))
-            .fold(Usage::default(), |a, b| Usage {
-                containers: a.containers + b.containers,
-                consoles: a.consoles + b.consoles,
-            });
+            .sum();
         self.settings.budget.refusal(running, wanted)
     }
 

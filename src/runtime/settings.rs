@@ -33,6 +33,23 @@ pub struct Usage {
     pub consoles: usize,
 }
 
+impl std::ops::Add for Usage {
+    type Output = Usage;
+
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            containers: self.containers + o.containers,
+            consoles: self.consoles + o.consoles,
+        }
+    }
+}
+
+impl std::iter::Sum for Usage {
+    fn sum<I: Iterator<Item = Usage>>(all: I) -> Usage {
+        all.fold(Usage::default(), |a, b| a + b)
+    }
+}
+
 /// One resource admission counts per container: its name in the kubelet's refusal reason
 /// (`OutOf<resource>`) and message, what each running container (and each stdin) takes of
 /// it, what is kept for everything else, and where the capacity comes from.
@@ -110,10 +127,7 @@ impl Budget {
             let take = |u: Usage| {
                 u.containers as u64 * (need.per_container)(self) + u.consoles as u64 * need.per_console
             };
-            let both = Usage {
-                containers: running.containers + wanted.containers,
-                consoles: running.consoles + wanted.consoles,
-            };
+            let both = running + wanted;
             let capacity = (need.capacity)(self);
             let reserve = (need.reserve)(self);
             (take(both) + reserve > capacity).then(|| {

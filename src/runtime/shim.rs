@@ -372,9 +372,14 @@ pub mod frame {
     /// Longest payload: a bigger length means the stream is not what it should be.
     pub const MAX_PAYLOAD: usize = 1 << 20;
 
+    /// The header of a frame of `kind` with `len` bytes of payload.
+    pub fn header(kind: u8, len: usize) -> [u8; HEADER] {
+        let [a, b, c, d] = (len as u32).to_le_bytes();
+        [kind, a, b, c, d]
+    }
+
     pub fn push<O: for<'a> Extend<&'a u8>>(out: &mut O, kind: u8, payload: &[u8]) {
-        out.extend(&[kind]);
-        out.extend(&(payload.len() as u32).to_le_bytes());
+        out.extend(&header(kind, payload.len()));
         // (A slice extends a Vec or a VecDeque by one copy.)
         out.extend(payload);
     }
@@ -529,15 +534,18 @@ impl Relay {
         self.waiting = true;
     }
 
-    /// The kind and payload length of the first frame held.
+    /// The kind and payload length of the first frame held (frames held are whole: this
+    /// process made them).
     fn first_frame(&self) -> Option<(u8, usize)> {
-        let h: Vec<u8> = self
-            .unacked
-            .range(..frame::HEADER.min(self.unacked.len()))
-            .copied()
-            .collect();
-        (h.len() == frame::HEADER)
-            .then(|| (h[0], u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize))
+        let mut h = [0u8; frame::HEADER];
+        if self.unacked.len() < frame::HEADER {
+            return None;
+        }
+        for (to, from) in h.iter_mut().zip(&self.unacked) {
+            *to = *from;
+        }
+        let total = frame::total_len(&h).expect("frames held are well formed");
+        Some((h[0], total - frame::HEADER))
     }
 
     /// Drops the first frame held (its output counted as gone before).
@@ -580,8 +588,7 @@ impl Relay {
             if self.output_before < output {
                 let cut = (output - self.output_before) as usize;
                 self.unacked.drain(frame::HEADER..frame::HEADER + cut);
-                let header = [kind].into_iter().chain(((len - cut) as u32).to_le_bytes());
-                for (i, b) in header.enumerate() {
+                for (i, b) in frame::header(kind, len - cut).into_iter().enumerate() {
                     self.unacked[i] = b;
                 }
                 self.output_before = output;

@@ -125,8 +125,6 @@ pub struct Relay {
     outbox: Vec<u8>,
     /// The last read filled the buffer (more is likely there).
     more: bool,
-    /// Reads so far (for taking turns).
-    reads: u64,
     /// `partial` holds what came with the greeting, not looked at yet.
     fresh: bool,
 }
@@ -134,8 +132,6 @@ pub struct Relay {
 /// Output stored before an acknowledgement is sent even while more keeps coming: half of what
 /// a supervisor holds back before it stops reading its pipes.
 const ACK_EVERY: u64 = 128 * 1024;
-/// Reads of a flood (each up to 256 KiB) before this task lets others run.
-const READS_PER_TURN: u64 = 1;
 
 /// What a supervisor reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,7 +324,6 @@ fn into_supervised(g: Greeting) -> Result<Supervised, GreetingError> {
                 acked: 0,
                 outbox: Vec::new(),
                 more: false,
-                reads: 0,
                 fresh: true,
             })),
         });
@@ -424,16 +419,18 @@ impl Relay {
             // One read buffer per worker thread, not per container.
             static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
         }
+        // What a batch of frames ends in: an event to return, or nothing yet.
+        let outcome = |taken: Result<Option<Event>, String>| {
+            taken.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "supervisor connection dropped");
+                Some(Event::Gone)
+            })
+        };
         // The frames that came with the greeting first.
         if std::mem::take(&mut self.fresh) {
             let kept = std::mem::take(&mut self.partial);
-            match self.take_frames(&kept, logs) {
-                Ok(Some(event)) => return event,
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "supervisor connection dropped");
-                    return Event::Gone;
-                }
+            if let Some(event) = outcome(self.take_frames(&kept, logs)) {
+                return event;
             }
         }
         loop {
@@ -451,12 +448,9 @@ impl Relay {
             if self.flush().is_err() {
                 return Event::Gone;
             }
-            // A flood does not keep this task to itself: the run's other branches (a stop, a
-            // probe) and other tasks get their turn.
-            self.reads += 1;
-            if self.reads.is_multiple_of(READS_PER_TURN) {
-                tokio::task::yield_now().await;
-            }
+            // A flood does not keep this task to itself: after every read (up to 256 KiB) the
+            // run's other branches (a stop, a probe) and other tasks get their turn.
+            tokio::task::yield_now().await;
             // Both waits are cancel-safe; reading goes on while a command waits to be written.
             let ready = if self.outbox.is_empty() {
                 self.read.readable().await
@@ -486,11 +480,10 @@ impl Relay {
             });
             match read {
                 Err(()) => return Event::Gone,
-                Ok(Ok(Some(event))) => return event,
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "supervisor connection dropped");
-                    return Event::Gone;
+                Ok(taken) => {
+                    if let Some(event) = outcome(taken) {
+                        return event;
+                    }
                 }
             }
         }
@@ -638,7 +631,6 @@ mod tests {
             acked: 0,
             outbox: Vec::new(),
             more: false,
-            reads: 0,
             fresh: false,
         }
     }
