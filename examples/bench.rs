@@ -387,6 +387,41 @@ async fn baseline_spawn(n: usize) -> Vec<Duration> {
     lat
 }
 
+/// The pause between the pods of the isolated-start rows: longer than a few RCU grace periods,
+/// so that each start pays whatever the kernel makes the first cgroup move after a pause wait
+/// (see docs/systemd.md, `favordynmods`), as pods created now and then do.
+const ISOLATED_PAUSE: Duration = Duration::from_millis(200);
+
+/// Creates `n` sleeper pods in namespace `ns`, one after another and `pause` apart, each
+/// polled until Running. Returns createPod → Running and the create request alone (both
+/// sorted), and the pods.
+async fn start_latencies(
+    client: &Client,
+    ns: &str,
+    n: usize,
+    pause: Duration,
+) -> (Vec<Duration>, Vec<Duration>, Vec<Value>) {
+    let (mut running, mut created, mut pods) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        tokio::time::sleep(pause).await;
+        let name = format!("l{i}");
+        let p = pod(ns, &name, &["sleep", "600"]);
+        let t0 = Instant::now();
+        created.push(client.create(&p).await.total);
+        loop {
+            let (_, s) = client.status(ns, &name).await;
+            if s["phase"] == "Running" {
+                break;
+            }
+        }
+        running.push(t0.elapsed());
+        pods.push(p);
+    }
+    running.sort();
+    created.sort();
+    (running, created, pods)
+}
+
 /// Figure 1 (and 8): creates `n` pods with `clients` concurrent clients until all Running.
 /// Returns pods per second.
 async fn create_run(base: &str, ns: &str, n: usize, clients: usize) -> (f64, Vec<Value>) {
@@ -739,25 +774,8 @@ async fn bench(scale: Scale) {
     ));
 
     // 2. Start latency: create request → Running in getPodStatus.
-    let mut create_lat = Vec::new();
-    let mut running_lat = Vec::new();
-    let mut lat_pods = Vec::new();
-    for i in 0..scale.latency {
-        let p = pod("lat", &format!("l{i}"), &["sleep", "600"]);
-        let t0 = Instant::now();
-        let t = client.create(&p).await;
-        create_lat.push(t.total);
-        loop {
-            let (_, s) = client.status("lat", &format!("l{i}")).await;
-            if s["phase"] == "Running" {
-                break;
-            }
-        }
-        running_lat.push(t0.elapsed());
-        lat_pods.push(p);
-    }
-    create_lat.sort();
-    running_lat.sort();
+    let (running_lat, create_lat, lat_pods) =
+        start_latencies(&client, "lat", scale.latency, Duration::ZERO).await;
     rows.push(row(
         "2. createPod → Running seen: p50 / p99",
         format!(
@@ -783,6 +801,17 @@ async fn bench(scale: Scale) {
         "-".into(),
         "",
     ));
+    let (alone_lat, _, alone_pods) =
+        start_latencies(&client, "alone", scale.latency / 10, ISOLATED_PAUSE).await;
+    rows.push(start_row(
+        &format!(
+            "2. createPod → Running, one pod every {} ms: p50 / p99",
+            ISOLATED_PAUSE.as_millis()
+        ),
+        &alone_lat,
+        &base_lat,
+    ));
+    delete_all(&server.base, alone_pods, 1).await;
     delete_all(&server.base, lat_pods, 1).await;
 
     // 5. Log capture: a child writing as fast as it can, vs the same child into `cat > /dev/null`.
@@ -1117,22 +1146,7 @@ async fn peers(n: usize) {
     // procnode.
     let server = Server::start();
     let client = Client::new(&server.base);
-    let mut lat = Vec::new();
-    let mut pods = Vec::new();
-    for i in 0..n {
-        let p = pod("peer", &format!("p{i}"), &["sleep", "600"]);
-        let t0 = Instant::now();
-        client.create(&p).await;
-        loop {
-            let (_, s) = client.status("peer", &format!("p{i}")).await;
-            if s["phase"] == "Running" {
-                break;
-            }
-        }
-        lat.push(t0.elapsed());
-        pods.push(p);
-    }
-    lat.sort();
+    let (lat, _, mut pods) = start_latencies(&client, "peer", n, Duration::ZERO).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (own, sups, count) = server.pss_bytes();
     rows.push(start_row(
@@ -1140,6 +1154,17 @@ async fn peers(n: usize) {
         &lat,
         &base_lat,
     ));
+    let (alone, _, alone_pods) =
+        start_latencies(&client, "alone", (n / 10).max(1), ISOLATED_PAUSE).await;
+    rows.push(start_row(
+        &format!(
+            "procnode: createPod → Running, one pod every {} ms: p50 / p99",
+            ISOLATED_PAUSE.as_millis()
+        ),
+        &alone,
+        &base_lat,
+    ));
+    pods.extend(alone_pods);
     rows.push(row(
         &format!("procnode: PSS per container ({count} supervisors; procnode's share)"),
         format!("{} (+ {})", kb(sups, count), kb(own, n)),

@@ -92,6 +92,9 @@ impl Started {
         let cgroups = runtime.settings().cgroups.clone();
         if cgroups.available() {
             tracing::info!(cgroups = %cgroups.status(), "pods get cgroups");
+            if cgroups.moves_wait() {
+                tracing::warn!("no cgroup hierarchy is mounted with favordynmods: the first container start after a pause waits for an RCU grace period (milliseconds) to join its cgroup; see docs/systemd.md");
+            }
         } else {
             tracing::warn!(
                 cgroups = %cgroups.status(),
