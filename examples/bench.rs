@@ -37,6 +37,13 @@ fn main() {
             .block_on(peers(n));
         return;
     }
+    if args.get(1).map(String::as_str) == Some("floor") {
+        let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
+        let exe = std::env::current_exe().unwrap();
+        let shim = args.get(3).map_or(exe, std::path::PathBuf::from);
+        floor(n, &shim);
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("scale") {
         let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
         tokio::runtime::Builder::new_current_thread()
@@ -131,13 +138,18 @@ impl Server {
 }
 
 /// PSS of procnode `pid` and of every supervisor of the state directory `state_dir`, and how
-/// many supervisors there are.
+/// many supervisors there are. Idle spare supervisors (`--spare-supervisors`, no container yet:
+/// still named `.spare`) count as procnode's own, not as supervisors.
 fn pss_of(pid: u32, state_dir: &std::path::Path) -> (u64, u64, usize) {
-    let own = pss(&pid.to_string()).unwrap_or(0);
     let prefix = format!("{}/sup/", state_dir.display());
-    let (supervisors, count) = pss_of_processes(|args| {
+    let spare = format!("{prefix}.spare");
+    let ours = |args: &[&[u8]]| {
         args.len() >= 3 && args[1] == b"shim" && args[2].starts_with(prefix.as_bytes())
-    });
+    };
+    let (spares, _) = pss_of_processes(|args| ours(args) && args[2].starts_with(spare.as_bytes()));
+    let own = pss(&pid.to_string()).unwrap_or(0) + spares;
+    let (supervisors, count) =
+        pss_of_processes(|args| ours(args) && !args[2].starts_with(spare.as_bytes()));
     (own, supervisors, count)
 }
 
@@ -385,6 +397,122 @@ async fn baseline_spawn(n: usize) -> Vec<Duration> {
         let _ = c.wait().await;
     }
     lat
+}
+
+/// `bench floor N [SHIM]`, run by `peers` as a process of its own (procnode's reaper, which
+/// the supervisors need, waits for any child): what the supervisor design costs by itself,
+/// without HTTP, records, cgroups or volumes. N raw spawns of `sleep 600`; N supervisors
+/// started and greeted (spawn, spec, hello); N supervisors started beforehand and timed from
+/// the spec to the hello. Prints one line per figure: `NAME MICROSECONDS...`.
+fn floor(n: usize, shim: &std::path::Path) {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let spawn_raw = || {
+        std::process::Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    // Raw spawns first, waited for here before procnode's reaper exists.
+    let mut raw = Vec::new();
+    let mut children = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        children.push(spawn_raw());
+        raw.push(t.elapsed());
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec =
+        serde_json::to_vec(&json!({"argv": ["sleep", "600"], "env": [], "cwd": "/"})).unwrap();
+    spec.push(b'\n');
+    let start = |name: &str| {
+        let path = dir.path().join(name);
+        procnode::runtime::process::spawn_shim(shim, path.to_str().unwrap()).unwrap()
+    };
+    // The spec sent, the hello read: returns the container's pid.
+    let greet = |socket: &mut std::os::unix::net::UnixStream| -> i32 {
+        socket.write_all(&spec).unwrap();
+        let mut hello = Vec::new();
+        let mut byte = [0u8];
+        while socket.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            hello.push(byte[0]);
+        }
+        let v: Value = serde_json::from_slice(&hello).expect("a hello");
+        v["hello"]["pid"].as_i64().expect("the container's pid") as i32
+    };
+    let (mut cold, mut warm, mut held) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let t = Instant::now();
+        let mut s = start(&format!("c{i}"));
+        let pid = greet(&mut s.socket);
+        cold.push(t.elapsed());
+        held.push((s, pid));
+    }
+    let mut spares: Vec<_> = (0..n).map(|i| start(&format!("w{i}"))).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for mut s in spares.drain(..) {
+        let t = Instant::now();
+        let pid = greet(&mut s.socket);
+        warm.push(t.elapsed());
+        held.push((s, pid));
+    }
+    for (s, pid) in &held {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+    }
+    for (s, _) in held {
+        let _ = s.exit.blocking_recv();
+    }
+    for (name, mut lat) in [("raw", raw), ("cold", cold), ("warm", warm)] {
+        lat.sort();
+        let us: Vec<String> = lat.iter().map(|d| d.as_micros().to_string()).collect();
+        println!("{name} {}", us.join(" "));
+    }
+}
+
+/// Runs `bench floor N` with the supervisor executable procnode would use here, and returns
+/// its figures by name (sorted latencies).
+fn floor_figures(n: usize) -> std::collections::HashMap<String, Vec<Duration>> {
+    let extra = std::env::var("BENCH_SERVER_ARGS").unwrap_or_default();
+    let words: Vec<&str> = extra.split_whitespace().collect();
+    let shim = words
+        .iter()
+        .position(|w| *w == "--shim-path")
+        .and_then(|i| words.get(i + 1).map(|s| s.to_string()))
+        .or_else(|| {
+            words
+                .iter()
+                .find_map(|w| w.strip_prefix("--shim-path=").map(str::to_string))
+        });
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.arg("floor").arg(n.to_string());
+    if let Some(shim) = shim {
+        cmd.arg(shim);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "bench floor: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next()?.to_string();
+            let lat = w
+                .filter_map(|x| x.parse().ok())
+                .map(Duration::from_micros)
+                .collect();
+            Some((name, lat))
+        })
+        .collect()
 }
 
 /// The pause between the pods of the isolated-start rows: longer than a few RCU grace periods,
@@ -1165,6 +1293,23 @@ async fn peers(n: usize) {
         &base_lat,
     ));
     pods.extend(alone_pods);
+    let floors = floor_figures(n);
+    let floor_raw = &floors["raw"];
+    rows.push(start_row(
+        "floor: raw spawn, in the floor's own process: p50 / p99",
+        floor_raw,
+        floor_raw,
+    ));
+    rows.push(start_row(
+        "floor: a supervisor started and greeted, nothing else: p50 / p99",
+        &floors["cold"],
+        floor_raw,
+    ));
+    rows.push(start_row(
+        "floor: a supervisor started beforehand, spec → hello: p50 / p99",
+        &floors["warm"],
+        floor_raw,
+    ));
     rows.push(row(
         &format!("procnode: PSS per container ({count} supervisors; procnode's share)"),
         format!("{} (+ {})", kb(sups, count), kb(own, n)),
