@@ -138,18 +138,13 @@ impl Server {
 }
 
 /// PSS of procnode `pid` and of every supervisor of the state directory `state_dir`, and how
-/// many supervisors there are. Idle spare supervisors (`--spare-supervisors`, no container yet:
-/// still named `.spare`) count as procnode's own, not as supervisors.
+/// many supervisors there are.
 fn pss_of(pid: u32, state_dir: &std::path::Path) -> (u64, u64, usize) {
+    let own = pss(&pid.to_string()).unwrap_or(0);
     let prefix = format!("{}/sup/", state_dir.display());
-    let spare = format!("{prefix}.spare");
-    let ours = |args: &[&[u8]]| {
+    let (supervisors, count) = pss_of_processes(|args| {
         args.len() >= 3 && args[1] == b"shim" && args[2].starts_with(prefix.as_bytes())
-    };
-    let (spares, _) = pss_of_processes(|args| ours(args) && args[2].starts_with(spare.as_bytes()));
-    let own = pss(&pid.to_string()).unwrap_or(0) + spares;
-    let (supervisors, count) =
-        pss_of_processes(|args| ours(args) && !args[2].starts_with(spare.as_bytes()));
+    });
     (own, supervisors, count)
 }
 

@@ -40,7 +40,6 @@ pub const DEFAULT_ALLOWED_IDS: &str = "65534";
 pub const DEFAULT_POD_UID_RANGE: &str = "1879048192-1879113727";
 /// Containers a pod may have.
 pub const DEFAULT_MAX_CONTAINERS_PER_POD: u32 = 200;
-pub const DEFAULT_SPARE_SUPERVISORS: u32 = 2;
 /// HTTP connections a server keeps open at once.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Log follow streams open at once.
@@ -264,13 +263,6 @@ pub struct Config {
     /// survive procnode.
     #[arg(long, env = "PROCNODE_SUPERVISOR", value_enum, default_value_t = SupervisorMode::Shim)]
     pub supervisor: SupervisorMode,
-
-    /// Supervisors kept started ahead of their containers (`--supervisor shim`), so that a
-    /// container's start does not wait for its supervisor's exec; 0 starts each with its
-    /// container. Each idle one is a process of about 90 KB PSS.
-    #[arg(long, env = "PROCNODE_SPARE_SUPERVISORS", default_value_t = DEFAULT_SPARE_SUPERVISORS,
-          value_parser = clap::value_parser!(u32).range(0..=64))]
-    pub spare_supervisors: u32,
 
     /// What a container sees as its root: `host` is the host's own file system (a volume is
     /// mounted at its mountPath only where that path exists on the host); `overlay` gives each

@@ -104,7 +104,6 @@ impl Started {
         for problem in runtime.restore().await {
             tracing::error!("{problem}");
         }
-        runtime.settings().spares.refill();
         let restored = runtime.list().len();
         if restored > 0 {
             tracing::info!(pods = restored, "restored pods from the state directory");
@@ -142,7 +141,6 @@ impl Started {
     pub async fn stop(self, config: &Config) {
         notify_service_manager(&[sd_notify::NotifyState::Stopping]);
         let pods = self.runtime.list().len();
-        self.runtime.settings().spares.release();
         let keep = !config.stop_pods_on_exit && config.supervisor == config::SupervisorMode::Shim;
         if keep {
             if pods > 0 {

@@ -561,67 +561,6 @@ async fn without_supervisors_containers_are_procnodes_own_children() {
     srv.stop().await;
 }
 
-/// The supervisors waiting for a container (spares) of the server on `state_dir`, once there
-/// are `n`, none of them in `except`.
-async fn spares(state_dir: &std::path::Path, n: usize, except: &[i32]) -> Vec<i32> {
-    support::wait_until("spare supervisors", Duration::from_secs(10), || async {
-        let idle: Vec<i32> = support::supervisors_of(state_dir)
-            .into_iter()
-            .filter(|(pid, name)| name.contains("/.spare") && !except.contains(pid))
-            .map(|(pid, _)| pid)
-            .collect();
-        (idle.len() == n).then_some(idle)
-    })
-    .await
-}
-
-#[tokio::test]
-async fn a_container_starts_under_a_supervisor_started_before_it() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    let srv = Server::start(&[]).await;
-    let state = srv.state_dir.path().to_path_buf();
-    let before = spares(&state, 2, &[]).await;
-    let p = pod("early", &["sleep", "300"], "Always");
-    let s = srv.create_running(&p).await;
-    let shim = support::parent_of(container_pid(&s, "main").unwrap());
-    assert!(
-        before.contains(&shim),
-        "supervisor {shim} was not one of the spares {before:?}"
-    );
-    // It took its real name, on its command line and as its socket.
-    let name = support::supervisors_of(&state)
-        .into_iter()
-        .find(|(pid, _)| *pid == shim)
-        .map(|(_, name)| name)
-        .expect("the supervisor runs");
-    assert!(!name.contains(".spare"), "{name:?}");
-    assert!(
-        std::fs::symlink_metadata(&name).is_ok_and(|m| {
-            use std::os::unix::fs::FileTypeExt;
-            m.file_type().is_socket()
-        }),
-        "no socket at {name:?}"
-    );
-    // Spares killed while idle are never given a container: the next one starts its own.
-    let idle = spares(&state, 2, &[shim]).await;
-    for pid in &idle {
-        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-    }
-    let q = pod("after-kill", &["sleep", "300"], "Always");
-    let s = srv.create_running(&q).await;
-    let second = support::parent_of(container_pid(&s, "main").unwrap());
-    assert!(!idle.contains(&second) && second != shim);
-    srv.delete(&p).await;
-    srv.delete(&q).await;
-    srv.stop().await;
-    // Idle spares exit with the procnode that started them.
-    support::wait_until("no supervisor left", Duration::from_secs(10), || async {
-        support::supervisors_of(&state).is_empty().then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn each_container_runs_under_its_own_supervisor() {
     let srv = Server::start(&[]).await;

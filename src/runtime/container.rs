@@ -388,9 +388,14 @@ async fn start(
     }
     let (sup, name) = if settings.supervise {
         let name = settings.supervisor_name(entry, idx, run_no);
-        let (sup, _shim_exit) = supervisor::launch(&settings.spares, &name, &req)
-            .await
-            .map_err(start_error)?;
+        let (sup, _shim_exit) = supervisor::launch(
+            &settings.shim_exe,
+            &name,
+            &req,
+            settings.cgroups.supervisor_dirs(),
+        )
+        .await
+        .map_err(start_error)?;
         (sup, Some(name))
     } else {
         (

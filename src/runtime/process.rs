@@ -540,42 +540,6 @@ fn c_path(p: &Path) -> io::Result<std::ffi::CString> {
         .map_err(|_| io::Error::other(format!("{} contains a NUL byte", p.display())))
 }
 
-/// Replaces argument `index` of this process's command line where it lies (what
-/// `/proc/PID/cmdline` and `ps` show): `new`, then NUL bytes over what is left of the old
-/// argument, which must be at least as long. A supervisor started as a spare takes its real
-/// name so. Call it while the process has one thread, before anything else reads the
-/// arguments again.
-pub fn rename_argument(index: usize, new: &str) -> io::Result<()> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // Field 48 of proc(5), `arg_start`: the 46th after the command name's ')'.
-    let start: usize = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(45)?.parse().ok())
-        .ok_or_else(|| io::Error::other("no arg_start in /proc/self/stat"))?;
-    let cmdline = std::fs::read("/proc/self/cmdline")?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let old = args
-        .get(index)
-        .ok_or_else(|| io::Error::other(format!("no argument {index}")))?;
-    if new.len() > old.len() || new.as_bytes().contains(&0) {
-        return Err(io::Error::other(
-            "the new argument does not fit in the old one",
-        ));
-    }
-    let offset: usize = args[..index].iter().map(|a| a.len() + 1).sum();
-    let at = (start + offset) as *mut u8;
-    // SAFETY: [arg_start, arg_end) is this process's own argument area, mapped and writable
-    // (the kernel put the argument strings there at exec, and /proc/self/cmdline read them
-    // from it); the bytes written lie within argument `index` as it was just read, and its
-    // terminating NUL is left in place. Nothing in this single-threaded process holds a
-    // reference into that area (the standard library copies the arguments it hands out).
-    unsafe {
-        std::ptr::copy_nonoverlapping(new.as_ptr(), at, new.len());
-        std::ptr::write_bytes(at.add(new.len()), 0, old.len() - new.len());
-    }
-    Ok(())
-}
-
 /// A pair of pipe ends (read, write), both close-on-exec.
 pub fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)

@@ -160,8 +160,6 @@ pub struct Settings {
     pub supervise: bool,
     /// The executable run as `EXE shim NAME` to supervise each container.
     pub shim_exe: PathBuf,
-    /// Supervisors started ahead of their containers.
-    pub spares: Arc<super::supervisor::Spares>,
     pub logs: LogConfig,
     pub max_grace: Duration,
     pub backoff_initial: Duration,
@@ -206,16 +204,6 @@ impl Settings {
             pod_ids: Arc::new(users::PodIds::new(config.pod_uid_range)),
             supervise,
             shim_exe: config.shim_exe(),
-            spares: Arc::new(super::supervisor::Spares::new(
-                config.shim_exe(),
-                &StateLayout::new(config.state_dir()).supervisor_prefix(),
-                cgroups.supervisor_dirs(),
-                if supervise {
-                    config.spare_supervisors as usize
-                } else {
-                    0
-                },
-            )),
             logs: LogConfig {
                 per_container: config.log_buffer_bytes,
                 budget: Arc::new(LogBudget::new(config.log_total_bytes)),

@@ -3,9 +3,7 @@
 //! status is lost.
 //!
 //! Its stdin is a unix socket to the procnode that started it. It reads the run's
-//! [`SpawnRequest`] (one JSON line) from there (a spare, started before there was a container
-//! for it under the name [`spare_name`], first reads its real name and takes it on its command
-//! line), makes itself the child subreaper of the
+//! [`SpawnRequest`] (one JSON line) from there, makes itself the child subreaper of the
 //! container (orphans of the container are reaped here), creates the output pipes and starts the
 //! container in a new process group. It answers with [`Message::Hello`] (carrying, when the spec
 //! asks for one, the write end of the container's stdin pipe or its terminal's master, by
@@ -102,39 +100,13 @@ fn remove_socket(name: &str) {
     }
 }
 
-/// The last part of a spare supervisor's name: one started before there is a container for it
-/// (`STATE_DIR/sup/.spare...`, padded). It is sent its real name as a first line before the
-/// spec, and takes that name on its command line too. No pod's socket is named so: those are
-/// `sup/POD_PART/IDX-RUN`.
-pub const SPARE: &str = ".spare";
-
-/// The name a spare supervisor of the state directory whose supervisor names begin with
-/// `prefix` is started under: long enough (107 bytes, a socket path's most) that any real
-/// name fits in its place on the command line.
-pub fn spare_name(prefix: &str) -> String {
-    format!(
-        "{prefix}{SPARE:.<width$}",
-        width = MAX_NAME.saturating_sub(prefix.len())
-    )
-}
-
-/// The longest supervisor name: a unix socket path's 107 bytes.
-const MAX_NAME: usize = 107;
-
-fn is_spare(name: &str) -> bool {
-    std::path::Path::new(name)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(SPARE))
-}
-
 /// Runs the shim; returns the process exit code.
 pub fn main(name: &str) -> i32 {
     let Ok(first) = io::stdin().as_fd().try_clone_to_owned() else {
         return 2;
     };
     let mut first = UnixStream::from(first);
-    match begin(name, &first).and_then(|(name, spec)| run(&name, &mut first, &spec)) {
+    match run(name, &mut first) {
         Ok(()) => 0,
         Err(e) => {
             let _ = first.write_all(
@@ -148,38 +120,11 @@ pub fn main(name: &str) -> i32 {
     }
 }
 
-/// The supervisor's name and its container's spec, from its first connection: a spare reads
-/// its name first (and takes it on its command line), then, as every supervisor, the spec.
-/// procnode sends nothing more before the hello, so nothing is read past the spec.
-fn begin(name: &str, first: &UnixStream) -> io::Result<(String, SpawnRequest)> {
-    let mut reader = io::BufReader::new(first);
-    let mut read_line = || -> io::Result<String> {
-        let mut text = String::new();
-        if reader.read_line(&mut text)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "procnode closed the connection",
-            ));
-        }
-        Ok(text.trim_end_matches('\n').to_string())
-    };
-    let name = if is_spare(name) {
-        let real = read_line()?;
-        if real.is_empty() || real.len() > MAX_NAME || is_spare(&real) {
-            return Err(io::Error::other(format!("not a supervisor name: {real:?}")));
-        }
-        // `ps` and whoever looks for this supervisor see its real name from here on.
-        let _ = process::rename_argument(2, &real);
-        real
-    } else {
-        name.to_string()
-    };
-    let spec = serde_json::from_str(&read_line()?).map_err(io::Error::other)?;
-    Ok((name, spec))
-}
-
-fn run(name: &str, first: &mut UnixStream, spec: &SpawnRequest) -> io::Result<()> {
+fn run(name: &str, first: &mut UnixStream) -> io::Result<()> {
     process::close_inherited_fds_on_exec();
+    let mut spec_line = String::new();
+    io::BufReader::new(&*first).read_line(&mut spec_line)?;
+    let spec: SpawnRequest = serde_json::from_str(&spec_line).map_err(io::Error::other)?;
     nix::sys::prctl::set_child_subreaper(true)?;
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -190,8 +135,8 @@ fn run(name: &str, first: &mut UnixStream, spec: &SpawnRequest) -> io::Result<()
     remove_socket(name);
     let listener = UnixListener::bind_addr(&address(name)?)?;
 
-    let child = process::container_stdio(spec).and_then(|([i, o, e], io)| {
-        let mut cmd = process::command(spec, i, o, e)?;
+    let child = process::container_stdio(&spec).and_then(|([i, o, e], io)| {
+        let mut cmd = process::command(&spec, i, o, e)?;
         let first = spec.argv.first().cloned().unwrap_or_default();
         let child = cmd
             .spawn()
@@ -727,16 +672,6 @@ fn reap_any() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_spare_is_named_so_that_any_supervisor_name_fits_in_its_place() {
-        let prefix = "/var/lib/procnode/sup/";
-        let spare = spare_name(prefix);
-        assert_eq!(spare.len(), MAX_NAME);
-        assert!(spare.starts_with(prefix) && is_spare(&spare));
-        let real = format!("{prefix}0123456789abcdef/0-18446744073709551615");
-        assert!(real.len() <= spare.len() && !is_spare(&real));
-    }
     use std::io::Read;
 
     #[test]

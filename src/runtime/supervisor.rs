@@ -7,9 +7,7 @@
 use std::cell::RefCell;
 use std::io::{self, IoSliceMut, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -143,131 +141,20 @@ pub enum Event {
     Gone,
 }
 
-/// Supervisors started before there is a container for them, so that a container's start does
-/// not wait for its supervisor's exec and moves (half a millisecond here of a start's two:
-/// `bench peers`, the floor rows). Each runs as `EXE shim STATE/sup/.spare...` in the
-/// supervisors' cgroups, waiting on its first connection for its real name, then the spec
-/// (see [`shim::SPARE`]); it takes the real name on its command line. A spare that died idle
-/// (killed; its connection closes with procnode too, and then it exits) is never used. A start
-/// that finds none ready starts a supervisor of its own, as before.
-pub struct Spares {
-    exe: PathBuf,
-    /// The name spares start under.
-    name: String,
-    /// Where supervisors are moved (one cgroup per hierarchy; none to stay in procnode's).
-    cgroups: Vec<PathBuf>,
-    keep: usize,
-    /// The idle spares, and whether spares were released (procnode is stopping).
-    idle: Mutex<(Vec<process::SpawnedShim>, bool)>,
-    refilling: AtomicBool,
-}
-
-impl std::fmt::Debug for Spares {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle = self.idle.lock().map_or(0, |i| i.0.len());
-        f.debug_struct("Spares")
-            .field("keep", &self.keep)
-            .field("idle", &idle)
-            .finish()
-    }
-}
-
-impl Spares {
-    /// Keeps `keep` spares of `exe` (none: every start starts its supervisor) for the state
-    /// directory whose supervisor names begin with `prefix`.
-    pub fn new(exe: PathBuf, prefix: &str, cgroups: Vec<PathBuf>, keep: usize) -> Spares {
-        Spares {
-            exe,
-            name: shim::spare_name(prefix),
-            cgroups,
-            keep,
-            idle: Mutex::new((Vec::new(), false)),
-            refilling: AtomicBool::new(false),
-        }
-    }
-
-    /// A spare still alive, if one is ready.
-    fn take(&self) -> Option<process::SpawnedShim> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(mut spare) = idle.0.pop() {
-            if matches!(
-                spare.exit.try_recv(),
-                Err(oneshot::error::TryRecvError::Empty)
-            ) {
-                return Some(spare);
-            }
-        }
-        None
-    }
-
-    /// Starts spares on a blocking thread until `keep` are idle (one refill at a time). Call it
-    /// from within the async runtime.
-    pub fn refill(self: &Arc<Self>) {
-        if self.keep == 0 || self.refilling.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            loop {
-                {
-                    let idle = me.idle.lock().unwrap_or_else(|e| e.into_inner());
-                    if idle.1 || idle.0.len() >= me.keep {
-                        break;
-                    }
-                }
-                match start(&me.exe, &me.name, &me.cgroups) {
-                    Ok(spare) => {
-                        let mut idle = me.idle.lock().unwrap_or_else(|e| e.into_inner());
-                        // Released meanwhile: dropping it closes its connection, and it exits.
-                        if !idle.1 {
-                            idle.0.push(spare);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no spare supervisor");
-                        break;
-                    }
-                }
-            }
-            me.refilling.store(false, Ordering::Release);
-        });
-    }
-
-    /// Closes the idle spares' connections (each then exits) and starts no more.
-    pub fn release(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.1 = true;
-        idle.0.clear();
-    }
-}
-
-/// Starts a supervisor called `name` and moves it into `cgroups`. It waits for its spec before
-/// it does anything, so it starts nothing outside them. Blocking.
-fn start(exe: &Path, name: &str, cgroups: &[PathBuf]) -> Result<process::SpawnedShim, String> {
-    let spawned = process::spawn_shim(exe, name).map_err(|e| e.to_string())?;
-    for dir in cgroups {
-        std::fs::write(dir.join("cgroup.procs"), spawned.pid.to_string()).map_err(|e| {
-            format!(
-                "moving the supervisor into the cgroup {}: {e}",
-                dir.display()
-            )
-        })?;
-    }
-    Ok(spawned)
-}
-
-/// Starts the container `req` under a supervisor called `name` (a spare given that name, or
-/// one started for it) and takes the container's output from it. `Err` is the message to show
-/// in the container's status when the container could not be started. Also returns the
-/// supervisor's own exit, which procnode collects as its parent.
+/// Starts a supervisor called `name` for `req` and takes the container's pipes from it. `Err`
+/// is the message to show in the container's status when the container could not be started.
+/// Also returns the supervisor's own exit, which procnode collects as its parent. The
+/// supervisor is moved into `cgroups` (one per hierarchy, none to stay in procnode's) before
+/// it is sent its container.
 pub async fn launch(
-    spares: &Arc<Spares>,
+    shim_exe: &Path,
     name: &str,
     req: &SpawnRequest,
+    cgroups: Vec<std::path::PathBuf>,
 ) -> Result<(Supervised, oneshot::Receiver<ExitStatus>), String> {
     let mut spec = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     spec.push(b'\n');
-    let (pool, shim_name) = (spares.clone(), name.to_string());
+    let (exe, shim_name) = (shim_exe.to_path_buf(), name.to_string());
     let (greeting, exit) = tokio::task::spawn_blocking(move || {
         // The pod's directory of sockets (root's alone, as `sup/` is).
         if let Some(dir) = Path::new(&shim_name).parent() {
@@ -278,31 +165,26 @@ pub async fn launch(
                 .create(dir)
                 .map_err(|e| format!("making {}: {e}", dir.display()))?;
         }
-        // A spare that cannot be written to died before it read anything: start one instead.
-        let spare = pool.take().and_then(|mut spare| {
-            let mut named = format!("{shim_name}\n").into_bytes();
-            named.extend_from_slice(&spec);
-            spare.socket.write_all(&named).ok().map(|()| spare)
-        });
-        let spawned = match spare {
-            Some(spare) => spare,
-            None => {
-                let mut spawned = start(&pool.exe, &shim_name, &pool.cgroups)?;
-                spawned
-                    .socket
-                    .write_all(&spec)
-                    .map_err(|e| format!("sending the container spec to its supervisor: {e}"))?;
-                spawned
-            }
-        };
+        let mut spawned = process::spawn_shim(&exe, &shim_name).map_err(|e| e.to_string())?;
+        // It waits for its spec before it does anything, so it starts nothing outside them.
+        for dir in &cgroups {
+            std::fs::write(dir.join("cgroup.procs"), spawned.pid.to_string()).map_err(|e| {
+                format!(
+                    "moving the supervisor into the cgroup {}: {e}",
+                    dir.display()
+                )
+            })?;
+        }
+        spawned
+            .socket
+            .write_all(&spec)
+            .map_err(|e| format!("sending the container spec to its supervisor: {e}"))?;
         let greeting = receive_greeting(spawned.socket)
             .map_err(|e| format!("supervisor did not start the container: {e}"))?;
         Ok::<_, String>((greeting, spawned.exit))
     })
     .await
     .map_err(|e| e.to_string())??;
-    // The next start's spare, now that this one's is done.
-    spares.refill();
     let sup = into_supervised(greeting).map_err(|e| match e {
         GreetingError::Failed(message) => message,
         GreetingError::Io(e) => format!("supervisor: {e}"),

@@ -593,19 +593,6 @@ pub fn kill_pods_of(state_dir: &std::path::Path) {
     remove_cgroup_tree(&cgroup_parent_for(state_dir));
 }
 
-/// The live supervisors of a procnode on `state_dir`: (pid, the name on its command line).
-pub fn supervisors_of(state_dir: &std::path::Path) -> Vec<(i32, String)> {
-    let prefix = procnode::runtime::StateLayout::new(state_dir).supervisor_prefix();
-    processes()
-        .into_iter()
-        .filter(|(_, _, argv)| argv.get(1).is_some_and(|a| a == "shim"))
-        .filter_map(|(pid, _, argv)| {
-            let name = argv.get(2)?;
-            name.starts_with(&prefix).then(|| (pid, name.clone()))
-        })
-        .collect()
-}
-
 /// Every process as (pid, parent pid, argv).
 fn processes() -> Vec<(i32, i32, Vec<String>)> {
     let mut out = Vec::new();
