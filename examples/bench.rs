@@ -693,6 +693,7 @@ async fn bench(scale: Scale) {
     client.wait_running("idle", &names).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss100 = server.rss_bytes();
+    let pss100 = server.pss_bytes();
     for p in &idle[hundred..] {
         client.create(p).await;
     }
@@ -720,20 +721,21 @@ async fn bench(scale: Scale) {
     ));
     // Everything the pods cost: procnode's share and every supervisor's.
     let kb = |b: u64| format!("{:.0} KB", b as f64 / 1024.0);
-    rows.push(row(
-        &format!(
-            "7. PSS, {} idle pods: procnode + {sups} supervisors",
-            scale.idle
-        ),
-        format!("{} + {}", mib(pss_own), mib(pss_sups)),
-        "-".into(),
-        format!(
-            "{} / supervisor, {} / pod all told",
-            kb(pss_sups / sups.max(1) as u64),
-            kb((pss_own + pss_sups) / scale.idle as u64)
-        ),
-        "≤ 150 KB / supervisor, ≤ 250 KB / pod",
-    ));
+    for (pods, (own, supervisors, n)) in
+        [(hundred, pss100), (scale.idle, (pss_own, pss_sups, sups))]
+    {
+        rows.push(row(
+            &format!("7. PSS, {pods} idle pods: procnode + {n} supervisors"),
+            format!("{} + {}", mib(own), mib(supervisors)),
+            "-".into(),
+            format!(
+                "{} / supervisor, {} / pod all told",
+                kb(supervisors / n.max(1) as u64),
+                kb((own + supervisors) / pods.max(1) as u64)
+            ),
+            "≤ 150 KB / supervisor, ≤ 250 KB / pod",
+        ));
+    }
 
     // 4. Read paths with the idle pods present.
     let reads: [(&str, String, usize, &str); 5] = [
