@@ -369,6 +369,19 @@ fn machine_facts() {
     );
 }
 
+/// The raw spawn every start is measured against: `sleep 600` in a process group of its own,
+/// its output piped, as procnode starts a container.
+fn raw_sleeper() -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("600")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd
+}
+
 /// Baseline for figures 1 and 2: spawn `n` `sleep 600` directly with tokio (own process group,
 /// piped output, as procnode does), sequentially. Returns the spawn latencies; kills them after.
 async fn baseline_spawn(n: usize) -> Vec<Duration> {
@@ -376,12 +389,7 @@ async fn baseline_spawn(n: usize) -> Vec<Duration> {
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let child = tokio::process::Command::new("sleep")
-            .arg("600")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
+        let child = tokio::process::Command::from(raw_sleeper())
             .spawn()
             .unwrap();
         lat.push(t.elapsed());
@@ -401,17 +409,7 @@ async fn baseline_spawn(n: usize) -> Vec<Duration> {
 /// the spec to the hello. Prints one line per figure: `NAME MICROSECONDS...`.
 fn floor(n: usize, shim: &std::path::Path) {
     use std::io::{Read, Write};
-    use std::os::unix::process::CommandExt;
-    let spawn_raw = || {
-        std::process::Command::new("sleep")
-            .arg("600")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap()
-    };
+    let spawn_raw = || raw_sleeper().spawn().unwrap();
     // Raw spawns first, waited for here before procnode's reaper exists.
     let mut raw = Vec::new();
     let mut children = Vec::new();
