@@ -8,7 +8,11 @@
 //!                                                          # and re-adoption, delete
 //!     cargo run --release --example bench -- peers 200     # procnode beside runc + conmon
 //!                                                          # (apt-get install runc conmon
-//!                                                          # busybox-static)
+//!                                                          # busybox-static), and the
+//!                                                          # floors below
+//!     cargo run --release --example bench -- floor 200 [SHIM]  # the supervisor alone:
+//!                                                          # started and greeted, or
+//!                                                          # started beforehand
 //!
 //! It starts procnode as a child process (this same executable re-run with `--serve`, which
 //! calls `procnode::run` exactly as the real binary does) on an ephemeral port and drives it
