@@ -10,7 +10,7 @@
 //!                                                          # (apt-get install runc conmon
 //!                                                          # busybox-static), and the
 //!                                                          # floors below
-//!     cargo run --release --example bench -- floor 200 [SHIM]  # the supervisor alone:
+//!     cargo run --release --example bench -- floor 200     # the supervisor alone:
 //!                                                          # started and greeted, or
 //!                                                          # started beforehand
 //!
@@ -43,9 +43,7 @@ fn main() {
     }
     if args.get(1).map(String::as_str) == Some("floor") {
         let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200);
-        let exe = std::env::current_exe().unwrap();
-        let shim = args.get(3).map_or(exe, std::path::PathBuf::from);
-        floor(n, &shim);
+        floor(n);
         return;
     }
     if args.get(1).map(String::as_str) == Some("scale") {
@@ -406,20 +404,26 @@ async fn baseline_spawn(n: usize) -> Vec<Duration> {
     lat
 }
 
-/// `bench floor N [SHIM]`, run by `peers` as a process of its own (procnode's reaper, which
-/// the supervisors need, waits for any child): what the supervisor design costs by itself,
-/// without HTTP, records, cgroups or volumes. N raw spawns of `sleep 600`; N supervisors
-/// started and greeted (spawn, spec, hello); N supervisors started beforehand and timed from
-/// the spec to the hello. Prints one line per figure: `NAME MICROSECONDS...`.
-fn floor(n: usize, shim: &std::path::Path) {
+/// `bench floor N`, run by `peers` as a process of its own (procnode's reaper, which the
+/// supervisors need, waits for any child): what the supervisor design costs by itself, without
+/// HTTP, records, cgroups or volumes. N raw spawns of `sleep 600`; N supervisors started and
+/// greeted (spawn, spec, hello); N supervisors started beforehand and timed from the spec to
+/// the hello. The supervisor executable is the one the bench's procnode uses (its
+/// `BENCH_SERVER_ARGS` read by procnode's own parser). Prints one line per figure:
+/// `NAME MICROSECONDS...`.
+fn floor(n: usize) {
     use std::io::{Read, Write};
-    let spawn_raw = || raw_sleeper().spawn().unwrap();
+    let extra = std::env::var("BENCH_SERVER_ARGS").unwrap_or_default();
+    let shim = procnode::Config::parse_from_env_free(
+        std::iter::once("procnode").chain(extra.split_whitespace()),
+    )
+    .shim_exe();
     // Raw spawns first, waited for here before procnode's reaper exists.
     let mut raw = Vec::new();
     let mut children = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        children.push(spawn_raw());
+        children.push(raw_sleeper().spawn().unwrap());
         raw.push(t.elapsed());
     }
     for mut c in children {
@@ -432,7 +436,7 @@ fn floor(n: usize, shim: &std::path::Path) {
     spec.push(b'\n');
     let start = |name: &str| {
         let path = dir.path().join(name);
-        procnode::runtime::process::spawn_shim(shim, path.to_str().unwrap()).unwrap()
+        procnode::runtime::process::spawn_shim(&shim, path.to_str().unwrap()).unwrap()
     };
     // The spec sent, the hello read: returns the container's pid.
     let greet = |socket: &mut std::os::unix::net::UnixStream| -> i32 {
@@ -477,25 +481,11 @@ fn floor(n: usize, shim: &std::path::Path) {
     }
 }
 
-/// Runs `bench floor N` with the supervisor executable procnode would use here, and returns
-/// its figures by name (sorted latencies).
+/// Runs `bench floor N` (with this run's `BENCH_SERVER_ARGS`) and returns its figures by
+/// name (sorted latencies).
 fn floor_figures(n: usize) -> std::collections::HashMap<String, Vec<Duration>> {
-    let extra = std::env::var("BENCH_SERVER_ARGS").unwrap_or_default();
-    let words: Vec<&str> = extra.split_whitespace().collect();
-    let shim = words
-        .iter()
-        .position(|w| *w == "--shim-path")
-        .and_then(|i| words.get(i + 1).map(|s| s.to_string()))
-        .or_else(|| {
-            words
-                .iter()
-                .find_map(|w| w.strip_prefix("--shim-path=").map(str::to_string))
-        });
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.arg("floor").arg(n.to_string());
-    if let Some(shim) = shim {
-        cmd.arg(shim);
-    }
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "bench floor: {out:?}");
     String::from_utf8_lossy(&out.stdout)

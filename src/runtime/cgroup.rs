@@ -527,18 +527,22 @@ fn apply_v1(controller: &str, dir: &Path, l: &Limits) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether a cgroup or cgroup2 mount in `mountinfo` has `favordynmods` among its super
-/// options (the field after the source: `... - cgroup2 cgroup2 rw,favordynmods`).
-fn favours_dynamic_moves(mountinfo: &str) -> bool {
-    mountinfo.lines().any(|line| {
-        let Some((_, right)) = line.split_once(" - ") else {
-            return false;
-        };
+/// The cgroup and cgroup2 mounts in `mountinfo`: file system type, mount point and super
+/// options (`ID PARENT DEV ROOT MOUNT_POINT ... - TYPE SOURCE SUPER_OPTIONS`).
+fn cgroup_mounts(mountinfo: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    mountinfo.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
         let mut r = right.split_whitespace();
-        let (fstype, _, options) = (r.next(), r.next(), r.next().unwrap_or(""));
-        matches!(fstype, Some("cgroup" | "cgroup2"))
-            && options.split(',').any(|o| o == "favordynmods")
+        let (fstype, _, options) = (r.next()?, r.next()?, r.next()?);
+        let mount = left.split_whitespace().nth(4)?;
+        matches!(fstype, "cgroup" | "cgroup2").then_some((fstype, mount, options))
     })
+}
+
+/// Whether a cgroup or cgroup2 mount in `mountinfo` has `favordynmods` among its super
+/// options.
+fn favours_dynamic_moves(mountinfo: &str) -> bool {
+    cgroup_mounts(mountinfo).any(|(_, _, options)| options.split(',').any(|o| o == "favordynmods"))
 }
 
 /// This process's cgroup path in the hierarchy whose `/proc/self/cgroup` line matches.
@@ -629,16 +633,9 @@ fn setup_v1(parent: &str) -> io::Result<Layout> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut pods = Vec::new();
     for controller in ["memory", "pids", "cpu", "cpuacct", "freezer"] {
-        // mountinfo: ... MOUNT_POINT ... - cgroup SOURCE SUPER_OPTIONS
-        let mount = mountinfo.lines().find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mut r = right.split_whitespace();
-            let (fstype, _, options) = (r.next()?, r.next()?, r.next()?);
-            if fstype == "cgroup" && options.split(',').any(|o| o == controller) {
-                Some(PathBuf::from(left.split_whitespace().nth(4)?))
-            } else {
-                None
-            }
+        let mount = cgroup_mounts(&mountinfo).find_map(|(fstype, mount, options)| {
+            (fstype == "cgroup" && options.split(',').any(|o| o == controller))
+                .then(|| PathBuf::from(mount))
         });
         let Some(mount) = mount else {
             if matches!(controller, "memory" | "pids") {
