@@ -10,9 +10,9 @@
 //!                                                          # (apt-get install runc conmon
 //!                                                          # busybox-static), and the
 //!                                                          # floors below
-//!     cargo run --release --example bench -- floor 200     # the supervisor alone:
-//!                                                          # started and greeted, or
-//!                                                          # started beforehand
+//!     cargo run --release --example bench -- floor 200     # the design's own floors: a
+//!                                                          # supervisor alone, the least
+//!                                                          # start, least pods per second
 //!
 //! It starts procnode as a child process (this same executable re-run with `--serve`, which
 //! calls `procnode::run` exactly as the real binary does) on an ephemeral port and drives it
@@ -405,19 +405,20 @@ async fn baseline_spawn(n: usize) -> Vec<Duration> {
 }
 
 /// `bench floor N`, run by `peers` as a process of its own (procnode's reaper, which the
-/// supervisors need, waits for any child): what the supervisor design costs by itself, without
-/// HTTP, records, cgroups or volumes. N raw spawns of `sleep 600`; N supervisors started and
-/// greeted (spawn, spec, hello); N supervisors started beforehand and timed from the spec to
-/// the hello. The supervisor executable is the one the bench's procnode uses (its
-/// `BENCH_SERVER_ARGS` read by procnode's own parser). Prints one line per figure:
-/// `NAME MICROSECONDS...`.
+/// supervisors need, waits for any child): what the design costs by itself, without procnode's
+/// HTTP, status or volumes. N raw spawns of `sleep 600`; N supervisors started and greeted
+/// (spawn, spec, hello); N least starts (see [`LeastPods`]) one after another; N supervisors
+/// started beforehand and timed from the spec to the hello; then the rate of least pods, with
+/// and without a supervisor, on one and on two threads, beside raw spawns. The supervisor
+/// executable and the cgroups are those of the bench's procnode (its `BENCH_SERVER_ARGS` read
+/// by procnode's own parser). Prints one line per figure: `NAME MICROSECONDS...` for
+/// latencies, `rateT RAW BARE SUPERVISED` (per second) for rates.
 fn floor(n: usize) {
-    use std::io::{Read, Write};
     let extra = std::env::var("BENCH_SERVER_ARGS").unwrap_or_default();
-    let shim = procnode::Config::parse_from_env_free(
+    let config = procnode::Config::parse_from_env_free(
         std::iter::once("procnode").chain(extra.split_whitespace()),
-    )
-    .shim_exe();
+    );
+    let shim = config.shim_exe();
     // Raw spawns first, waited for here before procnode's reaper exists.
     let mut raw = Vec::new();
     let mut children = Vec::new();
@@ -431,37 +432,32 @@ fn floor(n: usize) {
         let _ = c.wait();
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut spec =
-        serde_json::to_vec(&json!({"argv": ["sleep", "600"], "env": [], "cwd": "/"})).unwrap();
-    spec.push(b'\n');
     let start = |name: &str| {
         let path = dir.path().join(name);
         procnode::runtime::process::spawn_shim(&shim, path.to_str().unwrap()).unwrap()
-    };
-    // The spec sent, the hello read: returns the container's pid.
-    let greet = |socket: &mut std::os::unix::net::UnixStream| -> i32 {
-        socket.write_all(&spec).unwrap();
-        let mut hello = Vec::new();
-        let mut byte = [0u8];
-        while socket.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-            hello.push(byte[0]);
-        }
-        let v: Value = serde_json::from_slice(&hello).expect("a hello");
-        v["hello"]["pid"].as_i64().expect("the container's pid") as i32
     };
     let (mut cold, mut warm, mut held) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let t = Instant::now();
         let mut s = start(&format!("c{i}"));
-        let pid = greet(&mut s.socket);
+        let pid = greet(&mut s.socket, &[]);
         cold.push(t.elapsed());
         held.push((s, pid));
     }
+    let least_pods = LeastPods::new(&config, &dir.path().join("least"), Some(&shim));
+    let mut least = Vec::new();
+    let mut least_started = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        least_started.push(least_pods.start(&format!("podleast{i}")));
+        least.push(t.elapsed());
+    }
+    least_pods.stop(least_started);
     let mut spares: Vec<_> = (0..n).map(|i| start(&format!("w{i}"))).collect();
     std::thread::sleep(Duration::from_millis(500));
     for mut s in spares.drain(..) {
         let t = Instant::now();
-        let pid = greet(&mut s.socket);
+        let pid = greet(&mut s.socket, &[]);
         warm.push(t.elapsed());
         held.push((s, pid));
     }
@@ -474,16 +470,174 @@ fn floor(n: usize) {
     for (s, _) in held {
         let _ = s.exit.blocking_recv();
     }
-    for (name, mut lat) in [("raw", raw), ("cold", cold), ("warm", warm)] {
+    for (name, mut lat) in [
+        ("raw", raw),
+        ("cold", cold),
+        ("warm", warm),
+        ("least", least),
+    ] {
         lat.sort();
         let us: Vec<String> = lat.iter().map(|d| d.as_micros().to_string()).collect();
         println!("{name} {}", us.join(" "));
     }
+    for threads in [1, 2] {
+        // Alternated, three times: this machine's speed drifts within seconds.
+        let (mut raw, mut bare, mut supervised) = (0.0, 0.0, 0.0);
+        for round in 0..3 {
+            let dir = dir.path().join(format!("rate{threads}-{round}"));
+            let (r, b) = least_pod_rate(n, threads, &LeastPods::new(&config, &dir, None));
+            let (_, s) = least_pod_rate(n, threads, &LeastPods::new(&config, &dir, Some(&shim)));
+            raw += r / 3.0;
+            bare += b / 3.0;
+            supervised += s / 3.0;
+        }
+        println!("rate{threads} {raw:.0} {bare:.0} {supervised:.0}");
+    }
+}
+
+/// Sends a supervisor its spawn request (`argv` sleep 600, joining `cgroups`) and reads its
+/// hello: returns the container's pid.
+fn greet(socket: &mut std::os::unix::net::UnixStream, cgroups: &[std::path::PathBuf]) -> i32 {
+    use std::io::{Read, Write};
+    let mut spec = serde_json::to_vec(&json!({
+        "argv": ["sleep", "600"], "env": [], "cwd": "/", "cgroups": cgroups,
+    }))
+    .unwrap();
+    spec.push(b'\n');
+    socket.write_all(&spec).unwrap();
+    let mut hello = Vec::new();
+    let mut byte = [0u8];
+    while socket.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        hello.push(byte[0]);
+    }
+    let v: Value = serde_json::from_slice(&hello).expect("a hello");
+    v["hello"]["pid"].as_i64().expect("the container's pid") as i32
+}
+
+/// The least work any pod's start needs besides HTTP, volumes and status, done as directly as
+/// this machine allows, to bound what a start can reach here. A least pod is a record file
+/// written and renamed (not fsync'd, as if one fsync served every pod), the pod's and its
+/// container's cgroups made in every hierarchy procnode uses (those of the bench's procnode
+/// flags; none with cgroups off), and its container: started by a supervisor that joins it to
+/// them, or (without a supervisor executable) spawned and moved into them.
+struct LeastPods<'a> {
+    cgroups: procnode::runtime::cgroup::Cgroups,
+    records: std::path::PathBuf,
+    shim: Option<&'a std::path::Path>,
+}
+
+/// A least pod's container: spawned directly, or by its supervisor (and its pid).
+enum Started {
+    Bare(std::process::Child),
+    Supervised(procnode::runtime::process::SpawnedShim, i32),
+}
+
+impl<'a> LeastPods<'a> {
+    fn new(
+        config: &procnode::Config,
+        records: &std::path::Path,
+        shim: Option<&'a std::path::Path>,
+    ) -> Self {
+        let pids = (config.pod_pids_limit > 0).then_some(config.pod_pids_limit);
+        let cgroups = procnode::runtime::cgroup::Cgroups::detect(
+            config.cgroups,
+            "procnode-bench-floor",
+            pids,
+        );
+        std::fs::create_dir_all(records).unwrap();
+        LeastPods {
+            cgroups,
+            records: records.to_path_buf(),
+            shim,
+        }
+    }
+
+    fn start(&self, pod: &str) -> (String, Started) {
+        let limits = procnode::runtime::cgroup::Limits::default();
+        let tmp = self.records.join(format!(".{pod}.tmp"));
+        std::fs::write(&tmp, SLEEPER).unwrap();
+        std::fs::rename(&tmp, self.records.join(pod)).unwrap();
+        self.cgroups.create_pod(pod, &[limits]).unwrap();
+        let dirs = self
+            .cgroups
+            .create_container(pod, "sleeper", &limits)
+            .unwrap();
+        let started = match self.shim {
+            Some(shim) => {
+                let socket = self.records.join(format!("{pod}.sock"));
+                let socket = socket.to_str().unwrap();
+                let mut s = procnode::runtime::process::spawn_shim(shim, socket).unwrap();
+                let pid = greet(&mut s.socket, &dirs);
+                Started::Supervised(s, pid)
+            }
+            None => {
+                let child = raw_sleeper().spawn().unwrap();
+                for d in &dirs {
+                    std::fs::write(d.join("cgroup.procs"), child.id().to_string()).unwrap();
+                }
+                Started::Bare(child)
+            }
+        };
+        (pod.to_string(), started)
+    }
+
+    /// Kills the pods' processes and removes their cgroups.
+    fn stop(&self, pods: Vec<(String, Started)>) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        for (pod, started) in pods {
+            match started {
+                Started::Bare(mut child) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                Started::Supervised(s, pid) => {
+                    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                    let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+                    let _ = s.exit.blocking_recv();
+                }
+            }
+            self.cgroups.remove_pod(&pod).unwrap();
+        }
+        self.cgroups.remove_parent_if_empty();
+    }
+}
+
+/// `n` raw spawns of `sleep 600` (spawns per second), then `n` least pods on `threads`
+/// threads (pods per second), to bound what a create rate can reach here.
+fn least_pod_rate(n: usize, threads: usize, least_pods: &LeastPods) -> (f64, f64) {
+    let t = Instant::now();
+    let mut children: Vec<_> = (0..n).map(|_| raw_sleeper().spawn().unwrap()).collect();
+    let raw_rate = n as f64 / t.elapsed().as_secs_f64();
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let t = Instant::now();
+    let started: Vec<_> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|k| {
+                s.spawn(move || {
+                    (k..n)
+                        .step_by(threads)
+                        .map(|i| least_pods.start(&format!("podrate{threads}-{i}")))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let pod_rate = n as f64 / t.elapsed().as_secs_f64();
+    least_pods.stop(started);
+    (raw_rate, pod_rate)
 }
 
 /// Runs `bench floor N` (with this run's `BENCH_SERVER_ARGS`) and returns its figures by
-/// name (sorted latencies).
-fn floor_figures(n: usize) -> std::collections::HashMap<String, Vec<Duration>> {
+/// name: sorted latencies in microseconds, or rates.
+fn floor_figures(n: usize) -> std::collections::HashMap<String, Vec<u64>> {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.arg("floor").arg(n.to_string());
     let out = cmd.output().unwrap();
@@ -493,13 +647,49 @@ fn floor_figures(n: usize) -> std::collections::HashMap<String, Vec<Duration>> {
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             let name = w.next()?.to_string();
-            let lat = w
-                .filter_map(|x| x.parse().ok())
-                .map(Duration::from_micros)
-                .collect();
-            Some((name, lat))
+            Some((name, w.filter_map(|x| x.parse().ok()).collect()))
         })
         .collect()
+}
+
+/// A floor figure's microseconds as latencies.
+fn micros(figures: &[u64]) -> Vec<Duration> {
+    figures
+        .iter()
+        .map(|&us| Duration::from_micros(us))
+        .collect()
+}
+
+/// The floor's least-pod rates (see [`least_pods`]) as rows: pods per second beside the raw
+/// spawns per second measured just before them.
+fn least_pod_rows(floors: &std::collections::HashMap<String, Vec<u64>>) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for threads in [1, 2] {
+        let Some(rates) = floors.get(&format!("rate{threads}")) else {
+            continue;
+        };
+        let raw = rates[0] as f64;
+        for (what, pods) in [
+            ("container spawned and moved", rates[1]),
+            ("a supervisor started and greeted", rates[2]),
+        ] {
+            rows.push(row(
+                &format!(
+                    "floor: least pods (record, cgroups, {what}; no HTTP), {threads} \
+                     thread(s): pods/s"
+                ),
+                format!("{pods}"),
+                format!("{raw:.0} (raw spawns/s)"),
+                format!("{:.2}×", pods as f64 / raw),
+                if threads == 2 {
+                    "bound for ≥ 0.8×"
+                } else {
+                    ""
+                },
+            ));
+        }
+    }
+    rows
 }
 
 /// The pause between the pods of the isolated-start rows: longer than a few RCU grace periods,
@@ -1283,7 +1473,7 @@ async fn peers(n: usize) {
     ));
     pods.extend(alone_pods);
     let floors = floor_figures(n);
-    let floor_raw = &floors["raw"];
+    let floor_raw = &micros(&floors["raw"]);
     rows.push(start_row(
         "floor: raw spawn, in the floor's own process: p50 / p99",
         floor_raw,
@@ -1291,14 +1481,21 @@ async fn peers(n: usize) {
     ));
     rows.push(start_row(
         "floor: a supervisor started and greeted, nothing else: p50 / p99",
-        &floors["cold"],
+        &micros(&floors["cold"]),
         floor_raw,
     ));
     rows.push(start_row(
         "floor: a supervisor started beforehand, spec → hello: p50 / p99",
-        &floors["warm"],
+        &micros(&floors["warm"]),
         floor_raw,
     ));
+    rows.push(start_row(
+        "floor: least start (record, cgroups, a supervisor started and greeted; no HTTP, no \
+         volumes): p50 / p99",
+        &micros(&floors["least"]),
+        floor_raw,
+    ));
+    rows.extend(least_pod_rows(&floors));
     rows.push(row(
         &format!("procnode: PSS per container ({count} supervisors; procnode's share)"),
         format!("{} (+ {})", kb(sups, count), kb(own, n)),
