@@ -692,6 +692,42 @@ fn least_pod_rows(floors: &std::collections::HashMap<String, Vec<u64>>) -> Vec<R
     rows
 }
 
+/// `n` fsync'd atomic writes of a pod record (as the create path makes them, before it
+/// answers), `pause` apart, into a scratch directory of the temporary directory's file
+/// system: their latencies, sorted.
+fn fsynced_writes(n: usize, pause: Duration) -> Vec<Duration> {
+    let scratch = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        std::thread::sleep(pause);
+        let t = Instant::now();
+        procnode::runtime::records::write_atomic(
+            &scratch.path().join(format!("p{}", i % 20)),
+            SLEEPER.as_bytes(),
+        )
+        .unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    lat
+}
+
+/// The create path's durable record write, one every [`ISOLATED_PAUSE`]: what an isolated
+/// create must wait for before it is answered, whatever procnode does besides.
+fn isolated_fsync_row() -> Row {
+    let lat = fsynced_writes(20, ISOLATED_PAUSE);
+    row(
+        &format!(
+            "fsync'd atomic write of a 2 KB pod record, one every {} ms: p50 / p99",
+            ISOLATED_PAUSE.as_millis()
+        ),
+        format!("{} / {}", ms(pct(&lat, 0.5)), ms(pct(&lat, 0.99))),
+        "-".into(),
+        "-".into(),
+        "",
+    )
+}
+
 /// The pause between the pods of the isolated-start rows: longer than a few RCU grace periods,
 /// so that each start pays whatever the kernel makes the first cgroup move after a pause wait
 /// (see docs/systemd.md, `favordynmods`), as pods created now and then do.
@@ -1056,18 +1092,7 @@ async fn bench(scale: Scale) {
     }
 
     // What durability costs here: an fsync'd atomic write of a pod-sized file, alone.
-    let mut fsync_lat = Vec::new();
-    let scratch = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-    for i in 0..200 {
-        let t = Instant::now();
-        procnode::runtime::records::write_atomic(
-            &scratch.path().join(format!("p{}", i % 20)),
-            SLEEPER.as_bytes(),
-        )
-        .unwrap();
-        fsync_lat.push(t.elapsed());
-    }
-    fsync_lat.sort();
+    let fsync_lat = fsynced_writes(200, Duration::ZERO);
     rows.push(row(
         "2. baseline: fsync'd atomic write of a 2 KB file (the create path's pod record)",
         format!(
@@ -1079,6 +1104,7 @@ async fn bench(scale: Scale) {
         "-".into(),
         "",
     ));
+    rows.push(isolated_fsync_row());
 
     // 2. Start latency: create request → Running in getPodStatus.
     let (running_lat, create_lat, lat_pods) =
@@ -1489,6 +1515,7 @@ async fn peers(n: usize) {
         &micros(&floors["warm"]),
         floor_raw,
     ));
+    rows.push(isolated_fsync_row());
     rows.push(start_row(
         "floor: least start (record, cgroups, a supervisor started and greeted; no HTTP, no \
          volumes): p50 / p99",
