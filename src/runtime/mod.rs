@@ -140,7 +140,7 @@ impl Runtime {
             }
             let refusal = self.admission(&new);
             let admitted = refusal.is_none();
-            let pod_id = self.claim_pod_id(None, &new);
+            let pod_id = self.claim_pod_id(None, &new).await;
             let entry = Arc::new(self.new_entry(new.clone(), refusal, pod_id));
             // The record is written while the pod starts (its write and fsync are a good part
             // of a start), and the answer waits for both. A delete or update of the pod waits
@@ -204,13 +204,19 @@ impl Runtime {
         saved
     }
 
-    /// The pod's own uid on the host: as recorded, or a free one (procnode as root only).
-    fn claim_pod_id(&self, recorded: Option<u32>, new: &NewPod) -> Option<u32> {
+    /// The pod's own uid on the host: as recorded, or a free one (procnode as root only). On a
+    /// blocking thread: a free one is checked against the host's user database, which may be a
+    /// directory service on the network.
+    async fn claim_pod_id(&self, recorded: Option<u32>, new: &NewPod) -> Option<u32> {
         if self.settings.users.own_uid != 0 {
             return None;
         }
         let seed = format!("{}/{}/{}", new.key.namespace, new.key.name, new.uid);
-        self.settings.pod_ids.claim(recorded, &seed)
+        let ids = self.settings.pod_ids.clone();
+        tokio::task::spawn_blocking(move || ids.claim(recorded, &seed))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Whether the node can take `new`, as the kubelet admits a pod: `None`, or the reason

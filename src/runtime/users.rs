@@ -293,27 +293,41 @@ impl PodIds {
     /// gets the same uid again after a crash that lost its record, and a uid just freed is not
     /// the next one handed out. Uids the host's user database knows are skipped.
     pub fn claim(&self, recorded: Option<u32>, seed: &str) -> Option<u32> {
+        self.claim_with(recorded, seed, |uid| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .is_some()
+        })
+    }
+
+    /// [`PodIds::claim`], with `known` saying whether the host's user database has a uid. A
+    /// candidate is reserved before it is looked up and the lookup is made without the lock:
+    /// the database may be a directory service that takes its time, and the deletes and
+    /// restores that release and claim uids meanwhile must not wait for it.
+    fn claim_with(
+        &self,
+        recorded: Option<u32>,
+        seed: &str,
+        mut known: impl FnMut(u32) -> bool,
+    ) -> Option<u32> {
         let (lo, hi) = self.range;
-        let mut used = self.used.lock().expect("pod ids lock");
+        let used = || self.used.lock().expect("pod ids lock");
         if let Some(r) = recorded.filter(|r| (lo..=hi).contains(r)) {
-            used.insert(r);
+            used().insert(r);
             return Some(r);
         }
         let size = u64::from(hi - lo) + 1;
         let start = super::hash::fnv1a(seed) % size;
         for i in 0..size.min(1 << 20) {
             let candidate = lo + ((start + i) % size) as u32;
-            if used.contains(&candidate) {
+            if !used().insert(candidate) {
                 continue;
             }
-            let known = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(candidate))
-                .ok()
-                .flatten()
-                .is_some();
-            if !known {
-                used.insert(candidate);
+            if !known(candidate) {
                 return Some(candidate);
             }
+            used().remove(&candidate);
         }
         None
     }
@@ -482,6 +496,45 @@ mod tests {
         ids.release(b);
         assert_eq!(ids.claim(None, "x"), Some(b));
         assert_eq!(ids.claim(Some(a), "z"), Some(a), "a recorded uid is kept");
+    }
+
+    #[test]
+    fn pod_uids_are_looked_up_without_the_lock() {
+        use std::sync::{mpsc, Arc};
+        let ids = Arc::new(PodIds::new((100_000, 100_009)));
+        let held = ids.claim(None, "held").unwrap();
+        let (done, finished) = mpsc::channel();
+        let other = ids.clone();
+        let mut second = None;
+        let first = ids.claim_with(None, "same", |_| {
+            // A slow user database: meanwhile a delete releases a uid and a pod with the
+            // same name asks for one. Neither may wait for this lookup, nor get its uid.
+            let (other, done) = (other.clone(), done.clone());
+            std::thread::spawn(move || {
+                other.release(held);
+                let _ = done.send(other.claim_with(None, "same", |_| false));
+            });
+            second = Some(
+                finished
+                    .recv_timeout(std::time::Duration::from_secs(5))
+                    .expect("a release and a claim went ahead during the lookup"),
+            );
+            false
+        });
+        let second = second.unwrap();
+        assert!(first.is_some() && second.is_some());
+        assert_ne!(first, second, "two pods, one uid");
+    }
+
+    #[test]
+    fn a_uid_the_host_knows_is_skipped_and_left_free() {
+        let ids = PodIds::new((100_000, 100_001));
+        let taken = ids.claim_with(None, "a", |_| true);
+        assert_eq!(taken, None, "every uid of the range is the host's");
+        assert!(
+            ids.claim_with(None, "a", |_| false).is_some(),
+            "none stayed reserved"
+        );
     }
 
     #[test]
