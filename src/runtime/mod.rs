@@ -140,7 +140,7 @@ impl Runtime {
             }
             let refusal = self.admission(&new);
             let admitted = refusal.is_none();
-            let pod_id = self.claim_pod_id(None, &new).await;
+            let pod_id = self.claim_pod_id(None, &new);
             let entry = Arc::new(self.new_entry(new.clone(), refusal, pod_id));
             // The record is written while the pod starts (its write and fsync are a good part
             // of a start), and the answer waits for both. A delete or update of the pod waits
@@ -204,19 +204,16 @@ impl Runtime {
         saved
     }
 
-    /// The pod's own uid on the host: as recorded, or a free one (procnode as root only). On a
-    /// blocking thread: a free one is checked against the host's user database, which may be a
-    /// directory service on the network.
-    async fn claim_pod_id(&self, recorded: Option<u32>, new: &NewPod) -> Option<u32> {
+    /// The pod's own uid on the host: as recorded, or a free one (procnode as root only). A free
+    /// one is checked against the host's user database, which may be a directory service on
+    /// the network: the lookup runs where blocking is allowed, without a hand-off to another
+    /// thread on the create's own path (see [`blocking_here`]).
+    fn claim_pod_id(&self, recorded: Option<u32>, new: &NewPod) -> Option<u32> {
         if self.settings.users.own_uid != 0 {
             return None;
         }
         let seed = format!("{}/{}/{}", new.key.namespace, new.key.name, new.uid);
-        let ids = self.settings.pod_ids.clone();
-        tokio::task::spawn_blocking(move || ids.claim(recorded, &seed))
-            .await
-            .ok()
-            .flatten()
+        blocking_here(|| self.settings.pod_ids.claim(recorded, &seed))
     }
 
     /// Whether the node can take `new`, as the kubelet admits a pod: `None`, or the reason
@@ -525,5 +522,16 @@ impl Runtime {
             cgroups.remove_parent_if_empty();
         })
         .await;
+    }
+}
+
+/// Runs `f`, which may block, on the current thread: on a multi-threaded runtime the worker
+/// first hands its other tasks to another thread (`block_in_place`), so that they go on while
+/// `f` blocks and the caller does not wait for a thread to wake; elsewhere (a test's
+/// single-threaded runtime, no runtime) it simply runs.
+fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

@@ -50,7 +50,7 @@ impl Runtime {
             };
             let admitted = pod.status.as_ref().is_none_or(|s| s.failure.is_none());
             let recorded = pod.status.as_ref().and_then(|s| s.pod_id);
-            let pod_id = self.claim_pod_id(recorded, &new).await;
+            let pod_id = self.claim_pod_id(recorded, &new);
             let entry = Arc::new(self.new_entry(new, None, pod_id));
             // The logs of each container's current run come back even without a status record
             // (a create cut short before its first status write: every container at run 0),
