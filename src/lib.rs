@@ -149,6 +149,9 @@ impl Started {
                     "leaving every pod running under its supervisor; the next procnode re-adopts \
                      them (--stop-pods-on-exit stops them instead)"
                 );
+            } else {
+                // Nothing to leave running: nothing of procnode's stays in the host's cgroups.
+                self.runtime.remove_empty_cgroup_parent().await;
             }
         } else {
             tracing::info!(pods, "stopping every pod");

@@ -545,6 +545,32 @@ async fn by_default_sigterm_leaves_pods_running_for_the_next_procnode() {
     b.terminate().await;
 }
 
+/// A procnode that leaves pods to their supervisors keeps its cgroup parent for them; one
+/// that leaves with no pod at all (every pod deleted) leaves no cgroup of its own on the host.
+#[tokio::test]
+async fn a_procnode_leaving_no_pod_leaves_no_cgroup() {
+    if !support::is_root() {
+        eprintln!("skipped: needs root for cgroups");
+        return;
+    }
+    let dir = support::StateDir::new();
+    let parent = support::cgroup_parent_for(dir.path());
+    let a = Procnode::start(dir.path(), &["--stop-pods-on-exit=false"]);
+    let p = pod("brief", &["sleep", "300"], "Always");
+    assert_eq!(a.post("/createPod", &p).await, 201);
+    a.wait_status("brief", "running", |s| phase(s) == "Running")
+        .await;
+    if support::cgroup_dirs(&parent).is_empty() {
+        eprintln!("skipped: no cgroup hierarchy for pods here");
+        a.terminate().await;
+        return;
+    }
+    assert_eq!(a.delete(&p).await, 200);
+    a.terminate().await;
+    let left = support::cgroup_dirs(&parent);
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
 /// With --stop-pods-on-exit, a container stopped by procnode's exit and started again by the
 /// next procnode is a restart like any other: its lastState says how the previous run ended.
 #[tokio::test]

@@ -502,6 +502,14 @@ impl Runtime {
             })
     }
 
+    /// Removes procnode's cgroup parent (and the supervisors' cgroup) where no pod or
+    /// supervisor is left in it, for a procnode that leaves with no pod. The next start makes
+    /// it again.
+    pub async fn remove_empty_cgroup_parent(&self) {
+        let cgroups = self.settings.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || cgroups.remove_parent_if_empty()).await;
+    }
+
     /// Stops every pod with its grace period and waits until no pod process is left; then
     /// removes the (empty) pod cgroups, which the next start makes again.
     pub async fn shutdown(&self) {
