@@ -288,33 +288,38 @@ async fn termination_message(
             Some(dir) if !dir.is_empty() => PathBuf::from(dir).join(p),
             _ => settings.work_path(entry).join(p),
         });
-    // Read as the container would read it: with its identity, only a regular file, without
-    // blocking, bounded (a FIFO, a device or someone else's file gives no message).
-    let reader = match users::resolve(&entry.pod(), &container, &settings.users, entry.pod_id()) {
-        Ok(user) => Some(user.map(|u| (u.uid, u.gid, u.groups))),
-        Err(_) => None,
-    };
     // In a root of its own, a file the run wrote is in its writable layer.
     let layer = settings.run_layer(entry, idx, current_run(entry, idx));
-    let from_file = match (path, reader) {
-        (Some(path), Some(reader)) => tokio::task::spawn_blocking(move || {
-            // What the run wrote is in its layer's upper directory (procnode's, reached as
-            // root; below it, only as the container); anything else is the host's.
-            let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
-            let upper = layer
-                .and_then(|l| super::safepath::Dir::open_trusted(&l.join("upper")).ok())
-                .filter(|upper| super::safepath::exists_in_root(upper, &rel));
-            let read = match &upper {
-                Some(upper) => (Some(upper), rel.as_path()),
-                None => (None, path.as_path()),
-            };
-            super::safepath::read_as(read.0, read.1, reader, TERMINATION_MESSAGE_MAX)
-                .map(|buf| String::from_utf8_lossy(&buf).into_owned())
-        })
-        .await
-        .ok()
-        .flatten(),
-        _ => None,
+    let from_file = match path {
+        Some(path) => {
+            let (entry, settings) = (entry.clone(), settings.clone());
+            tokio::task::spawn_blocking(move || {
+                // Read as the container would read it: with its identity (which may ask the
+                // host's user database), only a regular file, without blocking, bounded (a
+                // FIFO, a device or someone else's file gives no message).
+                let container = entry.container_spec(idx);
+                let user =
+                    users::resolve(&entry.pod(), &container, &settings.users, entry.pod_id())
+                        .ok()?;
+                let reader = user.map(|u| (u.uid, u.gid, u.groups));
+                // What the run wrote is in its layer's upper directory (procnode's, reached as
+                // root; below it, only as the container); anything else is the host's.
+                let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
+                let upper = layer
+                    .and_then(|l| super::safepath::Dir::open_trusted(&l.join("upper")).ok())
+                    .filter(|upper| super::safepath::exists_in_root(upper, &rel));
+                let read = match &upper {
+                    Some(upper) => (Some(upper), rel.as_path()),
+                    None => (None, path.as_path()),
+                };
+                super::safepath::read_as(read.0, read.1, reader, TERMINATION_MESSAGE_MAX)
+                    .map(|buf| String::from_utf8_lossy(&buf).into_owned())
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+        None => None,
     };
     let from_file = from_file.filter(|m| !m.is_empty());
     let fallback = container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
