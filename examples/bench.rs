@@ -462,10 +462,7 @@ fn floor(n: usize) {
         held.push((s, pid));
     }
     for (s, pid) in &held {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-        let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+        kill_supervised(s, *pid);
     }
     for (s, _) in held {
         let _ = s.exit.blocking_recv();
@@ -493,6 +490,15 @@ fn floor(n: usize) {
         }
         println!("rate{threads} {raw:.0} {bare:.0} {supervised:.0}");
     }
+}
+
+/// SIGKILL to a supervised container's process group (`pid` leads it) and to its supervisor,
+/// whose exit the caller then waits for.
+fn kill_supervised(s: &procnode::runtime::process::SpawnedShim, pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
 }
 
 /// Sends a supervisor its spawn request (`argv` sleep 600, joining `cgroups`) and reads its
@@ -538,11 +544,10 @@ impl<'a> LeastPods<'a> {
         records: &std::path::Path,
         shim: Option<&'a std::path::Path>,
     ) -> Self {
-        let pids = (config.pod_pids_limit > 0).then_some(config.pod_pids_limit);
         let cgroups = procnode::runtime::cgroup::Cgroups::detect(
             config.cgroups,
             "procnode-bench-floor",
-            pids,
+            config.pids_limit(),
         );
         std::fs::create_dir_all(records).unwrap();
         LeastPods {
@@ -583,8 +588,6 @@ impl<'a> LeastPods<'a> {
 
     /// Kills the pods' processes and removes their cgroups.
     fn stop(&self, pods: Vec<(String, Started)>) {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
         for (pod, started) in pods {
             match started {
                 Started::Bare(mut child) => {
@@ -592,8 +595,7 @@ impl<'a> LeastPods<'a> {
                     let _ = child.wait();
                 }
                 Started::Supervised(s, pid) => {
-                    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-                    let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+                    kill_supervised(&s, pid);
                     let _ = s.exit.blocking_recv();
                 }
             }
@@ -660,7 +662,7 @@ fn micros(figures: &[u64]) -> Vec<Duration> {
         .collect()
 }
 
-/// The floor's least-pod rates (see [`least_pods`]) as rows: pods per second beside the raw
+/// The floor's least-pod rates (see [`least_pod_rate`]) as rows: pods per second beside the raw
 /// spawns per second measured just before them.
 fn least_pod_rows(floors: &std::collections::HashMap<String, Vec<u64>>) -> Vec<Row> {
     let mut rows = Vec::new();

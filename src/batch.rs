@@ -144,12 +144,10 @@ pub async fn run(path: &Path, config: Config) -> Result<i32, String> {
         None => run_pod(&runtime, pod).await,
         Some(job) => run_job(&runtime, &config, pod, &job).await,
     };
-    // Every pod was deleted as it ended (or at Ctrl-C): nothing is left to stop or keep.
+    // Every pod was deleted as it ended (or at Ctrl-C): nothing is left to stop or keep, and
+    // leaving with no pod removes the cgroup parent too if no other procnode uses it.
     started.stop(&config).await;
     let _ = std::fs::remove_dir_all(&state_dir);
-    // The pods' cgroups went with them; the parent too if no other procnode uses it.
-    let cgroups = runtime.settings().cgroups.clone();
-    let _ = tokio::task::spawn_blocking(move || cgroups.remove_parent_if_empty()).await;
     code
 }
 

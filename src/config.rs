@@ -674,6 +674,11 @@ impl Config {
             .map(|home| PathBuf::from(home).join(".local/state/procnode"))
     }
 
+    /// The pids limit of each pod's cgroup: `--pod-pids-limit`, none when 0.
+    pub fn pids_limit(&self) -> Option<u64> {
+        (self.pod_pids_limit > 0).then_some(self.pod_pids_limit)
+    }
+
     /// The supervisor executable when not configured: `procnode-shim` installed beside this
     /// binary (the supervisor alone, a fraction of procnode's size: one runs per container),
     /// else this binary itself (`procnode shim NAME` works as well).

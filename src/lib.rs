@@ -48,11 +48,10 @@ pub fn build_with(
     config: &Config,
     objects: Option<Arc<dyn runtime::volumes::ObjectSource>>,
 ) -> (Arc<runtime::Runtime>, Arc<node::Node>) {
-    let pids = (config.pod_pids_limit > 0).then_some(config.pod_pids_limit);
     let cgroups = Arc::new(runtime::cgroup::Cgroups::detect(
         config.cgroups,
         &config.cgroup_parent,
-        pids,
+        config.pids_limit(),
     ));
     let node = node::Node::new(config, &cgroups);
     let mut settings = runtime::Settings::from_config(config, node.facts(), cgroups);
